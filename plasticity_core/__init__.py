@@ -1,0 +1,44 @@
+"""Plasticity Lab: per-layer loss-of-plasticity diagnostics and re-initialisation for pretrained backbones.
+
+The public API (see DESIGN.md) is importable from here; submodules load on first use so that
+``import plasticity_core`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # backbones, data, offline assets
+    "load_backbone": "models", "Backbone": "models", "BackboneError": "models",
+    "load_dataset": "data", "DataBundle": "data", "DatasetError": "data",
+    "fetch_assets": "assets", "AssetMissingError": "assets",
+    # layer map
+    "layer_table": "layers", "layer_map": "layers", "select_layers": "layers", "Selection": "layers", "LayerInfo": "layers",
+    # configs
+    "ReinitConfig": "config", "FinetuneConfig": "config", "ExperimentConfig": "config", "ConfigError": "config",
+    # diagnostics
+    "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
+    # re-initialisation
+    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "STRATEGIES": "reinit",
+    "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
+    # fine-tuning and runs
+    "finetune": "finetune", "RunResult": "finetune",
+    "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"plasticity_core.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'plasticity_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,284 @@
+"""Dataclass configs with an exact YAML/JSON round trip.
+
+Every config the dashboard, the CLI and a cluster sweep exchange lives here: ``ReinitConfig`` (the exported
+re-init recipe), ``FinetuneConfig`` (one training run) and ``ExperimentConfig`` (backbone + data + arms x seeds).
+Serialised configs carry ``schema_version``; an unknown version is refused instead of being half-read.
+Nothing here evaluates user text: YAML is read with ``yaml.safe_load``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import yaml
+
+SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config field is missing, unknown, of the wrong type or out of range."""
+
+
+class SerializableConfig:
+    """Mixin: ``to_dict``/``from_dict`` plus YAML and JSON on top of them."""
+
+    kind: ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.kind}: expected a mapping, got {type(d).__name__}")
+        version = d.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                f"{cls.kind}: schema_version {version!r} is not supported by this plasticity-lab "
+                f"(it reads version {SCHEMA_VERSION}); upgrade plasticity-lab or re-export the config"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{cls.kind}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+        return cls(**cls._convert_nested(dict(d)))
+
+    @classmethod
+    def _convert_nested(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{cls.kind}: not valid YAML: {e}") from None
+        return cls.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{cls.kind}: not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path) -> None:
+        from pathlib import Path
+
+        p = Path(path)
+        p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml())
+
+    @classmethod
+    def load(cls, path):
+        from pathlib import Path
+
+        p = Path(path)
+        text = p.read_text()
+        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples become lists so that YAML/JSON round trips compare equal."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_type(kind: str, name: str, value: Any, types: tuple[type, ...], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{kind}.{name}: expected {'/'.join(t.__name__ for t in types)}, got bool {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(f"{kind}.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
+
+
+@dataclass
+class ReinitConfig(SerializableConfig):
+    """The exported re-init recipe: which strategy, on which layers, with which parameters.
+
+    ``layers``/``exclude`` are fnmatch patterns over layer names (see ``plasticity_core.layers``);
+    ``resolved_layers`` records the names they matched on the model they were chosen on, so a reader can see
+    exactly what was touched. ``params`` are validated against the strategy's declared parameters.
+    """
+
+    kind: ClassVar[str] = "ReinitConfig"
+
+    strategy: str = "fire"
+    layers: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    include_head: bool = False
+    recalibrate_bn: bool = True
+    bn_batches: int = 20
+    resolved_layers: list[str] = field(default_factory=list)
+    metric_versions: dict[str, int] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        _check_type(k, "strategy", self.strategy, (str,))
+        for name in ("layers", "exclude", "resolved_layers"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = [v]
+                setattr(self, name, v)
+            _check_type(k, name, v, (list, tuple))
+            for item in v:
+                _check_type(k, f"{name}[]", item, (str,))
+            setattr(self, name, list(v))
+        _check_type(k, "params", self.params, (dict,))
+        _check_type(k, "seed", self.seed, (int,))
+        _check_type(k, "include_head", self.include_head, (bool,))
+        _check_type(k, "recalibrate_bn", self.recalibrate_bn, (bool,))
+        _check_type(k, "bn_batches", self.bn_batches, (int,))
+        if self.bn_batches < 1:
+            raise ConfigError(f"{k}.bn_batches: must be >= 1, got {self.bn_batches}")
+        _check_type(k, "metric_versions", self.metric_versions, (dict,))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check ``strategy`` and ``params`` against the strategy registry (unknown keys, types, ranges)."""
+        from plasticity_core.reinit import STRATEGIES
+
+        try:
+            info = STRATEGIES.get(self.strategy)
+        except KeyError as e:
+            raise ConfigError(f"{self.kind}.strategy: {e.args[0]}") from None
+        self.params = info.validate_params(self.params)
+
+
+@dataclass
+class FinetuneConfig(SerializableConfig):
+    """One fine-tuning run: optimisation, schedule, evaluation and device settings."""
+
+    kind: ClassVar[str] = "FinetuneConfig"
+
+    steps: int = 200
+    epochs: float | None = None  # when set, overrides ``steps`` (epochs over the train split)
+    batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" (momentum) | "adamw"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # "cosine" (to zero) | "constant"
+    head_lr_scale: float = 1.0  # head LR = lr * head_lr_scale (layer-wise LR for backbone vs head)
+    backbone_lr_scale: float = 1.0
+    grad_clip: float | None = None
+    augment: bool = False
+    image_size: int = 64
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    eval_every: int = 25
+    eval_batches: int | None = None  # None: the whole val split
+    diagnose_every: int = 0  # 0: never
+    diagnose_metrics: list[str] = field(default_factory=lambda: ["dormant", "saturation"])
+    time_limit_s: float | None = None
+    num_workers: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers"):
+            _check_type(k, name, getattr(self, name), (int,))
+        for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale"):
+            v = getattr(self, name)
+            _check_type(k, name, v, (int, float))
+            setattr(self, name, float(v))
+        _check_type(k, "epochs", self.epochs, (int, float), allow_none=True)
+        _check_type(k, "grad_clip", self.grad_clip, (int, float), allow_none=True)
+        _check_type(k, "time_limit_s", self.time_limit_s, (int, float), allow_none=True)
+        _check_type(k, "eval_batches", self.eval_batches, (int,), allow_none=True)
+        _check_type(k, "augment", self.augment, (bool,))
+        _check_type(k, "amp", self.amp, (bool,))
+        _check_type(k, "channels_last", self.channels_last, (bool,))
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"{k}.optimizer: must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"{k}.schedule: must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"{k}.device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        for name in ("steps", "batch_size", "image_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{k}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"{k}.lr: must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.diagnose_every < 0 or self.num_workers < 0:
+            raise ConfigError(f"{k}: warmup_steps, diagnose_every and num_workers must be >= 0")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"{k}.epochs: must be > 0, got {self.epochs}")
+        self.diagnose_metrics = list(self.diagnose_metrics)
+
+
+@dataclass
+class ExperimentConfig(SerializableConfig):
+    """Backbone + data + one fine-tune config, run for every arm x seed.
+
+    ``arms`` maps an arm name to a ``ReinitConfig`` or ``None`` (the baseline: plain fine-tuning).
+    """
+
+    kind: ClassVar[str] = "ExperimentConfig"
+
+    name: str = "experiment"
+    backbone: str = "bundled:mobilenetv2_100"
+    pretrained: bool = True
+    data: str = "bundled:animal-silhouettes"
+    val_fraction: float = 0.2
+    data_limit: int | None = None
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    arms: dict[str, ReinitConfig | None] = field(default_factory=lambda: {"baseline": None})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        _check_type(k, "name", self.name, (str,))
+        _check_type(k, "backbone", self.backbone, (str,))
+        _check_type(k, "data", self.data, (str,))
+        _check_type(k, "pretrained", self.pretrained, (bool,))
+        _check_type(k, "val_fraction", self.val_fraction, (int, float))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"{k}.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        _check_type(k, "data_limit", self.data_limit, (int,), allow_none=True)
+        _check_type(k, "finetune", self.finetune, (FinetuneConfig,))
+        _check_type(k, "arms", self.arms, (dict,))
+        if not self.arms:
+            raise ConfigError(f"{k}.arms: at least one arm is needed")
+        for name, arm in self.arms.items():
+            _check_type(k, f"arms[{name!r}]", arm, (ReinitConfig,), allow_none=True)
+        _check_type(k, "seeds", self.seeds, (list, tuple))
+        if not self.seeds:
+            raise ConfigError(f"{k}.seeds: at least one seed is needed")
+        for s in self.seeds:
+            _check_type(k, "seeds[]", s, (int,))
+        self.seeds = list(self.seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["arms"] = {name: (arm.to_dict() if arm is not None else None) for name, arm in self.arms.items()}
+        return d
+
+    @classmethod
+    def _convert_nested(cls, d: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(d.get("finetune"), dict):
+            d["finetune"] = FinetuneConfig.from_dict(d["finetune"])
+        if isinstance(d.get("arms"), dict):
+            d["arms"] = {
+                name: (ReinitConfig.from_dict(arm) if isinstance(arm, dict) else arm) for name, arm in d["arms"].items()
+            }
+        return d

@@ -1,0 +1,392 @@
+"""The layer map: every weight layer of a model, what feeds what, and how to select layers by name.
+
+A "layer" is a weight matrix a metric or a re-init strategy works on: each ``nn.Conv2d``/``nn.Conv1d``/
+``nn.Linear``, and for timm's fused attention ``qkv`` Linear its q, k and v row blocks separately
+(named ``<module>.q``, ``.k``, ``.v``). The map is built by tracing one small forward pass with hooks that
+follow tensors from module to module, so each layer knows the real activation module its output reaches
+(through norms, identities and in-place residual adds), the norm right after it, and its place in the
+execution order. Module registration order is never trusted for data flow (timm registers ``downsample``
+after ``conv2``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import weakref
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+
+from plasticity_core.hooks import HookSet
+
+# class name (lower case) -> canonical activation type understood by the saturation metric
+ACTIVATIONS = {
+    "relu": "relu", "relu6": "relu6", "gelu": "gelu", "gelutanh": "gelu", "silu": "silu", "swish": "silu",
+    "tanh": "tanh", "sigmoid": "sigmoid", "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
+    "leakyrelu": "leaky_relu", "elu": "elu", "mish": "mish", "prelu": "prelu", "quickgelu": "quick_gelu",
+    "celu": "celu", "selu": "selu", "softplus": "softplus",
+}
+WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def activation_type(module: nn.Module) -> str | None:
+    """Canonical name of an activation module (``'relu6'``, ``'gelu'``, ...), or None if it is not one."""
+    return ACTIVATIONS.get(type(module).__name__.lower())
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+def _is_passthrough(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return _is_norm(module) or name in ("identity", "droppath", "layerscale", "layerscale2d") or name.startswith("dropout") or name.startswith("dropblock")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One weight layer. ``rows`` is the row block of ``module_name``'s weight (q/k/v of a fused qkv), else None."""
+
+    name: str
+    module_name: str
+    kind: str  # conv | linear | attn_q | attn_k | attn_v
+    shape: tuple[int, ...]
+    params: int
+    units: int
+    group: str
+    order: int  # position in the forward pass
+    rows: tuple[int, int] | None = None
+    act: str | None = None  # module name of the activation this layer's output reaches
+    act_type: str | None = None
+    act_call: int = 0  # which call of a shared activation module (torchvision's ResNet reuses self.relu)
+    norm: str | None = None  # norm module directly after this layer
+    unit_dim: int = 1  # dimension of the units in the activation tensor: 1 for conv (NCHW), -1 for linear
+    grouped: bool = False
+    depthwise: bool = False
+    patch_embed: bool = False
+    head: bool = False
+
+    def weight(self, model: nn.Module) -> torch.Tensor:
+        """The layer's weight tensor (a view of the row block for q/k/v), sharing storage with the model."""
+        w = model.get_submodule(self.module_name).weight
+        return w[self.rows[0]:self.rows[1]] if self.rows is not None else w
+
+    def bias(self, model: nn.Module) -> torch.Tensor | None:
+        b = model.get_submodule(self.module_name).bias
+        if b is None:
+            return None
+        return b[self.rows[0]:self.rows[1]] if self.rows is not None else b
+
+
+@dataclass
+class Selection:
+    """Layers chosen by patterns, and every layer left out with its reason (never a silent skip)."""
+
+    layers: list[LayerInfo]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def skipped_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.skipped, columns=["layer", "reason"])
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[LayerInfo]]]" = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module) -> tuple:
+    return tuple((n, id(m), tuple(m.weight.shape)) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES))
+
+
+def layer_map(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> list[LayerInfo]:
+    """All weight layers of ``model`` in forward order (cached per model until its layers change)."""
+    sig = _signature(model)
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == sig and input_size is None:
+        return cached[1]
+    layers = _build(model, input_size)
+    _CACHE[model] = (sig, layers)
+    return layers
+
+
+def layer_table(model: nn.Module) -> pd.DataFrame:
+    """One row per weight layer: name, kind, shape, params, group, activation, norm and flags."""
+    rows = []
+    for layer in layer_map(model):
+        d = asdict(layer)
+        d["shape"] = "x".join(map(str, layer.shape))
+        d["rows"] = None if layer.rows is None else f"{layer.rows[0]}:{layer.rows[1]}"
+        rows.append(d)
+    cols = ["name", "kind", "shape", "params", "units", "group", "act", "act_type", "norm", "grouped",
+            "depthwise", "patch_embed", "head", "module_name", "rows", "order", "act_call", "unit_dim"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def select_layers(
+    model: nn.Module,
+    include: list[str] | str = ("*",),
+    exclude: list[str] | str = (),
+    *,
+    allow_head: bool = False,
+    allow_grouped: bool = False,
+    allow_patch_embed: bool = False,
+    kinds: tuple[str, ...] | None = None,
+) -> Selection:
+    """Layers whose name (or module name) matches an ``include`` fnmatch pattern and no ``exclude`` pattern.
+
+    The classifier head, grouped/depthwise convs and patch embeddings are left out unless allowed, because
+    re-init strategies define no sound way to treat them; each is listed in ``skipped`` with the reason.
+    """
+    include = [include] if isinstance(include, str) else list(include)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+
+    def matches(layer: LayerInfo, patterns: list[str]) -> str | None:
+        for p in patterns:
+            if fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.module_name, p):
+                return p
+        return None
+
+    chosen, skipped = [], []
+    for layer in layer_map(model):
+        if matches(layer, include) is None:
+            skipped.append((layer.name, f"not matched by include {include}"))
+        elif (p := matches(layer, exclude)) is not None:
+            skipped.append((layer.name, f"excluded by pattern {p!r}"))
+        elif layer.head and not allow_head:
+            skipped.append((layer.name, "classifier head (fresh for the target task; include_head to select it)"))
+        elif layer.grouped and not allow_grouped:
+            what = "depthwise" if layer.depthwise else "grouped"
+            skipped.append((layer.name, f"{what} conv: its (C, 1, k, k) weight is not a C_out x C_in map"))
+        elif layer.patch_embed and not allow_patch_embed:
+            skipped.append((layer.name, "patch embedding (a patchify conv, never re-initialised by FIRE/ReDo)"))
+        elif kinds is not None and layer.kind not in kinds:
+            skipped.append((layer.name, f"kind {layer.kind!r} not handled (handles {list(kinds)})"))
+        else:
+            chosen.append(layer)
+    return Selection(chosen, skipped)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tracing
+
+
+def _group_labels(model: nn.Module, names: list[str], head: str | None) -> dict[str, str]:
+    """Stage/block label per weight layer: timm's ``group_matcher`` where the model has one, else a name prefix."""
+    labels: dict[str, str] = {}
+    wanted = set(names)
+    matcher = getattr(model, "group_matcher", None)
+    if callable(matcher):
+        try:
+            from timm.models._manipulate import group_modules
+
+            for members in group_modules(model, matcher(coarse=False)).values():
+                members = [m for m in members if m in wanted]
+                prefix = _common_prefix(members) if members else ""
+                for m in members:
+                    labels[m] = prefix or _name_prefix(m, head)
+        except Exception:  # a model whose matcher does not fit its modules: fall back to prefixes
+            labels = {}
+    for n in names:
+        labels.setdefault(n, _name_prefix(n, head))
+    return labels
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".") for n in names]
+    out = []
+    for comps in zip(*parts):
+        if len(set(comps)) != 1:
+            break
+        out.append(comps[0])
+    if len(names) == 1 and out:
+        out = out[:-1]
+    return ".".join(out)
+
+
+def _name_prefix(name: str, head: str | None = None) -> str:
+    if name == head:
+        return "head"
+    comps = name.split(".")
+    for i, c in enumerate(comps[:-1]):
+        if c.isdigit():
+            return ".".join(comps[: i + 1])
+    return comps[0] if len(comps) > 1 else "stem"
+
+
+def _trace_input(model: nn.Module, size: tuple[int, int, int] | None) -> list[tuple[int, int, int]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    chans = 3
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            chans = m.in_channels if isinstance(m, nn.Conv2d) else 3
+            break
+    candidates = [size] if size else []
+    candidates.append((chans, 64, 64))
+    if cfg.get("input_size"):
+        candidates.append(tuple(cfg["input_size"]))
+    candidates.append((chans, 224, 224))
+    return candidates
+
+
+def _build(model: nn.Module, input_size: tuple[int, int, int] | None) -> list[LayerInfo]:
+    names = {id(m): n for n, m in model.named_modules()}
+    producer: dict[int, str] = {}
+    keep: list[torch.Tensor] = []  # keeps traced tensors alive so their ids are not reused
+    in_src: dict[str, str | None] = {}
+    stack: list[str] = []
+    order: list[str] = []
+    act_sources: dict[str, list[tuple[str | None, str | None]]] = {}  # act -> per call (layer, norm)
+    after: dict[str, str] = {}  # layer -> the norm directly after it
+
+    def first_tensor(args):
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                return a
+        return None
+
+    def resolve(src: str | None, used: set[str]) -> tuple[str | None, str | None]:
+        norm = None
+        for _ in range(64):
+            if src is None:  # produced by a functional op inside a norm-act module (timm BatchNormAct2d)
+                anc = next((a for a in reversed(stack) if a not in used and _is_norm(model.get_submodule(a))), None)
+                if anc is None:
+                    return None, norm
+                used.add(anc)
+                norm = norm or anc
+                src = in_src.get(anc)
+                continue
+            mod = model.get_submodule(src)
+            if isinstance(mod, WEIGHT_TYPES):
+                return src, norm
+            if not _is_passthrough(mod):
+                return None, norm
+            if _is_norm(mod):
+                norm = norm or src
+            src = in_src.get(src)
+        return None, norm
+
+    def pre(module, args):
+        name = names[id(module)]
+        t = first_tensor(args)
+        src = producer.get(id(t)) if t is not None else None
+        in_src[name] = src
+        if isinstance(module, WEIGHT_TYPES):
+            order.append(name)
+        elif _is_norm(module) and src is not None and isinstance(model.get_submodule(src), WEIGHT_TYPES):
+            after.setdefault(src, name)
+        if activation_type(module) is not None:
+            act_sources.setdefault(name, []).append(resolve(src, {name}))
+        stack.append(name)
+
+    def post(module, args, out):
+        name = names[id(module)]
+        if stack and stack[-1] == name:
+            stack.pop()
+        if isinstance(out, torch.Tensor):
+            producer[id(out)] = name
+            keep.append(out)
+
+    was_training = model.training
+    model.eval()
+    error: Exception | None = None
+    try:
+        with HookSet() as hooks, torch.no_grad():
+            for _, m in model.named_modules():
+                if m is model:
+                    continue
+                hooks.forward_pre(m, pre)
+                hooks.forward(m, post)
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+            for size in _trace_input(model, input_size):
+                producer.clear(); keep.clear(); in_src.clear(); stack.clear(); order.clear()
+                act_sources.clear(); after.clear()
+                try:
+                    model(torch.randn(2, *size, device=device, dtype=dtype))
+                    error = None
+                    break
+                except Exception as e:  # wrong input size for this model: try the next candidate
+                    error = e
+    finally:
+        model.train(was_training)
+    if error is not None:
+        raise RuntimeError(f"could not trace the model to build its layer map: {error}") from error
+
+    feeds: dict[str, tuple[str, str, int, str | None]] = {}
+    for act, calls in act_sources.items():
+        act_t = activation_type(model.get_submodule(act))
+        for k, (layer, norm) in enumerate(calls):
+            if layer is not None and layer not in feeds:
+                feeds[layer] = (act, act_t, k, norm)
+
+    head_name = _head_name(model, order)
+    seen: set[str] = set()
+    weight_modules = [n for n in dict.fromkeys(order)]
+    labels = _group_labels(model, weight_modules, head_name)
+    first = weight_modules[0] if weight_modules else None
+    out: list[LayerInfo] = []
+    for name in weight_modules:
+        if name in seen:
+            continue
+        seen.add(name)
+        m = model.get_submodule(name)
+        w = m.weight
+        is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
+        act, act_t, call, norm = feeds.get(name, (None, None, 0, None))
+        norm = norm or after.get(name)
+        common = dict(module_name=name, group=labels[name], order=len(out))
+        if is_conv:
+            grouped = m.groups > 1
+            ks = tuple(m.kernel_size)
+            stride = tuple(m.stride)
+            patch = "patch_embed" in name or (name == first and ks == stride and ks[0] >= 4)
+            params = w.numel() + (m.bias.numel() if m.bias is not None else 0)
+            out.append(LayerInfo(name=name, kind="conv", shape=tuple(w.shape), params=params, units=w.shape[0],
+                                 act=act, act_type=act_t, act_call=call, norm=norm, unit_dim=1, grouped=grouped,
+                                 depthwise=grouped and m.groups == m.in_channels, patch_embed=patch,
+                                 head=name == head_name, **common))
+        elif name.split(".")[-1] == "qkv" and w.shape[0] == 3 * w.shape[1]:
+            d = w.shape[1]
+            for i, part in enumerate("qkv"):
+                params = d * d + (d if m.bias is not None else 0)
+                out.append(LayerInfo(name=f"{name}.{part}", kind=f"attn_{part}", shape=(d, d), params=params, units=d,
+                                     rows=(i * d, (i + 1) * d), unit_dim=-1, **common))
+                common["order"] += 1
+        else:
+            params = w.numel() + (m.bias.numel() if m.bias is not None else 0)
+            out.append(LayerInfo(name=name, kind="linear", shape=tuple(w.shape), params=params, units=w.shape[0],
+                                 act=act, act_type=act_t, act_call=call, norm=norm, unit_dim=-1,
+                                 patch_embed="patch_embed" in name, head=name == head_name, **common))
+    return out
+
+
+def _head_name(model: nn.Module, order: list[str]) -> str | None:
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        try:
+            head = get_classifier()
+        except Exception:
+            head = None
+        if isinstance(head, WEIGHT_TYPES):
+            for n, m in model.named_modules():
+                if m is head:
+                    return n
+        if isinstance(head, nn.Module):  # e.g. a Sequential head: its last weight layer
+            inner = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES) and any(m is x for x in head.modules())]
+            if inner:
+                return inner[-1]
+        if head is not None:
+            return None
+    if order and isinstance(model.get_submodule(order[-1]), nn.Linear):
+        return order[-1]
+    return None
