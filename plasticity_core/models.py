@@ -1,0 +1,278 @@
+"""Backbones and where their weights come from.
+
+``load_backbone(spec)`` accepts ``timm:NAME``, ``torchvision:NAME``, ``bundled:mobilenetv2_100`` /
+``bundled:tf_efficientnet_lite0`` (real ImageNet weights from the offline cache, mapped into timm models),
+``file:PATH`` (a checkpoint, with ``arch=``) or an ``nn.Module``. The returned ``Backbone`` keeps a read-only
+copy of the weights as loaded: the reference that SFE measures movement from.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BUNDLED = {
+    # name -> (asset key, timm architecture, data config)
+    "mobilenetv2_100": ("mobilenet_v2", "mobilenetv2_100", dict(
+        input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear", crop_pct=0.875)),
+    "tf_efficientnet_lite0": ("efficientnet_lite0", "tf_efficientnet_lite0", dict(
+        input_size=(3, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=0.875)),
+}
+
+
+class BackboneError(ValueError):
+    """A backbone spec that cannot be honoured: unknown name, unreachable weights, checkpoint that does not fit."""
+
+
+@dataclass
+class Backbone:
+    """A model plus what a user needs to feed and judge it.
+
+    ``reference`` is a read-only mapping of the state dict as loaded (pretrained weights and the fresh head):
+    the point SFE measures movement from.
+    """
+
+    model: nn.Module
+    name: str
+    source: str  # timm | torchvision | bundled | file | module
+    data_config: dict[str, Any]
+    reference: Mapping[str, torch.Tensor] = field(repr=False)
+    pretrained: bool = True
+    num_classes: int | None = None
+
+    def fresh_copy(self) -> nn.Module:
+        """A deep copy of the model with the reference weights loaded (for per-session working copies)."""
+        import copy
+
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(dict(self.reference))
+        return m
+
+
+def load_backbone(spec: str | nn.Module, pretrained: bool = True, num_classes: int | None = None,
+                  arch: str | None = None, device: str | torch.device | None = None) -> Backbone:
+    """Build a backbone from a spec (see module docstring); a fresh classifier head when ``num_classes`` differs."""
+    if isinstance(spec, nn.Module):
+        model, name, source, cfg = spec, type(spec).__name__, "module", _data_config(spec)
+        if num_classes is not None:
+            _set_num_classes(model, num_classes)
+    else:
+        scheme, _, name = str(spec).partition(":")
+        if not name:
+            raise BackboneError(f"backbone spec {spec!r} needs a scheme: timm:NAME, torchvision:NAME, "
+                                f"bundled:{'|'.join(BUNDLED)}, or file:PATH (with arch=...)")
+        loaders = {"timm": _timm, "torchvision": _torchvision, "bundled": _bundled, "file": _file}
+        if scheme not in loaders:
+            raise BackboneError(f"unknown backbone scheme {scheme!r} in {spec!r}; use one of {', '.join(loaders)}")
+        if scheme == "file":
+            model, cfg = _file(name, arch, pretrained, num_classes)
+        else:
+            model, cfg = loaders[scheme](name, pretrained, num_classes)
+        source = scheme
+    if device is not None:
+        model.to(device)
+    reference = MappingProxyType({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return Backbone(model=model, name=name, source=source, data_config=cfg, reference=reference,
+                    pretrained=pretrained and source != "module", num_classes=_num_classes(model))
+
+
+def _close(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    return f"; close matches: {', '.join(close)}" if close else ""
+
+
+def _timm(name: str, pretrained: bool, num_classes: int | None, overlay: dict | None = None) -> tuple[nn.Module, dict]:
+    import timm
+
+    if not timm.is_model(name):
+        raise BackboneError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as e:  # hub unreachable, no pretrained tag, ...
+        if not pretrained:
+            raise
+        raise BackboneError(
+            f"could not load pretrained weights for timm:{name} ({type(e).__name__}: {e}). Offline? Use "
+            f"bundled:{' / bundled:'.join(BUNDLED)} (real ImageNet weights from the offline cache), "
+            f"file:PATH with arch='timm:{name}', or pretrained=False"
+        ) from None
+    return model, _data_config(model)
+
+
+def _torchvision(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, dict]:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise BackboneError(f"unknown torchvision model {name!r}{_close(name, names)}")
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    except Exception as e:
+        if not pretrained:
+            raise
+        raise BackboneError(
+            f"could not load pretrained weights for torchvision:{name} ({type(e).__name__}: {e}). Offline? Put the "
+            f"file torchvision expects in $TORCH_HOME/hub/checkpoints/, or use bundled:mobilenetv2_100, "
+            f"file:PATH with arch='torchvision:{name}', or pretrained=False"
+        ) from None
+    if num_classes is not None:
+        _set_num_classes(model, num_classes)
+    return model, _data_config(model)
+
+
+def _bundled(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, dict]:
+    import timm
+
+    from plasticity_core.assets import asset_path
+
+    if name not in BUNDLED:
+        raise BackboneError(f"unknown bundled backbone {name!r}{_close(name, list(BUNDLED))}; bundled: {', '.join(BUNDLED)}")
+    asset, arch, cfg = BUNDLED[name]
+    model = timm.create_model(arch, pretrained=False)
+    if pretrained:
+        source = torch.load(asset_path(asset), map_location="cpu", weights_only=True)
+        model.load_state_dict(map_in_order(source, model.state_dict()))
+    if num_classes is not None:
+        _set_num_classes(model, num_classes)
+    return model, dict(cfg)
+
+
+def map_in_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename ``source`` tensors onto ``target``'s keys by position; every shape must agree.
+
+    torchvision's MobileNetV2 and efficientnet_pytorch's Lite0 define their tensors in the same order as the
+    timm models, so a positional map is exact (verified by equal logits in the tests).
+    """
+    if len(source) != len(target):
+        raise BackboneError(f"cannot map checkpoint: {len(source)} tensors vs {len(target)} in the model")
+    out = {}
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
+        if tuple(sv.shape) != tuple(tv.shape):
+            raise BackboneError(f"cannot map checkpoint: {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
+        out[tk] = sv
+    return out
+
+
+def _file(path: str, arch: str | None, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, dict]:
+    p = Path(path).expanduser()
+    if arch is None:
+        raise BackboneError(f"file:{path} needs arch=..., e.g. arch='timm:resnet18' or 'torchvision:resnet18'")
+    if not p.is_file():
+        raise BackboneError(f"checkpoint {p} does not exist")
+    state = read_checkpoint(p)
+    scheme, _, arch_name = arch.partition(":")
+    if scheme not in ("timm", "torchvision"):
+        raise BackboneError(f"arch {arch!r} must be timm:NAME or torchvision:NAME")
+    build = _timm if scheme == "timm" else _torchvision
+    model, cfg = build(arch_name, False, None)
+    ckpt_classes = _checkpoint_classes(model, state)
+    if ckpt_classes is not None and ckpt_classes != _num_classes(model):
+        _set_num_classes(model, ckpt_classes)
+    check_fits(model, state, what=f"checkpoint {p.name}")
+    model.load_state_dict(state)
+    if num_classes is not None and num_classes != _num_classes(model):
+        _set_num_classes(model, num_classes)
+    return model, cfg
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pt/.pth`` file, loaded safely (``weights_only=True``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise BackboneError(f"{path.name} cannot be loaded with weights_only=True (it holds more than tensors: "
+                                f"{type(e).__name__}); save a plain state_dict or a .safetensors file") from None
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    else:
+        raise BackboneError(f"unsupported checkpoint type {path.suffix!r}: use .safetensors, .pt or .pth")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{path.name} does not hold a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Raise ``BackboneError`` listing missing keys, unexpected keys and shape mismatches, if any."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def cut(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+        parts = [f"{len(missing)} missing keys: {cut(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected keys: {cut(unexpected)}" if unexpected else "",
+                 f"{len(shapes)} shape mismatches: {cut(shapes)}" if shapes else ""]
+        raise BackboneError(f"{what} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    from plasticity_core.layers import layer_map
+
+    for layer in layer_map(model):
+        if layer.head:
+            return layer.module_name, model.get_submodule(layer.module_name)
+    return None
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    if hasattr(model, "num_classes") and isinstance(model.num_classes, int):
+        return model.num_classes
+    head = _head(model)
+    return head[1].weight.shape[0] if head else None
+
+
+def _checkpoint_classes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    head = _head(model)
+    if head is None:
+        return None
+    w = state.get(f"{head[0]}.weight")
+    return None if w is None else int(w.shape[0])
+
+
+def _set_num_classes(model: nn.Module, num_classes: int) -> None:
+    """A fresh classifier head with ``num_classes`` outputs (timm's ``reset_classifier`` where available)."""
+    if hasattr(model, "reset_classifier"):
+        if getattr(model, "num_classes", None) != num_classes:
+            model.reset_classifier(num_classes)
+        return
+    head = _head(model)
+    if head is None:
+        raise BackboneError(f"cannot find the classifier head of {type(model).__name__} to give it {num_classes} classes")
+    name, old = head
+    if old.weight.shape[0] == num_classes:
+        return
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, bias=old.bias is not None)
+    new.to(old.weight.device, old.weight.dtype)
+    model.set_submodule(name, new)
+
+
+def _data_config(model: nn.Module) -> dict[str, Any]:
+    try:
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        return {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in cfg}
+    except Exception:
+        return dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
+                    crop_pct=0.875)
