@@ -1,0 +1,51 @@
+"""ReDo (Sokar et al. 2023): recycle tau-dormant units, scored on the target data.
+
+A unit is tau-dormant when its ReDo score ``s_i = E|h_i| / mean_k E|h_k|`` (``diagnose`` metric "dormant") is
+``<= tau``. Each dormant unit gets fresh incoming weights (rescaled to the surviving rows' mean norm by
+default), a zero incoming bias, a reset BatchNorm entry, and zero outgoing weights in its one consumer layer.
+Only layers with an explicit (in, out) unit pair inside a block are recycled; the residual stream,
+downsample convs, attention q/k/v and the head are skipped with the reason.
+"""
+from __future__ import annotations
+
+import torch
+
+from plasticity_core.reinit.base import Change, Context, Param, register
+from plasticity_core.reinit.fresh import consumer
+from plasticity_core.reinit.units import diagnose_units, recycle, unit_scores
+
+NO_PAIR = ("no explicit (in, out) unit pair: its output reaches the residual stream, attention or the head, "
+           "or it has no activation, so zeroing outgoing weights would not silence its units")
+
+
+@register(
+    "redo",
+    "ReDo: units with score E|h_i|/mean_k E|h_k| <= tau on target data get fresh incoming and zero outgoing weights",
+    (
+        Param("tau", "float", 0.025, "dormancy threshold on the ReDo score (paper default 0.025; 0 = exactly silent)", min=0.0),
+        Param("scale", "str", "match", "fresh incoming rows: match = rescaled to surviving rows' mean norm; fan_in = He-normal",
+              choices=("match", "fan_in")),
+        Param("max_batches", "int", 8, "batches of target data used to score units", min=1),
+    ),
+    needs_data=True,
+)
+def redo(ctx: Context) -> list[Change]:
+    p = ctx.params
+    pairs = {layer.name: consumer(ctx.model, layer) for layer in ctx.layers}
+    scored = [layer for layer in ctx.layers if pairs[layer.name] is not None]
+    d = diagnose_units(ctx, ["dormant"], p["max_batches"]) if scored else None
+    changes = []
+    for layer in ctx.layers:
+        if pairs[layer.name] is None:
+            changes.append(Change(layer, skip=f"redo: {NO_PAIR}"))
+            continue
+        s = unit_scores(d, layer, "dormant")
+        dormant = torch.isclose(s, torch.zeros_like(s)) if p["tau"] == 0 else s <= p["tau"]
+        units = dormant.nonzero().flatten()
+        if len(units) == 0:
+            changes.append(Change(layer))
+            continue
+        slices = recycle(ctx, layer, units, ctx.generator(layer.name), scale=p["scale"], consumer=pairs[layer.name])
+        fan = layer.weight(ctx.model)[0].numel()
+        changes.append(Change(layer, units=len(units), weights=len(units) * fan, slices=slices))
+    return changes

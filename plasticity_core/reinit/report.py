@@ -1,0 +1,60 @@
+"""``ReinitReport``: per layer, what a re-init changed (units/weights, SFE, DfI before/after, weight norms)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+COLUMNS = ["layer", "strategy", "units_touched", "weights_touched", "sfe", "sfe_rel", "dfi_before", "dfi_after",
+           "dfi_si_before", "dfi_si_after", "norm_before", "norm_after"]
+
+
+@dataclass
+class ReinitReport:
+    """Result of ``apply_reinit`` / ``preview_reinit``.
+
+    ``table``: one row per touched layer (columns ``COLUMNS``); ``skipped``: (layer, reason) for every layer
+    left alone; ``notes``: what the caller must know (e.g. BatchNorm not recalibrated); ``resolved_layers``:
+    the layer names the config's patterns matched; ``step_callback``: for ``cbp`` the callable
+    ``(model, optimizer, step)`` the training loop calls after each optimizer step, else None.
+    """
+
+    strategy: str
+    table: pd.DataFrame
+    skipped: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    resolved_layers: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    metric_versions: dict[str, int] = field(default_factory=dict)
+    step_callback: Any = None
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over layers: layers touched, units/weights touched, total SFE."""
+        t = self.table
+        return {"strategy": self.strategy, "layers": len(t), "units": int(t["units_touched"].sum()) if len(t) else 0,
+                "weights": int(t["weights_touched"].sum()) if len(t) else 0,
+                "sfe": float(t["sfe"].sum()) if len(t) else 0.0, "skipped": len(self.skipped)}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"ReinitReport({s['strategy']}: {s['layers']} layers, {s['units']} units, {s['weights']} weights, "
+                f"SFE {s['sfe']:.4g}, {s['skipped']} skipped, {len(self.notes)} notes)")
+
+
+def layer_row(layer: str, strategy: str, before: torch.Tensor, after: torch.Tensor, units: int, weights: int) -> dict[str, Any]:
+    """One report row from a layer's weight before and after (metric functions of plasticity_core.metrics)."""
+    try:
+        from plasticity_core.metrics import dfi, dfi_si, sfe, sfe_rel
+    except ImportError:  # metrics package not landed yet
+        from plasticity_core.reinit._weightmath import dfi, dfi_si, sfe, sfe_rel
+
+    before, after = before.detach().float(), after.detach().float()
+    return {
+        "layer": layer, "strategy": strategy, "units_touched": units, "weights_touched": weights,
+        "sfe": float(sfe(after, before)), "sfe_rel": float(sfe_rel(after, before)),
+        "dfi_before": float(dfi(before)), "dfi_after": float(dfi(after)),
+        "dfi_si_before": float(dfi_si(before)), "dfi_si_after": float(dfi_si(after)),
+        "norm_before": float(before.norm()), "norm_after": float(after.norm()),
+    }

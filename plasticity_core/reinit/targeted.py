@@ -1,0 +1,69 @@
+"""Targeted re-initialisation before fine-tuning: score units on the target data, re-init the lowest fraction.
+
+Our reading of Coetzer, Schreuder & Bosman, arXiv 2603.20860: only the paper's abstract is public ("saturated"
+pretrained weights that "yield insignificant gradients", re-initialised "prior to fine-tuning"); its exact
+criterion, fraction and init are not, so this strategy offers the hypotheses of methods.md b.11 as a parameter
+and must not be cited as the paper's method. Per selected layer, units are ranked by ``criterion``:
+- "grad": ReDo score on |dL/dh| (``diagnose`` metric "grad_dormant"); lowest = most insignificant gradients;
+- "saturation": per-unit fraction of inputs in the activation's flat region; highest = most saturated;
+- "dormant": ReDo activation score; lowest = most dormant;
+- "magnitude": norm of the unit's incoming weights (no data needed); lowest first.
+The ``floor(fraction * units)`` worst units get fresh incoming weights; ``outgoing="zero"`` also zeroes their
+outgoing weights (only for layers with an explicit unit pair, others are skipped), ``"keep"`` leaves them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from plasticity_core.reinit.base import Change, Context, Param, register
+from plasticity_core.reinit.fresh import consumer
+from plasticity_core.reinit.redo import NO_PAIR
+from plasticity_core.reinit.units import diagnose_units, recycle, unit_scores
+
+METRIC = {"grad": "grad_dormant", "saturation": "saturation", "dormant": "dormant"}
+
+
+@register(
+    "targeted",
+    "Targeted (our reading of 2603.20860, criterion not public): re-init the lowest-scoring fraction of units per layer",
+    (
+        Param("criterion", "str", "grad", "unit score on target data: grad | saturation | dormant | magnitude (no data)",
+              choices=("grad", "saturation", "dormant", "magnitude")),
+        Param("fraction", "float", 0.1, "fraction of each layer's units re-initialised (worst first)", min=0.0, max=1.0,
+              min_exclusive=True),
+        Param("outgoing", "str", "keep", "keep = leave outgoing weights; zero = zero them (function-preserving, needs a unit pair)",
+              choices=("keep", "zero")),
+        Param("scale", "str", "match", "fresh incoming rows: match = rescaled to surviving rows' mean norm; fan_in = He-normal",
+              choices=("match", "fan_in")),
+        Param("max_batches", "int", 8, "batches of target data used to score units", min=1),
+    ),
+    needs_data=True,
+)
+def targeted(ctx: Context) -> list[Change]:
+    p = ctx.params
+    metric = METRIC.get(p["criterion"])
+    d = diagnose_units(ctx, [metric], p["max_batches"]) if metric else None
+    changes = []
+    for layer in ctx.layers:
+        pair = consumer(ctx.model, layer)
+        if p["outgoing"] == "zero" and pair is None:
+            changes.append(Change(layer, skip=f"targeted outgoing='zero': {NO_PAIR}"))
+            continue
+        if metric is None:
+            score = layer.weight(ctx.model).detach().flatten(1).norm(dim=1).float().cpu()
+        else:
+            score = unit_scores(d, layer, metric)
+            if metric == "saturation":
+                score = -score
+        k = math.floor(p["fraction"] * layer.units)
+        if k == 0:
+            changes.append(Change(layer))
+            continue
+        units = torch.argsort(score, stable=True)[:k]
+        slices = recycle(ctx, layer, units, ctx.generator(layer.name), scale=p["scale"],
+                         consumer=pair if p["outgoing"] == "zero" else None)
+        fan = layer.weight(ctx.model)[0].numel()
+        changes.append(Change(layer, units=k, weights=k * fan, slices=slices))
+    return changes
