@@ -1,0 +1,113 @@
+"""Weight metrics against closed forms and hand loops (numpy, float64)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from plasticity_core.metrics import METRICS, dfi, dfi_si, fro_norm, sfe, sfe_rel, spectral_norm, stable_rank
+from plasticity_core.metrics.weights import weight_metrics
+
+
+def orthogonal(m: int, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(max(m, n), min(m, n), generator=g, dtype=torch.float64))
+    return q if m >= n else q.T
+
+
+def hand_tap_metrics(w: np.ndarray) -> dict[str, float]:
+    """Per-tap loop in numpy: tall X, singular values from SVD, then the DESIGN.md formulas; mean over taps."""
+    taps = [w] if w.ndim == 2 else [w[:, :, i, j] for i in range(w.shape[2]) for j in range(w.shape[3])]
+    out = {"dfi": [], "dfi_si": [], "spectral_norm": [], "stable_rank": []}
+    for x in taps:
+        x = x.T if x.shape[1] > x.shape[0] else x
+        n = x.shape[1]
+        s = np.linalg.svd(x, compute_uv=False)
+        out["dfi"].append(np.sum((s ** 2 - 1) ** 2) + 0.0 * n)
+        out["dfi_si"].append(n * np.sum(s ** 4) / np.sum(s ** 2) ** 2 - 1)
+        out["spectral_norm"].append(s[0])
+        out["stable_rank"].append(np.sum(s ** 2) / s[0] ** 2)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (12, 5), (5, 12)])
+def test_orthogonal_has_zero_dfi(shape):
+    q = orthogonal(*shape)
+    assert dfi(q) == pytest.approx(0.0, abs=1e-10)
+    assert dfi_si(q) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_scaled_orthogonal_is_scale_invariant_zero_but_dfi_positive():
+    q = 3.0 * orthogonal(10, 6)
+    assert dfi_si(q) == pytest.approx(0.0, abs=1e-10)
+    assert dfi(q) == pytest.approx(6 * (9.0 - 1.0) ** 2)  # n (c^2 - 1)^2
+
+
+def test_closed_forms_on_a_diagonal_matrix():
+    w = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+    assert spectral_norm(w) == pytest.approx(3.0)
+    assert stable_rank(w) == pytest.approx(14.0 / 9.0)
+    assert fro_norm(w) == pytest.approx(math.sqrt(14.0))
+    assert dfi(w) == pytest.approx(8.0 ** 2 + 3.0 ** 2 + 0.0)
+    assert dfi_si(w) == pytest.approx(3 * (81 + 16 + 1) / 14.0 ** 2 - 1)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (4, 9, 3, 1), (16, 3, 1, 1)])
+def test_conv_per_tap_matches_hand_loop(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hand = hand_tap_metrics(w.numpy())
+    assert dfi(w) == pytest.approx(hand["dfi"], rel=1e-9)
+    assert dfi_si(w) == pytest.approx(hand["dfi_si"], rel=1e-9)
+    assert spectral_norm(w) == pytest.approx(hand["spectral_norm"], rel=1e-9)
+    assert stable_rank(w) == pytest.approx(hand["stable_rank"], rel=1e-9)
+
+
+def test_fp32_engine_path_agrees_with_float64_functions():
+    w = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(2))
+    w0 = w + 0.1 * torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    fast = {k: float(v) for k, v in weight_metrics(w, w0, set(METRICS.names())).items()}
+    exact = {"sfe": sfe(w, w0), "sfe_rel": sfe_rel(w, w0), "dfi": dfi(w), "dfi_si": dfi_si(w), "fro_norm": fro_norm(w),
+             "spectral_norm": spectral_norm(w), "stable_rank": stable_rank(w)}
+    assert set(fast) == set(exact)
+    for k in exact:
+        assert fast[k] == pytest.approx(exact[k], rel=1e-4), k
+
+
+def test_known_sfe_and_sfe_rel():
+    w0 = torch.ones(4, 5)
+    w = w0.clone()
+    w[1, 2] += 3.0
+    w[3, 0] -= 1.0
+    assert sfe(w, w0) == pytest.approx(10.0)
+    assert sfe_rel(w, w0) == pytest.approx(10.0 / 20.0)
+    conv0 = torch.zeros(2, 2, 3, 3)
+    conv = conv0.clone()
+    conv[0, 1, 2, 2] = 2.0
+    assert sfe(conv, conv0) == pytest.approx(4.0)
+    assert sfe_rel(conv, conv0) == pytest.approx(4.0 / 1e-12)  # max(||w0||^2, 1e-12): finite, no NaN
+
+
+def test_zero_matrix_never_gives_nan():
+    z = torch.zeros(5, 3)
+    assert dfi_si(z) == 0.0
+    assert stable_rank(z) == 0.0
+    assert spectral_norm(z) == 0.0
+    assert dfi(z) == pytest.approx(3.0)
+    values = weight_metrics(torch.zeros(4, 4, 3, 3), torch.zeros(4, 4, 3, 3), set(METRICS.names()))
+    assert all(math.isfinite(float(v)) for v in values.values())
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(ValueError, match="shapes differ"):
+        sfe(torch.zeros(3, 4), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="2-D weight"):
+        dfi(torch.zeros(7))
+
+
+def test_weight_metrics_are_registered_with_definitions():
+    for name in ("sfe", "sfe_rel", "dfi", "dfi_si", "fro_norm", "spectral_norm", "stable_rank"):
+        info = METRICS.get(name)
+        assert info.needs == "weights" and info.family == "weights" and info.definition and info.version >= 1
+    assert METRICS.get("sfe_rel").defaults == {"eps": 1e-12}
+    with pytest.raises(KeyError, match="did you mean"):
+        METRICS.get("dfi_sii")
