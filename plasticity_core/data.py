@@ -272,7 +272,7 @@ def _synthetic_opts(text: str) -> dict[str, int]:
 
 def synthetic_images(classes: int = 4, n: int = 256, size: int = 32, seed: int = 0, noise: int = 30
                      ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Deterministic procedural images: each class is an oriented grating with its own colour, plus noise.
+    """Deterministic procedural images: each class is an oriented grating on its own colour, plus noise.
 
     Classes are separable but not trivially (random phase, contrast and ``noise`` percent of pixel noise), so a
     small network learns them within a few dozen steps: a real learning signal for tests.
@@ -287,9 +287,9 @@ def synthetic_images(classes: int = 4, n: int = 256, size: int = 32, seed: int =
     phase = torch.rand(n, generator=g) * 2 * math.pi
     proj = xx[None] * torch.cos(angles)[:, None, None] + yy[None] * torch.sin(angles)[:, None, None]
     grating = torch.sin(freq[:, None, None] * math.pi * proj + phase[:, None, None])
-    hues = torch.rand(classes, 3, generator=g) * 0.6 + 0.2
-    contrast = 0.5 + 0.5 * torch.rand(n, generator=g)
-    img = 0.5 + 0.35 * contrast[:, None, None, None] * grating[:, None] * hues[labels][:, :, None, None] * 2 - 0.35 * contrast[:, None, None, None] * 0.3
+    tints = 0.35 + 0.3 * torch.rand(classes, 3, generator=g)  # a class colour: a cue a linear model can use
+    contrast = 0.15 + 0.15 * torch.rand(n, generator=g)  # the grating: a cue that needs spatial filters
+    img = tints[labels][:, :, None, None] + contrast[:, None, None, None] * grating[:, None]
     img = img + noise / 100 * torch.randn(n, 3, size, size, generator=g)
     images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     return images, labels, [f"class{c}" for c in range(classes)]

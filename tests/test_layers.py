@@ -1,0 +1,96 @@
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from plasticity_core.hooks import hook_count
+from plasticity_core.layers import layer_map, layer_table, select_layers
+
+
+def test_resnet_layer_map_follows_dataflow(tiny_resnet):
+    layers = {l.name: l for l in layer_map(tiny_resnet)}
+    # conv2 of a block reaches act2 through bn2 and the in-place residual add
+    assert layers["layer1.0.conv2"].act == "layer1.0.act2"
+    assert layers["layer1.0.conv2"].norm == "layer1.0.bn2"
+    assert layers["layer1.0.conv1"].act_type == "relu"
+    # the downsample conv is registered after conv2 but feeds no activation of its own
+    ds = layers["layer2.0.downsample.1"]
+    assert ds.act is None and ds.norm == "layer2.0.downsample.2"
+    assert layers["fc"].head and not layers["conv1.0"].head
+    assert [l.order for l in layer_map(tiny_resnet)] == list(range(len(layers)))
+    assert hook_count(tiny_resnet) == 0
+
+
+def test_vit_qkv_is_split_into_row_blocks(tiny_vit):
+    layers = {l.name: l for l in layer_map(tiny_vit)}
+    d = tiny_vit.embed_dim
+    q, k, v = (layers[f"blocks.0.attn.qkv.{p}"] for p in "qkv")
+    assert (q.rows, k.rows, v.rows) == ((0, d), (d, 2 * d), (2 * d, 3 * d))
+    assert q.kind == "attn_q" and v.shape == (d, d)
+    w = tiny_vit.blocks[0].attn.qkv.weight
+    assert torch.equal(k.weight(tiny_vit), w[d:2 * d])
+    assert k.weight(tiny_vit).data_ptr() == w[d:].data_ptr()  # a view: strategies edit the model in place
+    assert layers["blocks.0.mlp.fc1"].act_type == "gelu"
+    assert layers["patch_embed.proj"].patch_embed and layers["head"].head
+
+
+def test_mobilenet_relu6_and_depthwise():
+    m = timm.create_model("mobilenetv2_100")
+    layers = {l.name: l for l in layer_map(m)}
+    assert layers["conv_stem"].act == "bn1.act" and layers["conv_stem"].act_type == "relu6"
+    assert layers["blocks.1.0.conv_dw"].depthwise
+    assert layers["blocks.1.0.conv_pwl"].act is None  # linear bottleneck
+    assert layers["classifier"].head
+
+
+def test_torchvision_shared_relu_calls_are_told_apart():
+    m = torchvision.models.resnet18()
+    layers = {l.name: l for l in layer_map(m)}
+    assert layers["layer1.0.conv1"].act == layers["layer1.0.conv2"].act == "layer1.0.relu"
+    assert (layers["layer1.0.conv1"].act_call, layers["layer1.0.conv2"].act_call) == (0, 1)
+    assert layers["fc"].head
+
+
+@pytest.mark.parametrize("name", ["resnet50", "tf_efficientnet_lite0", "convnext_tiny", "vit_small_patch16_224"])
+def test_layer_table_covers_every_weight_layer(name):
+    m = timm.create_model(name)
+    df = layer_table(m)
+    n_weight = sum(isinstance(x, (nn.Conv2d, nn.Linear)) for x in m.modules())
+    n_qkv = sum(1 for n, _ in m.named_modules() if n.endswith("attn.qkv"))
+    assert len(df) == n_weight + 2 * n_qkv
+    assert df["head"].sum() == 1
+    assert df["params"].sum() >= sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight") and p.dim() > 1)
+
+
+def test_select_layers_lists_every_skip_with_a_reason(tiny_resnet):
+    sel = select_layers(tiny_resnet, include=["layer*"], exclude=["*.downsample.*"])
+    assert sel.names and all(n.startswith("layer") for n in sel.names)
+    assert not any("downsample" in n for n in sel.names)
+    skipped = dict(sel.skipped)
+    assert set(sel.names) | set(skipped) == {l.name for l in layer_map(tiny_resnet)}
+    assert "excluded" in skipped["layer2.0.downsample.1"]
+    assert "include" in skipped["conv1.0"]
+    assert "head" in skipped["fc"] or "include" in skipped["fc"]
+    assert "head" in dict(select_layers(tiny_resnet).skipped)["fc"]
+    assert "fc" in select_layers(tiny_resnet, allow_head=True).names
+
+
+def test_select_layers_by_module_name_picks_qkv_blocks(tiny_vit):
+    sel = select_layers(tiny_vit, include=["blocks.0.attn.qkv"])
+    assert sel.names == ["blocks.0.attn.qkv.q", "blocks.0.attn.qkv.k", "blocks.0.attn.qkv.v"]
+    skipped = dict(select_layers(tiny_vit).skipped)
+    assert "patch" in skipped["patch_embed.proj"]
+
+
+def test_layer_map_is_rebuilt_when_the_head_changes(tiny_resnet):
+    before = layer_map(tiny_resnet)[-1]
+    tiny_resnet.reset_classifier(7)
+    after = layer_map(tiny_resnet)[-1]
+    assert before.shape[0] == 4 and after.shape[0] == 7
+
+
+def test_training_mode_is_restored():
+    m = timm.create_model("test_resnet").train()
+    layer_map(m)
+    assert m.training and all(x.training for x in m.modules())
