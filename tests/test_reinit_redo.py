@@ -1,0 +1,88 @@
+"""redo: recycles exactly the dormant units of a network built to have them; explicit unit pairs only."""
+import timm
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import plasticity_core as pc
+from plasticity_core.reinit.fresh import consumer
+
+DEAD = [2, 5, 7]
+
+
+def dormant_net():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        m[0].bias[DEAD] = -100.0  # never active on N(0, 1) inputs
+    pc.layer_map(m, input_size=(8,))
+    return m
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(64, 8, generator=g), torch.zeros(64, dtype=torch.long))
+
+
+def test_redo_zeroes_outgoing_weights_of_exactly_the_dormant_units():
+    m = dormant_net()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = data().tensors[0]
+    y0 = m(x).detach()
+    r = pc.apply_reinit(m, pc.ReinitConfig(strategy="redo", layers=["0"]), data=data())
+    assert r.table.set_index("layer").loc["0", "units_touched"] == len(DEAD)
+    alive = [i for i in range(16) if i not in DEAD]
+    assert (m[2].weight[:, DEAD] == 0).all()
+    assert torch.equal(m[2].weight[:, alive], before["2.weight"][:, alive])
+    assert torch.equal(m[0].weight[alive], before["0.weight"][alive])
+    assert not torch.equal(m[0].weight[DEAD], before["0.weight"][DEAD])
+    assert (m[0].bias[DEAD] == 0).all()
+    # fresh rows are rescaled to the surviving rows' mean norm (default scale="match")
+    target = before["0.weight"][alive].norm(dim=1).mean()
+    torch.testing.assert_close(m[0].weight[DEAD].norm(dim=1), target.expand(len(DEAD)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(m(x), y0, rtol=0, atol=1e-5)  # recycling preserves the function
+    assert "dormant" in r.metric_versions
+
+
+def test_redo_needs_data():
+    try:
+        pc.apply_reinit(dormant_net(), pc.ReinitConfig(strategy="redo"))
+    except ValueError as e:
+        assert "data" in str(e)
+    else:
+        raise AssertionError("redo without data must fail")
+
+
+def test_unit_pairs_follow_blocks_not_the_residual_stream():
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    by_name = {layer.name: layer for layer in pc.layer_map(m)}
+
+    def out(name):
+        c = consumer(m, by_name[name])
+        return None if c is None else c.name
+
+    assert out("layer1.0.conv1") == "layer1.0.conv2"  # BasicBlock
+    assert out("layer3.0.conv1") == "layer3.0.conv2" and out("layer3.0.conv2") == "layer3.0.conv3"  # Bottleneck
+    for name in ("layer1.0.conv2", "layer3.0.conv3", "layer2.0.downsample.1", "fc"):
+        assert out(name) is None, name
+    v = timm.create_model("test_vit", pretrained=False, num_classes=4)
+    vl = {layer.name: layer for layer in pc.layer_map(v)}
+    assert consumer(v, vl["blocks.0.mlp.fc1"]).name == "blocks.0.mlp.fc2"
+    for name in ("blocks.0.attn.qkv.q", "blocks.0.attn.proj", "blocks.0.mlp.fc2"):
+        assert consumer(v, vl[name]) is None
+
+
+def test_redo_on_resnet_skips_unpaired_layers_with_reason_and_recalibrates_bn():
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    with torch.no_grad():
+        m.layer1[0].bn1.bias[:4] = -50.0  # 4 channels of layer1.0.conv1 dead after bn1 + act1
+    ds = TensorDataset(torch.randn(16, 3, 32, 32), torch.zeros(16, dtype=torch.long))
+    r = pc.apply_reinit(m, pc.ReinitConfig(strategy="redo", layers=["layer1.*"], bn_batches=2), data=ds)
+    t = r.table.set_index("layer")
+    assert t.loc["layer1.0.conv1", "units_touched"] >= 4
+    assert (m.layer1[0].conv2.weight[:, :4] == 0).all()
+    assert (m.layer1[0].bn1.bias[:4] == 0).all()  # the BN entry of a recycled unit is reset
+    assert "residual" in r.skipped.set_index("layer").loc["layer1.0.conv2", "reason"]
+    assert any("recalibrated" in n for n in r.notes)
