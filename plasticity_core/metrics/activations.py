@@ -137,14 +137,16 @@ class FeatureRank:
 
     def finish(self) -> torch.Tensor | None:
         if self.gram is not None:
-            g = self.gram
+            g = self.gram.double()
         elif self.rows:
-            x = torch.cat(self.rows)
-            g = x @ x.T  # N x N, N <= units: same nonzero spectrum
+            x = torch.cat(self.rows).double()
+            g = x @ x.T  # N x N, N <= units: the same nonzero spectrum
         else:
             return None
-        sigma = torch.linalg.eigvalsh(g.double()).clamp_min(0).sqrt()
-        return effective_rank(sigma)
+        lam = torch.linalg.eigvalsh(g)
+        # eigenvalues under the fp32 rounding floor of the features are zeros, not tiny singular values
+        floor = lam[-1] * g.shape[-1] * torch.finfo(torch.float32).eps
+        return effective_rank(torch.where(lam > floor, lam, torch.zeros_like(lam)).sqrt())
 
 
 def pool(out: torch.Tensor, unit_dim: int) -> torch.Tensor:
