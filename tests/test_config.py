@@ -1,0 +1,53 @@
+import pytest
+
+from plasticity_core.config import SCHEMA_VERSION, ConfigError, ExperimentConfig, FinetuneConfig, ReinitConfig
+
+
+def test_finetune_config_round_trips_exactly():
+    cfg = FinetuneConfig(steps=37, optimizer="adamw", lr=3e-4, grad_clip=0.5, diagnose_metrics=["dormant"], epochs=None)
+    assert FinetuneConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert FinetuneConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_experiment_config_round_trips_with_arms(tmp_path):
+    exp = ExperimentConfig(
+        name="t", backbone="timm:test_resnet", pretrained=False, data="synthetic:classes=4,n=64,size=32",
+        finetune=FinetuneConfig(steps=5, image_size=32),
+        arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer*"])}, seeds=[0, 1])
+    again = ExperimentConfig.from_yaml(exp.to_yaml())
+    assert again == exp and again.arms["baseline"] is None and isinstance(again.arms["fire"], ReinitConfig)
+    exp.save(tmp_path / "e.json")
+    assert ExperimentConfig.load(tmp_path / "e.json") == exp
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(optimizer="adam"), "optimizer"),
+    (dict(steps=0), "steps"),
+    (dict(lr="fast"), "lr"),
+    (dict(device="tpu"), "device"),
+    (dict(augment="yes"), "augment"),
+    (dict(amp=1), "amp"),
+])
+def test_invalid_finetune_fields_are_named(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        FinetuneConfig(**bad)
+
+
+def test_unknown_fields_and_versions_are_refused():
+    with pytest.raises(ConfigError, match="unknown field.*stepz"):
+        FinetuneConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="schema_version 99"):
+        FinetuneConfig.from_dict({"schema_version": 99})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        FinetuneConfig.from_yaml("steps: [1,")
+    with pytest.raises(ConfigError, match="seeds"):
+        ExperimentConfig(seeds=[])
+    with pytest.raises(ConfigError, match="arms"):
+        ExperimentConfig(arms={"x": "fire"})  # type: ignore[dict-item]
+    assert FinetuneConfig().schema_version == SCHEMA_VERSION
+
+
+def test_yaml_is_never_evaluated():
+    text = "steps: !!python/object/apply:os.system ['echo pwned']\n"
+    with pytest.raises(ConfigError):
+        FinetuneConfig.from_yaml(text)
