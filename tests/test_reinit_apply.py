@@ -1,0 +1,99 @@
+"""apply_reinit / preview_reinit plumbing: preview leaves the model bit-identical, optimizer state of touched
+slices is zeroed, BatchNorm statistics are recalibrated to the hand-computed values."""
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import plasticity_core as pc
+from plasticity_core.reinit.report import COLUMNS
+
+
+def images(n=16, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.zeros(n, dtype=torch.long))
+
+
+def test_preview_leaves_parameters_and_buffers_bit_identical():
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for strategy in ("fire", "reset", "shrink_perturb", "redo", "targeted"):
+        r = pc.preview_reinit(m, pc.ReinitConfig(strategy=strategy, layers=["layer2.*", "layer3.*"], bn_batches=2), data=images())
+        assert list(r.table.columns) == COLUMNS
+        assert r.resolved_layers
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert m.training  # mode restored too
+    fire = pc.preview_reinit(m, pc.ReinitConfig(strategy="fire", layers=["layer2.*"]), data=images())
+    assert (fire.table.sfe > 0).all() and any("recalibrated" in n for n in fire.notes)
+
+
+def train_step(model, opt, x):
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+
+
+def test_optimizer_moments_of_touched_slices_are_zero_afterwards():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    pc.layer_map(m, input_size=(8,))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    train_step(m, opt, torch.randn(32, 8))
+    cfg = pc.ReinitConfig(strategy="targeted", layers=["0"], params={"criterion": "magnitude", "fraction": 0.25, "outgoing": "zero"})
+    before = m[0].weight.detach().clone()
+    pc.apply_reinit(m, cfg, optimizer=opt)
+    rows = (before != m[0].weight).any(dim=1)
+    s0, s2 = opt.state[m[0].weight], opt.state[m[2].weight]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert (s0[key][rows] == 0).all() and (s0[key][~rows] != 0).any()
+        assert (opt.state[m[0].bias][key][rows] == 0).all()
+        assert (s2[key][:, rows] == 0).all() and (s2[key][:, ~rows] != 0).any()
+    assert float(s0["step"]) == 1  # partial reset keeps the per-tensor step (methods.md d.3)
+    # whole-layer strategies reset the whole tensor, step included
+    pc.apply_reinit(m, pc.ReinitConfig(strategy="reset", layers=["2"]), optimizer=opt)
+    assert all((opt.state[m[2].weight][k] == 0).all() for k in ("exp_avg", "exp_avg_sq"))
+    assert float(opt.state[m[2].weight]["step"]) == 0
+
+
+def test_sgd_momentum_of_touched_layer_is_zeroed():
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    train_step(m, opt, torch.randn(4, 3, 32, 32))
+    stem = dict(m.named_parameters())  # block convs get no gradient at init (timm's zero_init_last): use the stem
+    assert (opt.state[stem["conv1.3.weight"]]["momentum_buffer"] != 0).any()
+    pc.apply_reinit(m, pc.ReinitConfig(strategy="fire", layers=["conv1.3"]), optimizer=opt)
+    assert (opt.state[stem["conv1.3.weight"]]["momentum_buffer"] == 0).all()
+    assert (opt.state[stem["conv1.6.weight"]]["momentum_buffer"] != 0).any()
+
+
+def test_recalibrate_batchnorm_matches_hand_computed_statistics():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    m = nn.Sequential(conv, nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU())
+    m.eval()
+    ds = images(n=16, size=8)
+    n = pc.recalibrate_batchnorm(m, DataLoader(ds, batch_size=8), batches=5)
+    assert n == 2 and not m.training and not m[1].training and m[1].momentum == 0.1
+    with torch.no_grad():
+        outs = [conv(ds.tensors[0][i:i + 8]) for i in (0, 8)]
+    mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for o in outs]).mean(0)
+    torch.testing.assert_close(m[1].running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m[1].running_var, var, rtol=1e-5, atol=1e-6)
+
+
+def test_no_data_note_and_bad_cfg_type():
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    r = pc.apply_reinit(m, pc.ReinitConfig(strategy="fire", layers=["layer4.*"]))
+    assert "BatchNorm not recalibrated: no data given" in " ".join(r.notes)
+    try:
+        pc.apply_reinit(m, {"strategy": "fire"})
+    except TypeError as e:
+        assert "ReinitConfig" in str(e)
+    else:
+        raise AssertionError("a dict config must be refused")
