@@ -45,10 +45,7 @@ class ReinitReport:
 
 def layer_row(layer: str, strategy: str, before: torch.Tensor, after: torch.Tensor, units: int, weights: int) -> dict[str, Any]:
     """One report row from a layer's weight before and after (metric functions of plasticity_core.metrics)."""
-    try:
-        from plasticity_core.metrics import dfi, dfi_si, sfe, sfe_rel
-    except ImportError:  # metrics package not landed yet
-        from plasticity_core.reinit._weightmath import dfi, dfi_si, sfe, sfe_rel
+    from plasticity_core.metrics import dfi, dfi_si, sfe, sfe_rel
 
     before, after = before.detach().float(), after.detach().float()
     return {
