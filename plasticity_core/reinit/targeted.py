@@ -54,7 +54,11 @@ def targeted(ctx: Context) -> list[Change]:
         if metric is None:
             score = layer.weight(ctx.model).detach().flatten(1).norm(dim=1).float().cpu()
         else:
-            score = unit_scores(d, layer, metric)
+            try:
+                score = unit_scores(d, layer, metric)
+            except KeyError as e:  # e.g. attention q/k/v or a layer without an activation module
+                changes.append(Change(layer, skip=f"targeted criterion={p['criterion']!r}: {e.args[0]}"))
+                continue
             if metric == "saturation":
                 score = -score
         k = math.floor(p["fraction"] * layer.units)
