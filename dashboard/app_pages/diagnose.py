@@ -1,0 +1,112 @@
+"""Diagnose: per-layer metrics on the target data as a heatmap; select layers by clicking it or from a recommendation."""
+import streamlit as st
+
+import plasticity_core as pc
+from dashboard import forms, state, views
+
+st.title("Diagnose")
+current = state.loaded()
+if current is None:
+    st.info("Load a backbone and a dataset first.")
+    st.page_link("app_pages/setup.py", label="Go to Setup", icon=":material/tune:")
+    st.stop()
+
+all_metrics = pc.METRICS.names()
+with st.form("diagnose_form", border=False):
+    c1, c2, c3 = st.columns([4, 1, 1])
+    metrics = c1.multiselect("Metrics", all_metrics, default=st.session_state.get("diag_metrics", all_metrics),
+                             format_func=lambda m: m, help="\n".join(f"- **{m}**: {pc.METRICS[m].definition}" for m in all_metrics))
+    batches = c2.number_input("Probe batches", 1, 256, st.session_state.get("diag_batches", 4),
+                              help="Batches of 32 validation images the activation and gradient metrics see.")
+    run = c3.form_submit_button("Run diagnosis", type="primary", width="stretch")
+
+if run:
+    st.session_state.update(diag_metrics=metrics, diag_batches=int(batches))
+    bar = st.progress(0.0, text="Probing…")
+    try:
+        st.session_state["diagnosis"] = pc.diagnose(
+            current.backbone, current.data.loader("val", batch_size=32, shuffle=False), metrics=metrics or None,
+            max_batches=int(batches), device=current.device,
+            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
+        st.session_state.pop("recommendation", None)
+    except forms.errors() as e:
+        st.error(f"{type(e).__name__}: {e}")
+    bar.empty()
+
+diagnosis = st.session_state.get("diagnosis")
+if diagnosis is None:
+    st.info("Choose metrics and press **Run diagnosis**.")
+    st.stop()
+
+meta = diagnosis.meta
+st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
+           "Colours are normalised per metric (min → max over layers); hover a cell for the raw value and the "
+           "definition. Click cells or drag a box to select layers.")
+layers_meta = diagnosis.layers()
+stages = {r["name"]: views.stage_of(r["group"]) for r in layers_meta.to_dict("records")}
+order = diagnosis.layer_names
+fig, cells = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
+                           selected=st.session_state["selected_layers"])
+
+
+def _on_heatmap_select() -> None:
+    picked = views.layers_from_selection(st.session_state["diag_heatmap"].selection, cells, order)
+    if picked:  # a redraw can report an empty selection; clearing is the button's job
+        st.session_state["selected_layers"] = picked
+        st.session_state["w_diag_selected"] = picked
+
+
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(fig, key="diag_heatmap", on_select=_on_heatmap_select, selection_mode=("points", "box", "lasso"),
+                    config={"displaylogo": False})
+with right:
+    st.subheader("Selected layers")
+    st.session_state.setdefault("w_diag_selected", st.session_state["selected_layers"])
+    st.multiselect("Layers to re-initialise", order, key="w_diag_selected", label_visibility="collapsed",
+                   on_change=lambda: st.session_state.update(selected_layers=st.session_state["w_diag_selected"]))
+    b1, b2, b3 = st.columns([2, 2, 2])
+    budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
+                             help="Fraction of the scored layers' weights the recommendation may re-initialise.")
+    if b2.button("Recommend", key="btn_recommend", width="stretch"):
+        rec = diagnosis.recommend(budget=float(budget))
+        st.session_state["recommendation"] = rec
+        st.session_state["selected_layers"] = list(rec.layers)
+        st.session_state["reinit_strategy"] = rec.strategy
+        st.session_state["reinit_params"] = dict(rec.params)
+        st.session_state.pop("w_diag_selected", None)
+        st.rerun()
+    if b3.button("Clear", key="btn_clear", width="stretch"):
+        st.session_state["selected_layers"] = []
+        st.session_state.pop("w_diag_selected", None)
+        st.rerun()
+    if rec := st.session_state.get("recommendation"):
+        st.success(f"**Recommendation: {rec.strategy}** {rec.params or ''}  \n{rec.reason}")
+
+    st.subheader("One layer")
+    focus = st.selectbox("Layer", order, key="w_diag_focus",
+                         index=order.index(st.session_state["selected_layers"][0]) if st.session_state["selected_layers"] else 0)
+    unit_metrics = [m for (l, m) in diagnosis.unit_keys() if l == focus]
+    if unit_metrics:
+        metric = st.radio("Unit score", unit_metrics, horizontal=True, key="w_diag_unit_metric")
+        tau = meta.get("metric_params", {}).get(metric, {}).get("tau")
+        st.plotly_chart(views.unit_histogram(diagnosis.units(focus, metric), focus, metric, tau), key="diag_hist")
+    else:
+        st.caption("No per-unit scores for this layer (no activation metrics requested, or no activation after it).")
+    st.dataframe(diagnosis.wide().loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
+
+st.subheader("Layer table")
+f1, f2, f3 = st.columns([2, 2, 2])
+name_filter = f1.text_input("Name contains", key="w_diag_filter")
+kinds = f2.multiselect("Kinds", sorted(layers_meta["kind"].unique()), key="w_diag_kinds")
+stage_filter = f3.multiselect("Stages", list(dict.fromkeys(stages.values())), key="w_diag_stages")
+table = layers_meta[["name", "kind", "group", "units", "params", "act_type"]].merge(
+    diagnosis.wide(), left_on="name", right_index=True, how="left")
+table.insert(2, "stage", table["name"].map(stages))
+if name_filter:
+    table = table[table["name"].str.contains(name_filter, regex=False)]
+if kinds:
+    table = table[table["kind"].isin(kinds)]
+if stage_filter:
+    table = table[table["stage"].isin(stage_filter)]
+st.dataframe(table, hide_index=True, key="diag_table")

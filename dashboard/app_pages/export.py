@@ -1,0 +1,62 @@
+"""Export: the chosen ReinitConfig (YAML, JSON), how to apply it (CLI, Python), the diagnosis and the charts."""
+import io
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+import plasticity_core as pc
+from dashboard import state, views
+
+st.title("Export")
+cfg: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
+diagnosis = st.session_state.get("diagnosis")
+current = state.loaded()
+
+st.subheader("Re-init config")
+if cfg is None:
+    st.info("Preview a strategy on Re-init first: the previewed config is what gets exported.")
+else:
+    yaml_text, json_text = cfg.to_yaml(), cfg.to_json()
+    d1, d2, _ = st.columns([1, 1, 4])
+    d1.download_button("reinit_config.yaml", yaml_text, "reinit_config.yaml", "application/x-yaml", key="dl_yaml",
+                       icon=":material/download:")
+    d2.download_button("reinit_config.json", json_text, "reinit_config.json", "application/json", key="dl_json",
+                       icon=":material/download:")
+    st.code(yaml_text, language="yaml")
+    setup = current.setup if current else state.DEFAULT_SETUP
+    classes = current.data.num_classes if current else "N"
+    st.markdown("**Apply it with the CLI** (writes the re-initialised weights):")
+    extra = (f" --arch {setup['arch']}" if setup.get("arch") else "") + ("" if setup["pretrained"] else " --random-init")
+    st.code(f"plasticity reinit --config reinit_config.yaml --model {setup['backbone']}{extra} --num-classes {classes} "
+            f"--data '{setup['data']}' --image-size {setup['image_size']} --out reinit_weights.safetensors",
+            language="bash")
+    st.markdown("**Or in your own training code**, before the optimizer is built:")
+    st.code(f"""import plasticity_core as pc
+
+cfg = pc.ReinitConfig.load("reinit_config.yaml")
+bb = pc.load_backbone("{setup['backbone']}", num_classes={classes})
+data = pc.load_dataset("{setup['data']}", image_size={setup['image_size']}, data_config=bb.data_config)
+report = pc.apply_reinit(bb.model, cfg, data=data.train)  # recalibrates BatchNorm on your data
+print(report.table)""", language="python")
+
+st.subheader("Diagnosis")
+if diagnosis is None:
+    st.info("Run a diagnosis on Diagnose to export it.")
+else:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "diagnosis.parquet"
+        diagnosis.save(path)
+        parquet = path.read_bytes()
+    e1, e2, e3, _ = st.columns([1, 1, 1, 3])
+    e1.download_button("diagnosis.csv", diagnosis.table.to_csv(index=False), "diagnosis.csv", "text/csv", key="dl_csv")
+    e2.download_button("diagnosis.parquet", parquet, "diagnosis.parquet", "application/octet-stream", key="dl_parquet",
+                       help="Long table, per-unit scores and metadata (metric versions); Diagnosis.load reads it back.")
+    stages = {r["name"]: views.stage_of(r["group"]) for r in diagnosis.meta["layers"]}
+    fig, _ = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics})
+    buf = io.StringIO()
+    fig.write_html(buf, include_plotlyjs=True, full_html=True)
+    e3.download_button("heatmap.html", buf.getvalue(), "heatmap.html", "text/html", key="dl_heatmap",
+                       help="Interactive, self-contained (works offline).")
+    st.caption("PNG: use the camera icon in any chart's toolbar (Plotly renders it in the browser).")
+    st.dataframe(diagnosis.wide(), key="export_wide")

@@ -1,0 +1,65 @@
+"""Setup: choose the pretrained backbone and the target dataset; shows the loaded backbone's layer table."""
+import streamlit as st
+import torch
+
+import plasticity_core as pc
+from dashboard import forms, state
+
+st.title("Setup")
+st.caption("A pretrained backbone and the target dataset you want to fine-tune it on. The offline default "
+           "(bundled MobileNetV2 + animal silhouettes at 64 px) works without any network.")
+setup = st.session_state["setup"]
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Backbone")
+    backbone, arch = forms.backbone_picker(setup)
+    pretrained = st.checkbox("Pretrained weights", value=setup["pretrained"], key="w_pretrained")
+with right:
+    st.subheader("Target dataset")
+    data = forms.dataset_picker(setup)
+    c1, c2, c3 = st.columns(3)
+    image_size = c1.number_input("Image size (px)", 16, 512, int(setup["image_size"]), step=8, key="w_image_size")
+    limit = c2.number_input("Data limit (0 = all)", 0, 10_000_000, int(setup["limit"]), step=100, key="w_limit",
+                            help="Keep a stratified subset of at most this many images (fast demos and tests).")
+    options = state.devices()
+    device = c3.selectbox("Device", options, index=options.index(setup["device"]) if setup["device"] in options else 0,
+                          key="w_device")
+    st.caption(f"CUDA available: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+
+chosen = dict(backbone=backbone, arch=arch, pretrained=pretrained, data=data, image_size=int(image_size),
+              limit=int(limit), device=device)
+first_visit = "loaded_setup" not in st.session_state and "setup_error" not in st.session_state
+if st.button("Load", type="primary", key="btn_load") or first_visit:
+    st.session_state["setup"] = chosen if not first_visit else setup
+    with st.status("Loading…", expanded=False) as status:
+        try:
+            result = state.load(st.session_state["setup"], step=status.write)
+        except forms.errors() as e:
+            st.session_state["setup_error"] = f"{type(e).__name__}: {e}"
+            status.update(label="Loading failed", state="error")
+        else:
+            state.commit_loaded(result)
+            st.session_state.pop("setup_error", None)
+            status.update(label="Loaded", state="complete")
+
+if "setup_error" in st.session_state:
+    st.error(st.session_state["setup_error"])
+
+current = state.loaded()
+if current is None:
+    st.info("Nothing loaded yet: pick a backbone and a dataset, then press Load.")
+    st.stop()
+
+st.divider()
+bb, dat = current.backbone, current.data
+table = pc.layer_table(current.model)
+m = st.columns(5)
+m[0].metric("Backbone", f"{bb.name}", help=f"{current.setup['backbone']} ({'pretrained' if bb.pretrained else 'random init'})")
+m[1].metric("Weight layers", len(table))
+m[2].metric("Parameters", f"{sum(p.numel() for p in current.model.parameters()) / 1e6:.2f} M")
+m[3].metric("Classes", dat.num_classes, help=", ".join(dat.classes))
+m[4].metric("Train / val images", f"{dat.info['train']} / {dat.info['val']}")
+st.subheader("Layers in network order")
+st.dataframe(table[["name", "kind", "shape", "params", "units", "group", "act_type", "norm", "depthwise", "head"]],
+             hide_index=True, height=360, key="setup_layers")

@@ -1,0 +1,52 @@
+"""Diagnose page (AppTest): the form drives diagnose(), the results land in session state, Recommend selects."""
+import numpy as np
+
+from dashboard.testing import no_exception, tiny_app
+
+
+def _diagnosed(metrics=None, batches=2):
+    at = tiny_app()
+    at.switch_page("app_pages/diagnose.py").run()
+    no_exception(at)
+    if metrics is not None:
+        at.multiselect[0].set_value(metrics)
+    at.number_input[0].set_value(batches)
+    at.button[0].click().run()  # the form's "Run diagnosis"
+    no_exception(at)
+    return at
+
+
+def test_run_diagnosis_uses_the_widgets_and_stores_the_result():
+    at = _diagnosed(["sfe", "dfi_si", "dormant", "grad_norm"], batches=1)
+    d = at.session_state["diagnosis"]
+    assert set(d.metrics) == {"sfe", "dfi_si", "dormant", "grad_norm"}
+    assert d.meta["batches"] == 1 and d.meta["samples"] == 32  # one probe batch of 32 validation images
+    wide = d.wide()
+    assert (wide["sfe"] == 0).all()  # an untouched working copy sits exactly on its reference
+    assert wide["dormant"].dropna().between(0, 1).all() and (wide["dfi_si"] >= -1e-6).all()
+    assert at.dataframe[-1].value["name"].tolist() == d.layer_names
+
+
+def test_recommend_selects_the_recommended_layers_and_strategy():
+    at = _diagnosed(batches=2)
+    d = at.session_state["diagnosis"]
+    at.button(key="btn_recommend").click().run()
+    no_exception(at)
+    expected = d.recommend(budget=0.25)
+    assert at.session_state["selected_layers"] == expected.layers and expected.layers
+    assert at.session_state["reinit_strategy"] == expected.strategy
+    assert at.multiselect(key="w_diag_selected").value == expected.layers
+    at.button(key="btn_clear").click().run()
+    assert at.session_state["selected_layers"] == []
+
+
+def test_selected_layer_panel_shows_its_unit_scores():
+    at = _diagnosed(["dormant", "saturation"], batches=1)
+    d = at.session_state["diagnosis"]
+    layer = d.layer_names[4]
+    at.multiselect(key="w_diag_selected").set_value([layer]).run()
+    assert at.session_state["selected_layers"] == [layer]
+    at.selectbox(key="w_diag_focus").set_value(layer).run()
+    no_exception(at)
+    shown = at.dataframe[0].value["value"]
+    np.testing.assert_allclose(shown.to_numpy(float), d.wide().loc[layer].to_numpy(float))
