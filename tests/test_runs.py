@@ -1,0 +1,139 @@
+"""Run folders, experiments, background runs and comparisons."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+
+from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
+from plasticity_core.runs import (Run, RunHandle, RunStore, compare_runs, expand_experiment, read_events, run_experiment,
+                                  start_run)
+
+DATA = "synthetic:classes=4,n=256,size=32"
+
+
+def _exp(steps: int = 6, seeds=(0, 1), backbone: str = "timm:test_resnet", **ft) -> ExperimentConfig:
+    ft = FinetuneConfig(**{**dict(steps=steps, batch_size=32, lr=0.05, warmup_steps=2, eval_every=3, image_size=32,
+                                  device="cpu"), **ft})
+    return ExperimentConfig(name="t", backbone=backbone, pretrained=False, data=DATA, finetune=ft,
+                            arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer*"])},
+                            seeds=list(seeds))
+
+
+def test_expansion_gives_one_single_run_config_per_arm_and_seed():
+    singles = expand_experiment(_exp(seeds=(3, 4)))
+    assert [(next(iter(s.arms)), s.seeds, s.finetune.seed) for s in singles] == [
+        ("baseline", [3], 3), ("baseline", [4], 4), ("fire", [3], 3), ("fire", [4], 4)]
+    assert singles[3].arms["fire"].seed == 4 and singles[3].arms["fire"].strategy == "fire"
+
+
+def test_truncated_metrics_jsonl_and_missing_summary_load(tmp_path):
+    run = RunStore(tmp_path).create(_exp(seeds=(0,)), tag="x")[0]
+    (run.path / "summary.json").unlink()
+    good = [{"type": "step", "step": i, "time": 0.1 * i, "loss": 1.0 / i} for i in range(1, 4)]
+    text = "".join(json.dumps(e) + "\n" for e in good) + '{"type": "eval", "step": 3, "val_a'
+    (run.path / "metrics.jsonl").write_text(text)
+    assert read_events(run.path / "metrics.jsonl") == good
+    assert run.status == "queued" and len(run.curve("step")) == 3 and run.events("eval") == []
+    (run.path / "summary.json").write_text('{"status": "runn')  # half-written summary
+    assert run.status == "queued"
+
+
+def test_running_summary_whose_worker_is_gone_reads_failed(tmp_path):
+    run = RunStore(tmp_path).create(_exp(seeds=(0,)), tag="x")[0]
+    dead = os.getpid() + 10_000_000  # beyond pid_max: no such process
+    (run.path / "summary.json").write_text(json.dumps({"status": "running", "pid": dead}))
+    s = run.summary()
+    assert s["status"] == "failed" and s["stale"] and str(dead) in s["reason"]
+    (run.path / "summary.json").write_text(json.dumps({"status": "running", "pid": os.getpid()}))
+    assert run.status == "running"
+
+
+def test_experiment_2_arms_x_2_seeds_gives_4_folders_and_a_comparison(tmp_path):
+    seen = []
+    runs = run_experiment(_exp(), RunStore(tmp_path), on_event=lambda r, e: seen.append((r.name, e["type"])), tag="a")
+    assert sorted(p.name for p in (tmp_path / "t-a").iterdir() if p.is_dir()) == [
+        "baseline-seed0", "baseline-seed1", "fire-seed0", "fire-seed1"]
+    for r in runs:
+        s = r.summary()
+        assert s["status"] == "finished" and s["steps"] == 6 and {"arm", "seed", "wall_time_s", "best_val_acc"} <= set(s)
+        assert [e["step"] for e in r.events("eval")] == [3, 6]
+    assert ("fire-seed1", "reinit") in seen and ("baseline-seed0", "reinit") not in seen
+    table = compare_runs(RunStore(tmp_path).runs("t-a"))
+    assert list(table["arm"]) == ["baseline", "fire"] and list(table["n_seeds"]) == [2, 2]
+    base = [r for r in runs if r.arm == "baseline"]
+    best = [max(e["val_acc"] for e in r.events("eval")) for r in base]
+    assert table.loc[0, "best_acc_mean"] == pytest.approx(sum(best) / 2)
+    assert table.loc[0, "best_acc_std"] == pytest.approx(abs(best[0] - best[1]) / math.sqrt(2))
+
+
+def test_config_yaml_repeats_the_run_exactly(tmp_path):
+    first = run_experiment(_exp(seeds=(1,)), tmp_path, tag="a")[1]  # the fire arm
+    again = run_experiment(first.path / "config.yaml", tmp_path, tag="b")[0]
+    assert again.name == first.name == "fire-seed1"
+    strip = lambda run: [(e["type"], e["step"], e.get("loss"), e.get("val_acc")) for e in run.events()]  # noqa: E731
+    assert strip(again) == strip(first)
+
+
+def _fake_run(store_root, arm: str, seed: int, accs: list[float], status: str = "finished", wall: float = 10.0) -> Run:
+    reinit = None if arm == "baseline" else ReinitConfig(strategy="fire")
+    cfg = ExperimentConfig(name="f", data=DATA, arms={arm: reinit}, seeds=[seed])
+    run = RunStore(store_root).create(cfg, tag=f"{arm}{seed}")[0]
+    events = [{"type": "eval", "step": 10 * (i + 1), "time": i, "val_acc": a, "val_loss": 1.0} for i, a in enumerate(accs)]
+    (run.path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run.path / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": wall}))
+    return run
+
+
+def test_compare_runs_against_hand_computed_values(tmp_path):
+    runs = [_fake_run(tmp_path, "baseline", 0, [0.5, 0.8, 0.7]), _fake_run(tmp_path, "baseline", 1, [0.6, 0.9, 1.0], wall=20),
+            _fake_run(tmp_path, "fire", 0, [0.85, 0.9, 0.95]), _fake_run(tmp_path, "fire", 1, [0.3, 0.6, 0.82]),
+            _fake_run(tmp_path, "slow", 0, [0.1, 0.2, 0.3]), _fake_run(tmp_path, "slow", 1, [], status="failed")]
+    t = compare_runs(runs).set_index("arm")
+    target = 0.9 * (0.8 + 1.0) / 2  # 0.81: 90 % of the baseline's mean best accuracy
+    assert t.loc["baseline", "target_acc"] == pytest.approx(target)
+    assert t.loc["baseline", "final_acc_mean"] == pytest.approx(0.85)
+    assert t.loc["baseline", "final_acc_std"] == pytest.approx(math.sqrt(((0.7 - 0.85) ** 2 + (1.0 - 0.85) ** 2) / 1))
+    assert t.loc["baseline", "steps_to_target_mean"] == pytest.approx(20.0)  # 20 in seed 1; seed 0 never reaches 0.81
+    assert t.loc["baseline", "reached_target"] == "1/2" and t.loc["baseline", "wall_time_s_mean"] == pytest.approx(15.0)
+    assert t.loc["fire", "steps_to_target_mean"] == pytest.approx((10 + 30) / 2) and t.loc["fire", "reached_target"] == "2/2"
+    assert t.loc["slow", "steps_to_target"] == "never" and math.isnan(t.loc["slow", "steps_to_target_mean"])
+    assert t.loc["slow", "n_seeds"] == 1 and t.loc["slow", "n_failed"] == 1 and "(1 seed)" in t.loc["slow", "final_acc"]
+    with pytest.raises(KeyError, match="nope"):
+        compare_runs(runs, baseline="nope")
+
+
+def test_background_run_streams_events_and_stops(tmp_path):
+    cfg = _exp(steps=100_000, seeds=(0,), eval_every=5)
+    cfg.arms = {"baseline": None}
+    handle = start_run(cfg, RunStore(tmp_path), tag="bg")
+    run = handle.runs[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not run.events("eval") and time.monotonic() < deadline:
+            assert run.status in ("queued", "running"), run.summary()
+            time.sleep(0.2)
+        assert run.events("eval") and run.status == "running"  # streamed while the worker is still running
+        again = RunHandle.attach(run.path)  # e.g. after a browser refresh
+        assert again.pid == handle.pid and again.statuses() == {"baseline-seed0": "running"}
+        statuses = again.stop(timeout=60)
+    finally:
+        if handle.alive():
+            handle.stop(timeout=1)
+    s = run.summary()
+    assert statuses == {"baseline-seed0": "stopped"} and "stop requested" in s["reason"]
+    assert 0 < s["steps"] < 100_000 and s["pid"] == handle.pid
+    assert run.events()[-1]["type"] == "stopped"
+
+
+def test_crashed_background_run_leaves_failed_with_traceback(tmp_path):
+    cfg = _exp(seeds=(0,), backbone="timm:no_such_model_xyz")
+    cfg.arms = {"baseline": None}
+    handle = start_run(cfg, tmp_path, tag="crash")
+    assert handle.wait(timeout=120)
+    s = handle.runs[0].summary()
+    assert s["status"] == "failed" and "no_such_model_xyz" in s["reason"]
+    assert "Traceback" in (handle.runs[0].path / "error.txt").read_text()
