@@ -107,7 +107,7 @@ def _signature(model: nn.Module) -> tuple:
     return tuple((n, id(m), tuple(m.weight.shape)) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES))
 
 
-def layer_map(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> list[LayerInfo]:
+def layer_map(model: nn.Module, input_size: tuple[int, ...] | None = None) -> list[LayerInfo]:
     """All weight layers of ``model`` in forward order (cached per model until its layers change)."""
     sig = _signature(model)
     cached = _CACHE.get(model)
@@ -222,14 +222,16 @@ def _name_prefix(name: str, head: str | None = None) -> str:
     return comps[0] if len(comps) > 1 else "stem"
 
 
-def _trace_input(model: nn.Module, size: tuple[int, int, int] | None) -> list[tuple[int, int, int]]:
+def _trace_input(model: nn.Module, size: tuple[int, ...] | None) -> list[tuple[int, ...]]:
+    """Input shapes to try (without the batch dim): the given one, then by the first weight layer's kind."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    chans = 3
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            chans = m.in_channels if isinstance(m, nn.Conv2d) else 3
-            break
-    candidates = [size] if size else []
+    first = next((m for m in model.modules() if isinstance(m, WEIGHT_TYPES)), None)
+    candidates: list[tuple[int, ...]] = [size] if size else []
+    if isinstance(first, nn.Linear):  # an MLP: feature vectors
+        candidates.append((first.in_features,))
+    elif isinstance(first, nn.Conv1d):
+        candidates.append((first.in_channels, 64))
+    chans = first.in_channels if isinstance(first, nn.Conv2d) else 3
     candidates.append((chans, 64, 64))
     if cfg.get("input_size"):
         candidates.append(tuple(cfg["input_size"]))
@@ -237,7 +239,7 @@ def _trace_input(model: nn.Module, size: tuple[int, int, int] | None) -> list[tu
     return candidates
 
 
-def _build(model: nn.Module, input_size: tuple[int, int, int] | None) -> list[LayerInfo]:
+def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerInfo]:
     names = {id(m): n for n, m in model.named_modules()}
     producer: dict[int, str] = {}
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so their ids are not reused

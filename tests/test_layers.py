@@ -94,3 +94,10 @@ def test_training_mode_is_restored():
     m = timm.create_model("test_resnet").train()
     layer_map(m)
     assert m.training and all(x.training for x in m.modules())
+
+
+def test_mlps_are_traced_with_feature_vectors():
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    layers = layer_map(m)
+    assert [l.name for l in layers] == ["0", "2", "4"]
+    assert (layers[0].act, layers[1].act_type, layers[2].head) == ("1", "tanh", True)

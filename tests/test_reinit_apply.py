@@ -39,7 +39,6 @@ def train_step(model, opt, x):
 def test_optimizer_moments_of_touched_slices_are_zero_afterwards():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    pc.layer_map(m, input_size=(8,))
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     train_step(m, opt, torch.randn(32, 8))
     cfg = pc.ReinitConfig(strategy="targeted", layers=["0"], params={"criterion": "magnitude", "fraction": 0.25, "outgoing": "zero"})

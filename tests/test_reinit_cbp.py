@@ -13,7 +13,6 @@ RATE, MATURITY, STEPS = 0.05, 5, 30
 def net():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    pc.layer_map(m, input_size=(8,))
     return m
 
 

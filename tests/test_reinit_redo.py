@@ -15,7 +15,6 @@ def dormant_net():
     m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
     with torch.no_grad():
         m[0].bias[DEAD] = -100.0  # never active on N(0, 1) inputs
-    pc.layer_map(m, input_size=(8,))
     return m
 
 

@@ -8,7 +8,6 @@ import plasticity_core as pc
 def net():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
-    pc.layer_map(m, input_size=(32,))  # the tracer's default inputs are images
     return m
 
 

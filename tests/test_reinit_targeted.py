@@ -9,7 +9,6 @@ import plasticity_core as pc
 def net():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-    pc.layer_map(m, input_size=(8,))
     return m
 
 

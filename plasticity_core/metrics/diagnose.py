@@ -89,6 +89,7 @@ class _Probe:
     def __init__(self, module: nn.Module, layers: list[LayerInfo], names: set[str], opts: dict, dev: torch.device):
         self.module, self.layers, self.opts, self.dev = module, layers, opts, dev
         want_act = names & ACT_METRICS
+        self.want_saturation = "saturation" in want_act
         self.grads = bool(names & {"grad_norm", "grad_dormant"})
         self.act = {l.name: ActivationStats(l.units, l.act_type, dev, want_act)
                     for l in layers if want_act and l.act is not None}
@@ -109,7 +110,8 @@ class _Probe:
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
             mod = self.module.get_submodule(act)
-            hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
+            if self.want_saturation:
+                hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
             hooks.forward(mod, lambda m, args, out, act=act: self._post(act, out))
         if self.rank or self.gstats:
             for name, members in self.by_module.items():
@@ -118,12 +120,14 @@ class _Probe:
 
     def _pre(self, act: str, args: tuple) -> None:
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
-            self.act[l.name].update_pre(args[0].detach(), l.unit_dim)
+            if _fits(args[0], l):
+                self.act[l.name].update_pre(args[0].detach(), l.unit_dim)
 
     def _post(self, act: str, out: torch.Tensor) -> None:
         k = self.calls.get(act, 0)
         for l in self.by_call.get((act, k), ()):
-            self.act[l.name].update_post(out.detach(), l.unit_dim)
+            if _fits(out, l):
+                self.act[l.name].update_post(out.detach(), l.unit_dim)
         self.calls[act] = k + 1
 
     def _layer_out(self, members: list[LayerInfo], out: torch.Tensor, hooks: HookSet) -> None:
@@ -203,6 +207,11 @@ class _Probe:
             if l.name in self.gstats and (r := self.gstats[l.name].finish(gtau)) is not None:
                 out.append((l.name, "grad_dormant", r[0], r[1]))
         return out
+
+
+def _fits(t: Any, layer: LayerInfo) -> bool:
+    """The activation tensor has the layer's units on its unit axis (a shape check, no device sync)."""
+    return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[layer.unit_dim] == layer.units
 
 
 def _rows(t: torch.Tensor, layer: LayerInfo) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from plasticity_core.config import ReinitConfig
-from plasticity_core.layers import _CACHE as _LAYER_CACHE, _signature, layer_map, select_layers
+from plasticity_core.layers import select_layers
 from plasticity_core.reinit.base import STRATEGIES, Context
 from plasticity_core.reinit.report import COLUMNS, ReinitReport, layer_row
 
@@ -159,9 +159,6 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
 def preview_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None) -> ReinitReport:
     """The report ``apply_reinit`` would give, computed on a deep copy: ``model`` stays bit-identical."""
     clone = copy.deepcopy(model)
-    # same modules, same names: reuse the original's layer map instead of tracing the copy again (which also
-    # keeps working for models whose trace input had to be given explicitly)
-    _LAYER_CACHE[clone] = (_signature(clone), layer_map(model))
     report = apply_reinit(clone, cfg, data=data)
     if report.step_callback is not None:
         close = getattr(report.step_callback, "close", None)
