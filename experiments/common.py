@@ -1,0 +1,298 @@
+"""Shared plumbing of the studies: run an ``ExperimentConfig``, summarise the runs, write tables and plots.
+
+Every study builds a ``plasticity_core.ExperimentConfig`` and hands it to ``run_experiment`` here, which goes
+through the same library calls as the dashboard (``load_backbone`` -> ``load_dataset`` -> ``finetune`` with the
+arm's ``ReinitConfig``), one run per arm x seed. For a given seed every arm gets the same head init, the same data
+split and the same batch order, so arms differ only by the intervention (reference/calibration.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+import plasticity_core as pc
+from plasticity_core.config import ExperimentConfig, ReinitConfig
+from plasticity_core.data import DataBundle
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPLIT_SEED = 0  # the train/val split is the same for every seed: seeds vary init and batch order only
+REACH = 0.9  # convergence measure: first step at which val accuracy reaches 90 % of the baseline's best
+
+
+@dataclass
+class Run:
+    """One finished run: arm, seed, its eval curve and final numbers (JSON-ready)."""
+
+    arm: str
+    seed: int
+    status: str
+    final_acc: float
+    best_acc: float
+    curve: list[tuple[int, float]]  # (step, val accuracy) at every eval
+    wall_s: float
+    reinit: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def steps_to(self, threshold: float) -> int | None:
+        return next((s for s, a in self.curve if a >= threshold), None)
+
+
+def load_data(exp: ExperimentConfig, data_config: dict | None = None) -> DataBundle:
+    """The experiment's dataset at its image size, split with ``SPLIT_SEED`` (same split for every seed)."""
+    return pc.load_dataset(exp.data, image_size=exp.finetune.image_size, val_fraction=exp.val_fraction,
+                           seed=SPLIT_SEED, limit=exp.data_limit, data_config=data_config)
+
+
+def run_experiment(exp: ExperimentConfig, arch: str | None = None, data: DataBundle | None = None,
+                   after: Callable[[torch.nn.Module, DataBundle, str, int], dict] | None = None,
+                   log: Callable[[str], None] = print) -> list[Run]:
+    """Every arm x seed of ``exp``: load the backbone (head init seeded), fine-tune with the arm's re-init.
+
+    ``arch`` is passed to ``load_backbone`` for ``file:`` backbones; ``data`` replaces the experiment's dataset
+    (used by phase 1 of the warm-start study, a subset no data spec can name). ``after(model, data, arm, seed)``
+    may return extra numbers measured on the trained model (e.g. a diagnosis), stored in ``Run.extra``.
+    """
+    if data is None:
+        probe = pc.load_backbone(exp.backbone, pretrained=exp.pretrained, arch=arch)
+        data = load_data(exp, probe.data_config)
+        del probe
+    runs = []
+    for seed in exp.seeds:
+        for arm, reinit in exp.arms.items():
+            torch.manual_seed(seed)  # the fresh head (or the fresh network) is the same in every arm of a seed
+            bb = pc.load_backbone(exp.backbone, pretrained=exp.pretrained, arch=arch, num_classes=data.num_classes)
+            cfg = dataclasses.replace(exp.finetune, seed=seed)
+            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed)
+            t0 = time.perf_counter()
+            result = pc.finetune(bb.model, data, cfg, reinit=arm_cfg)
+            if result.status != "finished":
+                raise RuntimeError(f"{exp.name} arm {arm!r} seed {seed} ended {result.status}: {result.reason}")
+            run = Run(arm=arm, seed=seed, status=result.status, final_acc=float(result.final_val_acc),
+                      best_acc=float(result.best_val_acc), curve=[(e["step"], e["val_acc"]) for e in result.evals],
+                      wall_s=time.perf_counter() - t0,
+                      reinit=None if result.reinit is None else result.reinit.summary())
+            if after is not None:
+                run.extra = after(bb.model, data, arm, seed) or {}
+            log(f"  {exp.name} {arm:>14s} seed {seed}: final {run.final_acc:.3f} best {run.best_acc:.3f} "
+                f"({run.wall_s:.0f} s)")
+            runs.append(run)
+    return runs
+
+
+def summarise(runs: list[Run], baseline: str) -> pd.DataFrame:
+    """Per arm: n, final and best accuracy mean/std, steps to 90 % of the baseline's best, per-seed values."""
+    base_best = np.mean([r.best_acc for r in runs if r.arm == baseline])
+    threshold = REACH * base_best
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in runs):
+        rs = sorted((r for r in runs if r.arm == arm), key=lambda r: r.seed)
+        final = np.array([r.final_acc for r in rs])
+        best = np.array([r.best_acc for r in rs])
+        reach = [r.steps_to(threshold) for r in rs]
+        hit = [s for s in reach if s is not None]
+        rows.append({"arm": arm, "n": len(rs), "final_mean": final.mean(), "final_std": _std(final),
+                     "best_mean": best.mean(), "best_std": _std(best),
+                     "steps_to_reach": float(np.mean(hit)) if hit else math.nan, "reached": f"{len(hit)}/{len(rs)}",
+                     "per_seed_final": [round(float(v), 4) for v in final],
+                     "per_seed_steps": reach, "wall_s": float(np.mean([r.wall_s for r in rs])),
+                     "touched": _touched(rs[0])})
+    table = pd.DataFrame(rows)
+    table.attrs["threshold"] = threshold
+    return table
+
+
+def _touched(run: Run) -> str:
+    """What the arm's re-init changed before training (units in layers); cbp changes units during training."""
+    if run.reinit is None:
+        return "-"
+    r = run.reinit
+    if r["strategy"] == "cbp":
+        return "during training"
+    return f"{r['units']} units in {r['layers']} layers" if r["layers"] else "nothing (all layers skipped)"
+
+
+def _std(x: np.ndarray) -> float:
+    return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+
+def effect(table: pd.DataFrame, arm: str, baseline: str) -> tuple[float, float]:
+    """Difference of final accuracy means (arm - baseline) and its standard error (Welch); NaN SE with 1 seed."""
+    a = table.set_index("arm")
+    d = a.at[arm, "final_mean"] - a.at[baseline, "final_mean"]
+    se = math.sqrt(a.at[arm, "final_std"] ** 2 / a.at[arm, "n"] + a.at[baseline, "final_std"] ** 2 / a.at[baseline, "n"])
+    return float(d), se
+
+
+def verdict(table: pd.DataFrame, arm: str, baseline: str, paper_sign: int, paper_text: str) -> str:
+    """One honest sentence: the measured difference, whether it is beyond 2 standard errors, and vs the paper."""
+    d, se = effect(table, arm, baseline)
+    if math.isnan(se) or se == 0:
+        return f"- {arm} vs {baseline}: {d * 100:+.1f} points (one seed: no noise estimate). Paper: {paper_text}."
+    if abs(d) < 2 * se:
+        call = "within noise (|diff| < 2 SE)"
+    elif (d > 0) == (paper_sign > 0):
+        call = "same sign as the paper"
+    else:
+        call = "OPPOSITE sign to the paper"
+    return f"- {arm} vs {baseline}: {d * 100:+.1f} ± {se * 100:.1f} points (SE): {call}. Paper: {paper_text}."
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The per-arm table as markdown: mean ± std in points, steps to 90 % of baseline best, per-seed values."""
+    lines = ["| arm | n | final acc (%) | best acc (%) | steps to 90 % of baseline best | per-seed final (%) | "
+             "per-seed steps | re-init touched | s/run |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        steps = "never" if math.isnan(r.steps_to_reach) else f"{r.steps_to_reach:.0f} ({r.reached})"
+        seeds = ", ".join(f"{v * 100:.1f}" for v in r.per_seed_final)
+        per_steps = ", ".join("never" if s is None else str(s) for s in r.per_seed_steps)
+        lines.append(f"| {r.arm} | {r.n} | {_pm(r.final_mean, r.final_std)} | {_pm(r.best_mean, r.best_std)} | "
+                     f"{steps} | {seeds} | {per_steps} | {r.touched} | {r.wall_s:.0f} |")
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean * 100:.1f}" if math.isnan(std) else f"{mean * 100:.1f} ± {std * 100:.1f}"
+
+
+def save_runs(runs: list[Run], out: Path) -> None:
+    """One JSON line per run (curves included), so tables and plots can be redrawn without rerunning."""
+    with open(out / "runs.jsonl", "w") as f:
+        for r in runs:
+            f.write(json.dumps(dataclasses.asdict(r)) + "\n")
+
+
+def plot_curves(runs: list[Run], path: Path, title: str, threshold: float | None = None) -> bool:
+    """Mean val-accuracy curve per arm (band: min..max over seeds) as a PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for arm in dict.fromkeys(r.arm for r in runs):
+        curves = [r.curve for r in runs if r.arm == arm]
+        steps = [s for s, _ in curves[0]]
+        acc = np.array([[a for _, a in c] for c in curves if len(c) == len(steps)]) * 100
+        line, = ax.plot(steps, acc.mean(0), label=arm, lw=1.8)
+        ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    if threshold is not None:
+        ax.axhline(threshold * 100, color="grey", ls=":", lw=1, label=f"{REACH:.0%} of baseline best")
+    ax.set(xlabel="step", ylabel="val accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_lines(frame: pd.DataFrame, path: Path, title: str, xlabel: str, ylabel: str) -> bool:
+    """One line per column over the index (e.g. a metric per layer, one line per probe dataset)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    x = np.arange(len(frame))
+    for col in frame.columns:
+        ax.plot(x, frame[col].to_numpy(float), marker=".", lw=1.4, label=str(col))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_bars(frame: pd.DataFrame, path: Path, title: str, ylabel: str) -> bool:
+    """Grouped bars: rows = x groups, columns = series (e.g. metric x probe dataset); False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(frame) * max(1, len(frame.columns)) / 2), 4.2), dpi=110)
+    width = 0.8 / max(1, len(frame.columns))
+    x = np.arange(len(frame))
+    for i, col in enumerate(frame.columns):
+        ax.bar(x + (i - (len(frame.columns) - 1) / 2) * width, frame[col].to_numpy(float), width, label=str(col))
+    ax.set_xticks(x, [str(i) for i in frame.index], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="smoke test of the whole path in seconds (tiny scale)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default experiments/results/<study>[-quick])")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    return p
+
+
+def out_dir(args: argparse.Namespace, study: str) -> Path:
+    out = args.out or RESULTS / (f"{study}-quick" if args.quick else study)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def scale_note(args: argparse.Namespace, seconds: float) -> str:
+    mode = "--quick (smoke test: numbers mean nothing)" if args.quick else "full"
+    return (f"Mode: {mode}. Wall time {seconds / 60:.1f} min with {torch.get_num_threads()} torch thread(s) on "
+            f"{'CUDA' if torch.cuda.is_available() else 'CPU'}.")
+
+
+def probe_loader(dataset, seed: int, batch_size: int = 32) -> torch.utils.data.DataLoader:
+    """A shuffled (seeded) loader for diagnosis probes: datasets are stored class by class, so the first batches
+    in index order would hold one or two classes only."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
+
+
+def layer_means(d, layers: list[str], metrics: list[str] | None = None) -> dict[str, float]:
+    """Mean of each metric over ``layers`` (prefix ``sel_``) and over every layer that has it (prefix ``all_``)."""
+    wide = d.wide()
+    out = {}
+    for m in metrics or list(wide.columns):
+        col = wide[m].dropna()
+        picked = col[col.index.isin(layers)]
+        out[f"sel_{m}"] = float(picked.mean()) if len(picked) else math.nan
+        out[f"all_{m}"] = float(col.mean()) if len(col) else math.nan
+    return out
+
+
+def frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame (index = first column) as a markdown table, without the optional ``tabulate`` package."""
+    cols = [frame.index.name or ""] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in frame.iterrows():
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join([str(idx)] + cells) + " |")
+    return "\n".join(lines)
+
+
+def reinit_arm(strategy: str, layers: list[str], include_head: bool = False, **params: Any) -> ReinitConfig:
+    """A validated re-init arm (the seed is set per run by ``run_experiment``)."""
+    return ReinitConfig(strategy=strategy, layers=layers, params=params, include_head=include_head)

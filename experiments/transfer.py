@@ -1,0 +1,147 @@
+"""Study 2, transfer to an atypical target (the setting of arXiv 2603.20860) at CPU scale.
+
+The bundled ImageNet MobileNetV2 (real torchvision weights) gets a fresh 10-class head and is fine-tuned on
+the animal silhouettes (grayscale 28 px shapes, far from ImageNet photos) at 64 px. First the pretrained
+backbone is diagnosed on the target train split and ``Diagnosis.recommend`` picks the layers, exactly as the
+dashboard's "recommend" button does; then every arm fine-tunes for the same step budget: plain fine-tuning
+(baseline), the recommended strategy, and each other strategy on the same layers. After fine-tuning, each
+model is diagnosed again on the val split (study 3 reads those numbers).
+
+    python experiments/transfer.py            # full CPU scale (see experiments/README.md for the time)
+    python experiments/transfer.py --quick    # smoke test of the whole path
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig  # noqa: E402
+
+STUDY = "transfer"
+BASELINE = "baseline"
+AFTER_METRICS = ["dormant", "dead", "saturation", "dfi_si"]
+PAPER_TEXT = ("2603.20860 reports faster transfer after re-initialising saturated weights (abstract only; no "
+              "numbers are public); FIRE/ReDo/CBP/S&P were not evaluated in this setting")
+
+
+def settings(quick: bool) -> dict:
+    """Scale of one mode (the full mode is sized for <= ~8 min on 2 free CPU cores)."""
+    if quick:
+        return dict(data_limit=200, seeds=[0], probe_batches=1, after_batches=1, cbp=dict(maturity=2),
+                    finetune=FinetuneConfig(steps=4, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=5e-4,
+                                            warmup_steps=1, image_size=32, eval_every=2, device="auto"))
+    return dict(data_limit=2000, seeds=[0, 1, 2], probe_batches=8, after_batches=4, cbp=dict(maturity=20),
+                finetune=FinetuneConfig(steps=150, batch_size=32, optimizer="sgd", lr=0.02, weight_decay=5e-4,
+                                        warmup_steps=15, image_size=64, eval_every=15, device="auto"))
+
+
+def base_experiment(s: dict) -> ExperimentConfig:
+    return ExperimentConfig(name=STUDY, backbone="bundled:mobilenetv2_100", pretrained=True,
+                            data="bundled:animal-silhouettes", data_limit=s["data_limit"], finetune=s["finetune"],
+                            arms={BASELINE: None}, seeds=s["seeds"])
+
+
+def recommend(exp: ExperimentConfig, s: dict, out: Path | None = None):
+    """Diagnose the pretrained backbone (seed-0 head) on the target train split (saved under ``out``); advise."""
+    torch.manual_seed(0)
+    bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=10)
+    data = common.load_data(exp, bb.data_config)
+    d = common.pc.diagnose(bb, common.probe_loader(data.train, seed=0), max_batches=s["probe_batches"])
+    if out is not None:
+        d.save(out / "diagnosis_pretrained.parquet")
+    return d.recommend(), data
+
+
+def arms(rec, s: dict) -> dict[str, ReinitConfig | None]:
+    """Baseline, the recommended strategy, and every other strategy on the recommended layers."""
+    layers = list(rec.layers)
+    crit = rec.params.get("criterion", "grad")
+    candidates = {
+        "fire": common.reinit_arm("fire", layers),
+        "reset": common.reinit_arm("reset", layers),
+        "shrink_perturb": common.reinit_arm("shrink_perturb", layers),
+        "redo": common.reinit_arm("redo", layers),
+        "targeted": common.reinit_arm("targeted", layers, criterion=crit, fraction=rec.params.get("fraction", 0.1)),
+        "cbp": common.reinit_arm("cbp", layers, replacement_rate=1e-3, **s["cbp"]),
+    }
+    out: dict[str, ReinitConfig | None] = {BASELINE: None}
+    recommended = common.reinit_arm(rec.strategy, layers, **rec.params)
+    out[f"{rec.strategy} (recommended)"] = recommended
+    for name, cfg in candidates.items():
+        if not (cfg.strategy == recommended.strategy and cfg.params == recommended.params):
+            out[name] = cfg
+    return out
+
+
+def after_diagnosis(layers: list[str], batches: int):
+    """A callback for ``run_experiment``: layer-mean diagnosis of the fine-tuned model on the val split."""
+    def measure(model: torch.nn.Module, data, arm: str, seed: int) -> dict:
+        d = common.pc.diagnose(model, common.probe_loader(data.val, seed=seed), metrics=AFTER_METRICS,
+                               max_batches=batches)
+        return common.layer_means(d, layers)
+    return measure
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    out = common.out_dir(args, STUDY)
+    s = settings(args.quick)
+    if args.seeds:
+        s["seeds"] = args.seeds
+    t0 = time.perf_counter()
+    exp = base_experiment(s)
+    rec, data = recommend(exp, s, out)
+    print(f"{STUDY}: recommend -> {rec.strategy} {rec.params} on {len(rec.layers)} layers: {rec.reason}")
+    exp.arms = arms(rec, s)
+    exp.save(out / "config.yaml")
+    runs = common.run_experiment(exp, data=data, after=after_diagnosis(rec.layers, s["after_batches"]))
+    write(out, args, exp, rec, runs, time.perf_counter() - t0)
+    return out
+
+
+def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float) -> None:
+    table = common.summarise(runs, BASELINE)
+    common.save_runs(runs, out)
+    (out / "recommendation.json").write_text(json.dumps(rec.to_dict(), indent=2, default=str))
+    after = pd.DataFrame([{"arm": r.arm, "seed": r.seed, **r.extra} for r in runs]).groupby("arm", sort=False).mean(numeric_only=True)
+    after = after.drop(columns="seed")
+    after.to_csv(out / "diagnosis_after.csv")
+    plotted = common.plot_curves(runs, out / "curves.png", "MobileNetV2 (ImageNet) -> animal silhouettes, 64 px"
+                                 if not args.quick else "transfer --quick", table.attrs["threshold"])
+    ft = exp.finetune
+    lines = [
+        "# Study 2: transfer to an atypical target", "",
+        f"Command: `python experiments/transfer.py{' --quick' if args.quick else ''}`. {common.scale_note(args, seconds)}",
+        f"`{exp.backbone}` (real ImageNet weights, fresh 10-class head) on `{exp.data}` limited to {exp.data_limit} "
+        f"images (80/20 split) at {ft.image_size} px; {ft.steps} steps, batch {ft.batch_size}, SGD momentum "
+        f"{ft.momentum} lr {ft.lr:g} wd {ft.weight_decay:g}, warm-up {ft.warmup_steps} + cosine to 0; seeds {exp.seeds}.",
+        "", "## What the diagnosis recommended", "",
+        f"`Diagnosis.recommend()` on the pretrained backbone ({s_batches(args)} probe batches of the target train "
+        f"split): **{rec.strategy}** {rec.params} on {len(rec.layers)} layer(s): {', '.join(f'`{l}`' for l in rec.layers)}.",
+        f"Reason given: {rec.reason}", "",
+        "## Val accuracy after the step budget", "", common.markdown_table(table), "",
+        f"Steps to reach: first eval step with val accuracy >= {common.REACH:.0%} of the baseline's mean best "
+        f"({table.attrs['threshold'] * 100:.1f} %).", "", "## Against the paper", "",
+        *[common.verdict(table, arm, BASELINE, 1, PAPER_TEXT) for arm in table["arm"] if arm != BASELINE], "",
+        "## Diagnosis after fine-tuning (val split, mean over the recommended layers / all layers)", "",
+        common.frame_markdown(after), "",
+        "![curves](curves.png)" if plotted else "(No PNG: matplotlib is not installed.)",
+    ]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print((out / "results.md").read_text())
+
+
+def s_batches(args) -> int:
+    return settings(args.quick)["probe_batches"]
+
+
+if __name__ == "__main__":
+    main()
