@@ -25,9 +25,9 @@ PAGES = [
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(PAGES)
-with st.sidebar:
+page.run()
+with st.sidebar:  # after the page, so that it shows what the page just loaded or selected
     loaded = st.session_state.get("loaded_setup")
     st.caption(f"Backbone: `{loaded['backbone']}`  \nData: `{loaded['data']}` at {loaded['image_size']} px"
                if loaded else "Nothing loaded yet")
     st.caption(f"Selected layers: {len(st.session_state['selected_layers'])}")
-page.run()

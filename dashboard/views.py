@@ -70,7 +70,7 @@ def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[
             fig.add_shape(type="rect", x0=-0.5, x1=len(metrics) - 0.5, y0=i - 0.5, y1=i + 0.5,
                           line=dict(color="#e74c3c", width=2))
     fig.update_layout(
-        height=max(320, CELL_PX * len(layers) + 140), margin=dict(l=10, r=10, t=30, b=10), dragmode="select",
+        height=max(320, CELL_PX * len(layers) + 170), margin=dict(l=10, r=10, t=90, b=10), dragmode="select",
         clickmode="event+select", hovermode="closest",
         xaxis=dict(tickvals=list(range(len(metrics))), ticktext=metrics, side="top", tickangle=-30),
         yaxis=dict(tickvals=list(range(len(layers))), ticktext=layers, autorange="reversed", tickfont=dict(size=10)),

@@ -88,9 +88,11 @@ def _live_view() -> None:
         st.toast("Stop requested: the worker ends each run at its next step.")
     points = _points(runs)
     if len(points):
-        left, right = st.columns(2)
-        left.plotly_chart(views.curves(points, "val_acc", "Validation accuracy"), key="curve_acc")
-        right.plotly_chart(views.curves(points, "loss", "Training loss"), key="curve_loss")
+        for column, (metric, title) in zip(st.columns(2), [("val_acc", "Validation accuracy"), ("loss", "Training loss")]):
+            if (points["metric"] == metric).any():
+                column.plotly_chart(views.curves(points, metric, title), key=f"curve_{metric}")
+            else:
+                column.caption(f"{title}: waiting for the first value…")
     else:
         st.caption("Waiting for the first events…")
     st.dataframe(table.drop(columns=["experiment", "path"]), hide_index=True, key="runs_table")

@@ -54,7 +54,7 @@ if current is None:
 st.divider()
 bb, dat = current.backbone, current.data
 table = pc.layer_table(current.model)
-m = st.columns(5)
+m = st.columns([2.2, 1, 1, 1, 1.4])
 m[0].metric("Backbone", f"{bb.name}", help=f"{current.setup['backbone']} ({'pretrained' if bb.pretrained else 'random init'})")
 m[1].metric("Weight layers", len(table))
 m[2].metric("Parameters", f"{sum(p.numel() for p in current.model.parameters()) / 1e6:.2f} M")
