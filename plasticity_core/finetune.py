@@ -8,6 +8,7 @@ dict with ``type``, ``step`` and ``time`` (seconds since the run started):
 - ``start``: device, total steps, batches per epoch; ``optimizer``: parameter count per group;
 - ``reinit``: the ``ReinitReport`` table (records) and notes;
 - ``step``: ``loss`` (mean over the logged window), ``lr``, ``images_per_s``, ``epoch``;
+- ``step`` also has ``replaced`` (units replaced in the window) when ``cbp`` runs; ``cbp``: replaced units per layer;
 - ``eval``: ``val_acc``, ``val_loss``; ``diagnosis``: ``rows`` (layer, metric, value);
 - ``finished`` / ``stopped`` / ``failed``: ``reason``, and the final numbers.
 
@@ -201,6 +202,12 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         result.total_steps = total
         log_every = log_every or (CUDA_LOG_EVERY if device.type == "cuda" else 1)
         emit("start", 0, device=str(device), total_steps=total, batches_per_epoch=per_epoch, log_every=log_every)
+        if cfg.diagnose_every:  # snapshots measure movement (SFE) from the weights as given, before any re-init
+            from plasticity_core.metrics import METRICS
+
+            for name in cfg.diagnose_metrics:
+                METRICS.get(name)  # an unknown metric fails now, with close matches, not at the first snapshot
+            reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if reinit is not None:
             from plasticity_core.reinit import apply_reinit
 
@@ -212,7 +219,10 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         groups = param_groups(model, cfg)
         optimizer = make_optimizer(groups, cfg)
         emit("optimizer", 0, groups={g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
-        _train(model, data, cfg, device, mf, optimizer, batches, per_epoch, total, log_every, callback, stop, emit, result)
+        _train(model, data, cfg, device, mf, optimizer, batches, per_epoch, total, log_every, callback, stop, emit, result,
+               reference if cfg.diagnose_every else None)
+        if callback is not None and callable(getattr(callback, "replaced", None)):
+            emit("cbp", result.steps, replaced=callback.replaced())
     except RunFailed as e:
         result.status, result.reason = "failed", str(e)
     except torch.OutOfMemoryError:
@@ -248,12 +258,13 @@ class _Emitter:
 
 def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, mf: torch.memory_format,
            optimizer: torch.optim.Optimizer, batches: Iterator, per_epoch: int, total: int, log_every: int,
-           callback: Callable | None, stop: StopFlag | None, emit: _Emitter, result: RunResult) -> None:
+           callback: Callable | None, stop: StopFlag | None, emit: _Emitter, result: RunResult,
+           reference: dict[str, torch.Tensor] | None) -> None:
     """The step loop; fills ``result`` as it goes (status, steps, accuracies)."""
     model.train()
     window_loss = torch.zeros((), device=device)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss, on device
-    window_steps = window_images = train_images = 0
+    window_steps = window_images = train_images = window_replaced = 0
     train_time, window_start = 0.0, time.perf_counter()
     deadline = None if cfg.time_limit_s is None else emit.t0 + cfg.time_limit_s
     result.status, result.reason = "finished", f"completed {total} steps"
@@ -278,7 +289,7 @@ def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.devic
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if callback is not None:
-            callback(model, optimizer, step + 1)
+            window_replaced += int(callback(model, optimizer, step + 1) or 0)
         done = result.steps = step + 1
         loss = loss.detach()
         window_loss += loss
@@ -294,14 +305,15 @@ def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.devic
                                 "diverged; lower the learning rate or enable grad_clip")
             train_images, train_time = train_images + window_images, train_time + elapsed
             result.train_loss, result.images_per_s = mean_loss, train_images / max(train_time, 1e-9)
+            extra = {"replaced": window_replaced} if callback is not None else {}
             emit("step", done, loss=mean_loss, lr=optimizer.param_groups[0]["lr"],
-                 images_per_s=window_images / max(elapsed, 1e-9), epoch=step // per_epoch)
+                 images_per_s=window_images / max(elapsed, 1e-9), epoch=step // per_epoch, **extra)
             window_loss.zero_()
-            window_steps = window_images = 0
+            window_steps = window_images = window_replaced = 0
             if eval_due:
                 _eval(model, data, cfg, device, result, emit)
             if diag_due:
-                _diagnose(model, data, cfg, device, done, emit)
+                _diagnose(model, data, cfg, device, done, emit, reference)
             window_start = time.perf_counter()  # eval and diagnosis time is not training time
     user_stop = result.status == "stopped" and result.reason.startswith("stop requested")
     if result.steps > 0 and not user_stop and (not result.evals or result.evals[-1]["step"] != result.steps):
@@ -317,13 +329,14 @@ def _eval(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device
     emit("eval", result.steps, val_acc=acc, val_loss=loss)
 
 
-def _diagnose(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, step: int, emit: _Emitter) -> None:
+def _diagnose(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, step: int, emit: _Emitter,
+              reference: dict[str, torch.Tensor] | None) -> None:
     """A diagnosis snapshot on the val split (the chosen metric subset); the model returns to train mode."""
     from plasticity_core.metrics import diagnose
 
     was_training = model.training
     try:
-        d = diagnose(model, data.val, metrics=list(cfg.diagnose_metrics), max_batches=2, device=device)
+        d = diagnose(model, data.val, reference=reference, metrics=list(cfg.diagnose_metrics), max_batches=2, device=device)
     finally:
         model.train(was_training)
     rows = [{"layer": r.layer, "metric": r.metric, "value": float(r.value)} for r in d.table.itertuples()]

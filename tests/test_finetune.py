@@ -158,3 +158,49 @@ def test_bad_arguments_are_refused(data):
         finetune(_model(), data, {"steps": 3})
     with pytest.raises(TypeError, match="ReinitConfig"):
         finetune(_model(), data, _cfg(), reinit="fire")
+
+
+def test_diagnosis_snapshots_every_n_steps(data):
+    events = []
+    cfg = _cfg(steps=4, diagnose_every=2, diagnose_metrics=["dormant", "sfe"])
+    r = finetune(_model(), data, cfg, on_event=events.append)
+    snaps = [e for e in events if e["type"] == "diagnosis"]
+    assert r.status == "finished" and [e["step"] for e in snaps] == [2, 4]
+    assert {row["metric"] for row in snaps[0]["rows"]} == {"dormant", "sfe"}
+    sfe = [row["value"] for row in snaps[1]["rows"] if row["metric"] == "sfe"]
+    assert sfe and all(v > 0 for v in sfe)  # every layer moved from the weights finetune was given
+    with pytest.raises(KeyError):
+        finetune(_model(), data, _cfg(steps=2, diagnose_every=1, diagnose_metrics=["no_such_metric"]))
+
+
+def test_cbp_arm_calls_its_step_callback_every_step(data):
+    events = []
+    cfg = ReinitConfig(strategy="cbp", layers=["layer*"], params={"replacement_rate": 0.05, "maturity": 2})
+    r = finetune(_model(), data, _cfg(steps=8), reinit=cfg, on_event=events.append)
+    replaced = sum(e["replaced"] for e in events if e["type"] == "step")
+    per_layer = next(e for e in events if e["type"] == "cbp")["replaced"]
+    assert r.status == "finished" and replaced > 0 and replaced == sum(per_layer.values())
+
+
+class Raises(nn.Module):
+    def __init__(self, inner: nn.Module, error: BaseException) -> None:
+        super().__init__()
+        self.inner, self.error, self.calls = inner, error, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.training and self.calls == 3:
+            raise self.error
+        return self.inner(x)
+
+
+def test_out_of_memory_fails_with_a_smaller_batch_hint(data):
+    r = finetune(Raises(_model(), torch.OutOfMemoryError("CUDA out of memory")), data, _cfg(steps=10))
+    assert r.status == "failed" and "out of memory" in r.reason and "batch_size=32" in r.reason and "16" in r.reason
+
+
+def test_unexpected_error_is_reported_then_raised(data):
+    events = []
+    with pytest.raises(ZeroDivisionError):
+        finetune(Raises(_model(), ZeroDivisionError("boom")), data, _cfg(steps=10), on_event=events.append)
+    assert events[-1]["type"] == "failed" and "ZeroDivisionError: boom" in events[-1]["reason"]

@@ -6,6 +6,7 @@ import math
 import os
 import time
 
+import pandas as pd
 import pytest
 
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
@@ -71,7 +72,9 @@ def test_experiment_2_arms_x_2_seeds_gives_4_folders_and_a_comparison(tmp_path):
 
 
 def test_config_yaml_repeats_the_run_exactly(tmp_path):
-    first = run_experiment(_exp(seeds=(1,)), tmp_path, tag="a")[1]  # the fire arm
+    first = run_experiment(_exp(seeds=(1,), diagnose_every=3, diagnose_metrics=["dormant"]), tmp_path, tag="a")[1]
+    snaps = pd.read_parquet(first.path / "diagnosis.parquet")  # the fire arm's diagnosis snapshots
+    assert sorted(set(snaps["step"])) == [3, 6] and set(snaps["metric"]) == {"dormant"}
     again = run_experiment(first.path / "config.yaml", tmp_path, tag="b")[0]
     assert again.name == first.name == "fire-seed1"
     strip = lambda run: [(e["type"], e["step"], e.get("loss"), e.get("val_acc")) for e in run.events()]  # noqa: E731
