@@ -294,7 +294,9 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
         if stack and stack[-1] == name:
             stack.pop()
         if isinstance(out, torch.Tensor):
-            producer[id(out)] = name
+            inner = producer.get(id(out))
+            if inner is None or not inner.startswith(name + "."):  # a container passes on its last child's output
+                producer[id(out)] = name
             keep.append(out)
 
     was_training = model.training

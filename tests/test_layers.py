@@ -101,3 +101,9 @@ def test_mlps_are_traced_with_feature_vectors():
     layers = layer_map(m)
     assert [l.name for l in layers] == ["0", "2", "4"]
     assert (layers[0].act, layers[1].act_type, layers[2].head) == ("1", "tanh", True)
+
+
+def test_container_outputs_keep_their_innermost_producer(tiny_resnet):
+    # test_resnet's deep stem is a Sequential whose last conv feeds the model's bn1 -> act1
+    stem_out = {l.name: l for l in layer_map(tiny_resnet)}["conv1.6"]
+    assert (stem_out.act, stem_out.norm) == ("act1", "bn1")
