@@ -89,6 +89,29 @@ def run_experiment(exp: ExperimentConfig, arch: str | None = None, data: DataBun
     return runs
 
 
+def run_with_store(exp: ExperimentConfig, out: Path, log: Callable[[str], None] = print) -> list[Run]:
+    """Every arm x seed through ``plasticity_core.runs.run_experiment`` (the dashboard's and the CLI's path),
+    writing run folders under ``out/runs``; returns the runs read back from their folders."""
+    from plasticity_core import runs as pc_runs
+
+    folders = pc_runs.run_experiment(exp, store=out / "runs", tag=time.strftime("%Y%m%d-%H%M%S"))
+    runs = []
+    for f in folders:
+        summary, evals = f.summary(), f.events("eval")
+        if summary.get("status") != "finished":
+            raise RuntimeError(f"{exp.name} run {f.name} ended {summary.get('status')}: {summary.get('reason')}")
+        reinit = next((e["summary"] for e in f.events("reinit")), None)
+        diag = [e["rows"] for e in f.events("diagnosis")]
+        run = Run(arm=f.arm, seed=f.seed, status=summary["status"], final_acc=float(evals[-1]["val_acc"]),
+                  best_acc=max(float(e["val_acc"]) for e in evals), curve=[(e["step"], e["val_acc"]) for e in evals],
+                  wall_s=float(summary.get("wall_time_s") or math.nan), reinit=reinit,
+                  extra={"last_diagnosis": diag[-1] if diag else []})
+        log(f"  {exp.name} {run.arm:>22s} seed {run.seed}: final {run.final_acc:.3f} best {run.best_acc:.3f} "
+            f"({run.wall_s:.0f} s)")
+        runs.append(run)
+    return runs
+
+
 def summarise(runs: list[Run], baseline: str) -> pd.DataFrame:
     """Per arm: n, final and best accuracy mean/std, steps to 90 % of the baseline's best, per-seed values."""
     base_best = np.mean([r.best_acc for r in runs if r.arm == baseline])

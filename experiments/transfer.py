@@ -27,7 +27,7 @@ from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfi
 
 STUDY = "transfer"
 BASELINE = "baseline"
-AFTER_METRICS = ["dormant", "dead", "saturation", "dfi_si"]
+AFTER_METRICS = ["dormant", "dead", "saturation", "dfi_si"]  # snapshot at the last step (FinetuneConfig.diagnose_every)
 PAPER_TEXT = ("2603.20860 reports faster transfer after re-initialising saturated weights (abstract only; no "
               "numbers are public); FIRE/ReDo/CBP/S&P were not evaluated in this setting")
 
@@ -35,12 +35,14 @@ PAPER_TEXT = ("2603.20860 reports faster transfer after re-initialising saturate
 def settings(quick: bool) -> dict:
     """Scale of one mode (the full mode is sized for <= ~8 min on 2 free CPU cores)."""
     if quick:
-        return dict(data_limit=200, seeds=[0], probe_batches=1, after_batches=1, cbp=dict(maturity=2),
+        return dict(data_limit=200, seeds=[0], probe_batches=1, cbp=dict(maturity=2),
                     finetune=FinetuneConfig(steps=4, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=5e-4,
-                                            warmup_steps=1, image_size=32, eval_every=2, device="auto"))
-    return dict(data_limit=2000, seeds=[0, 1, 2], probe_batches=8, after_batches=4, cbp=dict(maturity=20),
+                                            warmup_steps=1, image_size=32, eval_every=2, device="auto",
+                                            diagnose_every=4, diagnose_metrics=AFTER_METRICS))
+    return dict(data_limit=2000, seeds=[0, 1, 2], probe_batches=8, cbp=dict(maturity=20),
                 finetune=FinetuneConfig(steps=150, batch_size=32, optimizer="sgd", lr=0.02, weight_decay=5e-4,
-                                        warmup_steps=15, image_size=64, eval_every=15, device="auto"))
+                                        warmup_steps=15, image_size=64, eval_every=15, device="auto",
+                                        diagnose_every=150, diagnose_metrics=AFTER_METRICS))
 
 
 def base_experiment(s: dict) -> ExperimentConfig:
@@ -81,13 +83,15 @@ def arms(rec, s: dict) -> dict[str, ReinitConfig | None]:
     return out
 
 
-def after_diagnosis(layers: list[str], batches: int):
-    """A callback for ``run_experiment``: layer-mean diagnosis of the fine-tuned model on the val split."""
-    def measure(model: torch.nn.Module, data, arm: str, seed: int) -> dict:
-        d = common.pc.diagnose(model, common.probe_loader(data.val, seed=seed), metrics=AFTER_METRICS,
-                               max_batches=batches)
-        return common.layer_means(d, layers)
-    return measure
+def after_means(run: common.Run, layers: list[str]) -> dict[str, float]:
+    """Layer means of the run's last diagnosis snapshot (taken by ``finetune`` at the final step)."""
+    rows = pd.DataFrame(run.extra.get("last_diagnosis", []), columns=["layer", "metric", "value"])
+    out = {}
+    for m in AFTER_METRICS:
+        col = rows[rows["metric"] == m].set_index("layer")["value"]
+        out[f"sel_{m}"] = float(col[col.index.isin(layers)].mean()) if len(col) else float("nan")
+        out[f"all_{m}"] = float(col.mean()) if len(col) else float("nan")
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -102,7 +106,9 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"{STUDY}: recommend -> {rec.strategy} {rec.params} on {len(rec.layers)} layers: {rec.reason}")
     exp.arms = arms(rec, s)
     exp.save(out / "config.yaml")
-    runs = common.run_experiment(exp, data=data, after=after_diagnosis(rec.layers, s["after_batches"]))
+    runs = common.run_with_store(exp, out)
+    for r in runs:
+        r.extra = after_means(r, rec.layers)
     write(out, args, exp, rec, runs, time.perf_counter() - t0)
     return out
 
@@ -131,7 +137,10 @@ def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float) -> 
         f"Steps to reach: first eval step with val accuracy >= {common.REACH:.0%} of the baseline's mean best "
         f"({table.attrs['threshold'] * 100:.1f} %).", "", "## Against the paper", "",
         *[common.verdict(table, arm, BASELINE, 1, PAPER_TEXT) for arm in table["arm"] if arm != BASELINE], "",
-        "## Diagnosis after fine-tuning (val split, mean over the recommended layers / all layers)", "",
+        "## Diagnosis after fine-tuning (mean over the recommended layers `sel_` / all layers `all_`)", "",
+        "From the snapshot `finetune` takes at the last step (`diagnose_every`): its probe is the first 2 batches of "
+        "the val split in index order, i.e. mostly the first classes only; comparable across arms, not a "
+        "class-balanced estimate.", "",
         common.frame_markdown(after), "",
         "![curves](curves.png)" if plotted else "(No PNG: matplotlib is not installed.)",
     ]
