@@ -236,6 +236,7 @@ class ExperimentConfig(SerializableConfig):
 
     name: str = "experiment"
     backbone: str = "bundled:mobilenetv2_100"
+    arch: str | None = None  # architecture for file: checkpoints, e.g. "timm:resnet18"
     pretrained: bool = True
     data: str = "bundled:animal-silhouettes"
     val_fraction: float = 0.2
@@ -249,6 +250,9 @@ class ExperimentConfig(SerializableConfig):
         k = self.kind
         _check_type(k, "name", self.name, (str,))
         _check_type(k, "backbone", self.backbone, (str,))
+        _check_type(k, "arch", self.arch, (str,), allow_none=True)
+        if self.backbone.startswith("file:") and not self.arch:
+            raise ConfigError(f"{k}.arch: a file: backbone needs its architecture, e.g. arch: timm:resnet18")
         _check_type(k, "data", self.data, (str,))
         _check_type(k, "pretrained", self.pretrained, (bool,))
         _check_type(k, "val_fraction", self.val_fraction, (int, float))

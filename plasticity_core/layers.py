@@ -180,23 +180,32 @@ def select_layers(
 
 
 def _group_labels(model: nn.Module, names: list[str], head: str | None) -> dict[str, str]:
-    """Stage/block label per weight layer: timm's ``group_matcher`` where the model has one, else a name prefix."""
+    """Stage/block label per weight layer (``names`` in forward order).
+
+    timm's ``group_matcher`` groups where the model has one (labelled by their common name prefix), else the
+    name up to its first block index (``layer2.1``, ``features.3``); undotted layers before any stage are the
+    stem, after one they keep their own name (``conv_head``), and the classifier is ``head``.
+    """
     labels: dict[str, str] = {}
-    wanted = set(names)
     matcher = getattr(model, "group_matcher", None)
     if callable(matcher):
         try:
             from timm.models._manipulate import group_modules
 
+            wanted = set(names)
             for members in group_modules(model, matcher(coarse=False)).values():
                 members = [m for m in members if m in wanted]
-                prefix = _common_prefix(members) if members else ""
-                for m in members:
-                    labels[m] = prefix or _name_prefix(m, head)
-        except Exception:  # a model whose matcher does not fit its modules: fall back to prefixes
+                prefix = _common_prefix(members)
+                labels.update({m: prefix for m in members if prefix})
+        except Exception:  # a matcher that does not fit the model's modules: fall back to name prefixes
             labels = {}
+    in_stages = False
     for n in names:
-        labels.setdefault(n, _name_prefix(n, head))
+        if n == head:
+            labels[n] = "head"
+        elif n not in labels:
+            labels[n] = _name_prefix(n) if "." in n else (n if in_stages else "stem")
+        in_stages = in_stages or "." in n
     return labels
 
 
@@ -212,14 +221,12 @@ def _common_prefix(names: list[str]) -> str:
     return ".".join(out)
 
 
-def _name_prefix(name: str, head: str | None = None) -> str:
-    if name == head:
-        return "head"
+def _name_prefix(name: str) -> str:
     comps = name.split(".")
     for i, c in enumerate(comps[:-1]):
         if c.isdigit():
             return ".".join(comps[: i + 1])
-    return comps[0] if len(comps) > 1 else "stem"
+    return comps[0]
 
 
 def _trace_input(model: nn.Module, size: tuple[int, ...] | None) -> list[tuple[int, ...]]:

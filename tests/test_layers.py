@@ -107,3 +107,11 @@ def test_container_outputs_keep_their_innermost_producer(tiny_resnet):
     # test_resnet's deep stem is a Sequential whose last conv feeds the model's bn1 -> act1
     stem_out = {l.name: l for l in layer_map(tiny_resnet)}["conv1.6"]
     assert (stem_out.act, stem_out.norm) == ("act1", "bn1")
+
+
+def test_group_labels_name_stages_in_forward_order():
+    groups = {l.name: l.group for l in layer_map(timm.create_model("mobilenetv2_100"))}
+    assert groups["conv_stem"] == "stem" and groups["blocks.2.1.conv_pw"] == "blocks.2.1"
+    assert groups["conv_head"] == "conv_head" and groups["classifier"] == "head"
+    tv = {l.name: l.group for l in layer_map(torchvision.models.resnet18())}
+    assert (tv["conv1"], tv["layer3.1.conv2"], tv["fc"]) == ("stem", "layer3.1", "head")
