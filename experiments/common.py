@@ -58,10 +58,11 @@ def run_experiment(exp: ExperimentConfig, arch: str | None = None, data: DataBun
                    log: Callable[[str], None] = print) -> list[Run]:
     """Every arm x seed of ``exp``: load the backbone (head init seeded), fine-tune with the arm's re-init.
 
-    ``arch`` is passed to ``load_backbone`` for ``file:`` backbones; ``data`` replaces the experiment's dataset
+    ``arch`` (default: the config's ``arch``) is passed to ``load_backbone`` for ``file:`` backbones; ``data`` replaces the experiment's dataset
     (used by phase 1 of the warm-start study, a subset no data spec can name). ``after(model, data, arm, seed)``
     may return extra numbers measured on the trained model (e.g. a diagnosis), stored in ``Run.extra``.
     """
+    arch = arch or getattr(exp, "arch", None)
     if data is None:
         probe = pc.load_backbone(exp.backbone, pretrained=exp.pretrained, arch=arch)
         data = load_data(exp, probe.data_config)

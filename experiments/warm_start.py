@@ -14,6 +14,7 @@ the classifier included, as FIRE's code does.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -42,10 +43,10 @@ PAPER = {  # arm: (expected sign vs warm start, what the papers report)
 def settings(quick: bool) -> dict:
     """Model, data and step budget of one mode (the full mode is sized for <= ~10 min on 2 free CPU cores)."""
     if quick:
-        return dict(backbone="timm:test_resnet", data_limit=300, seeds=[0],
+        return dict(backbone="timm:test_resnet", data="bundled:animal-silhouettes", data_limit=300, seeds=[0],
                     finetune=FinetuneConfig(steps=6, batch_size=16, optimizer="adamw", lr=1e-3, weight_decay=0.0,
                                             warmup_steps=1, grad_clip=0.5, image_size=32, eval_every=3, device="auto"))
-    return dict(backbone="timm:resnet18", data_limit=5000, seeds=[0, 1, 2],
+    return dict(backbone="timm:resnet18", data="bundled:animal-silhouettes", data_limit=5000, seeds=[0, 1, 2],
                 finetune=FinetuneConfig(steps=300, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
                                         warmup_steps=30, grad_clip=0.5, image_size=32, eval_every=25, device="auto"))
 
@@ -63,7 +64,7 @@ def phase1_subset(data: DataBundle, fraction: float, seed: int) -> DataBundle:
 
 def experiments(s: dict, ckpt: dict[int, Path]) -> tuple[ExperimentConfig, list[ExperimentConfig], ExperimentConfig]:
     """Phase-1 config, one phase-2 config per seed (its own checkpoint), and the fresh-init config."""
-    common_kw = dict(data="bundled:animal-silhouettes", data_limit=s["data_limit"], finetune=s["finetune"])
+    common_kw = dict(data=s["data"], data_limit=s["data_limit"], finetune=s["finetune"])
     phase1 = ExperimentConfig(name="phase1", backbone=s["backbone"], pretrained=False, arms={"phase1": None},
                               seeds=s["seeds"], **common_kw)
     every = ["*"]
@@ -71,19 +72,48 @@ def experiments(s: dict, ckpt: dict[int, Path]) -> tuple[ExperimentConfig, list[
             "fire_ns": common.reinit_arm("fire", every, include_head=True, method="newton_schulz"),
             "fire_svd": common.reinit_arm("fire", every, include_head=True, method="svd"),
             "shrink_perturb": common.reinit_arm("shrink_perturb", every, include_head=True, form="interpolate", alpha=0.8)}
-    phase2 = [ExperimentConfig(name="phase2", backbone=f"file:{ckpt[seed]}", pretrained=True, arms=arms, seeds=[seed],
-                               **common_kw) for seed in s["seeds"]]
+    phase2 = [ExperimentConfig(name="phase2", backbone=f"file:{ckpt[seed]}", arch=s["backbone"], pretrained=True,
+                               arms=arms, seeds=[seed], **common_kw) for seed in s["seeds"]]
     fresh = ExperimentConfig(name="fresh", backbone=s["backbone"], pretrained=False, arms={"fresh": None},
                              seeds=s["seeds"], **common_kw)
     return phase1, phase2, fresh
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
-    out = common.out_dir(args, STUDY)
-    s = settings(args.quick)
+def cli(argv: list[str] | None):
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--data", help="dataset spec, e.g. 'torchvision:CIFAR10?root=~/data&download=1'")
+    p.add_argument("--backbone", help="timm architecture trained from random init, e.g. timm:resnet18")
+    p.add_argument("--data-limit", type=int, help="images kept before the split (0: all)")
+    p.add_argument("--steps", type=int, help="steps per phase (warm-up: 10 %%)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    return p.parse_args(argv)
+
+
+def apply_overrides(s: dict, args) -> dict:
+    """Command-line overrides of the mode's settings (the GPU recipe in experiments/README.md uses them)."""
     if args.seeds:
         s["seeds"] = args.seeds
+    for key in ("data", "backbone"):
+        if getattr(args, key):
+            s[key] = getattr(args, key)
+    if args.data_limit is not None:
+        s["data_limit"] = args.data_limit or None
+    ft = {}
+    if args.steps:
+        ft.update(steps=args.steps, warmup_steps=max(1, args.steps // 10), eval_every=max(1, args.steps // 12))
+    if args.batch_size:
+        ft["batch_size"] = args.batch_size
+    if args.image_size:
+        ft["image_size"] = args.image_size
+    s["finetune"] = dataclasses.replace(s["finetune"], **ft)
+    return s
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = cli(argv)
+    out = common.out_dir(args, STUDY)
+    s = apply_overrides(settings(args.quick), args)
     arch = s["backbone"]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +131,7 @@ def main(argv: list[str] | None = None) -> Path:
             phase1_runs += common.run_experiment(one, data=phase1_subset(full, 0.1, seed), after=save)
         runs = []
         for exp in phase2:
-            runs += common.run_experiment(exp, arch=arch, data=full)
+            runs += common.run_experiment(exp, data=full)
         runs += common.run_experiment(fresh, data=full)
     write(out, args, runs, phase1_runs, phase1, phase2[0], fresh, time.perf_counter() - t0)
     return out
@@ -112,13 +142,13 @@ def write(out: Path, args, runs, phase1_runs, phase1, phase2, fresh, seconds: fl
     common.save_runs(runs + phase1_runs, out)
     for exp in (phase1, phase2, fresh):
         exp.save(out / f"config-{exp.name}.yaml")
-    plotted = common.plot_curves(runs, out / "curves.png", "Warm-start gap, phase 2 (animal silhouettes, 32 px)",
+    plotted = common.plot_curves(runs, out / "curves.png", f"Warm-start gap, phase 2 ({phase1.data}, {phase1.finetune.image_size} px)",
                                  table.attrs["threshold"])
     p1 = common.summarise(phase1_runs, "phase1")
     lines = [
         "# Study 1: warm-start gap", "",
         f"Command: `python experiments/warm_start.py{' --quick' if args.quick else ''}`. {common.scale_note(args, seconds)}",
-        f"Backbone `{phase1.backbone}` (random init), `bundled:animal-silhouettes` limited to {phase1.data_limit} images "
+        f"Backbone `{phase1.backbone}` (random init), `{phase1.data}` limited to {phase1.data_limit} images "
         f"(80/20 train/val split, the same for every seed) at {phase1.finetune.image_size} px; phase 1 on a stratified "
         f"10 % of the train split, phase 2 on all of it, {phase1.finetune.steps} steps each (batch "
         f"{phase1.finetune.batch_size}, AdamW lr {phase1.finetune.lr:g}, no weight decay, warm-up "
