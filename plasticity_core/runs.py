@@ -296,8 +296,15 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     from plasticity_core.finetune import finetune
     from plasticity_core.models import load_backbone
 
-    base = {"arm": run.arm, "seed": run.seed, "experiment": run.experiment, "pid": os.getpid(),
-            "host": socket.gethostname(), "started_at": time.time()}
+    base = {"experiment": run.experiment, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+    try:
+        base.update(arm=run.arm, seed=run.seed)
+    except Exception as e:  # an unreadable config.yaml: say so in the folder instead of dying silently
+        tb = traceback.format_exc()
+        (run.path / "error.txt").write_text(tb)
+        summary = {**base, "status": "failed", "reason": f"config.yaml: {type(e).__name__}: {e}", "traceback": tb}
+        _write_json(run.path / "summary.json", summary)
+        return summary
     stopper = _StopFile(run, stop)
     if stopper.is_set():
         summary = {**base, "status": "stopped", "reason": "stop requested before the run started", "steps": 0}

@@ -204,3 +204,9 @@ def test_unexpected_error_is_reported_then_raised(data):
     with pytest.raises(ZeroDivisionError):
         finetune(Raises(_model(), ZeroDivisionError("boom")), data, _cfg(steps=10), on_event=events.append)
     assert events[-1]["type"] == "failed" and "ZeroDivisionError: boom" in events[-1]["reason"]
+
+
+def test_epochs_set_the_number_of_steps(data):
+    per_epoch = len(data.train) // 32  # drop_last: no last batch of a few images
+    r = finetune(_model(), data, _cfg(epochs=1.5, eval_every=1000))
+    assert r.total_steps == r.steps == math.ceil(1.5 * per_epoch)

@@ -140,3 +140,29 @@ def test_crashed_background_run_leaves_failed_with_traceback(tmp_path):
     s = handle.runs[0].summary()
     assert s["status"] == "failed" and "no_such_model_xyz" in s["reason"]
     assert "Traceback" in (handle.runs[0].path / "error.txt").read_text()
+
+
+def test_unreadable_config_yaml_leaves_a_failed_folder(tmp_path):
+    from plasticity_core.runs import execute_run
+
+    run = RunStore(tmp_path).create(_exp(seeds=(0,)), tag="bad")[0]
+    (run.path / "config.yaml").write_text("finetune: {steps: -1}\n")
+    s = execute_run(run)
+    assert s["status"] == "failed" and "steps" in s["reason"] and run.status == "failed"
+    assert "Traceback" in (run.path / "error.txt").read_text()
+
+
+@pytest.mark.assets
+def test_real_pretrained_backbone_on_real_images_beats_chance(tmp_path):
+    from plasticity_core import assets
+
+    try:
+        assets.asset_path("mobilenet_v2"), assets.asset_path("animal_images")
+    except assets.AssetMissingError as e:
+        pytest.skip(str(e))
+    ft = FinetuneConfig(steps=20, batch_size=64, lr=0.02, warmup_steps=4, eval_every=20, image_size=48, device="cpu")
+    cfg = ExperimentConfig(name="real", backbone="bundled:mobilenetv2_100", data="bundled:animal-silhouettes",
+                           data_limit=800, finetune=ft, arms={"baseline": None}, seeds=[0])
+    (run,) = run_experiment(cfg, tmp_path, tag="a")
+    s = run.summary()
+    assert s["status"] == "finished" and s["final_val_acc"] > 0.3  # 10 classes: chance is 0.1
