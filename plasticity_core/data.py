@@ -146,6 +146,18 @@ class DataBundle:
                           drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
+def probe_batches(data: Any, batch_size: int = 32, seed: int = 0) -> Any:
+    """Batches for statistics (diagnosis probes, BatchNorm recalibration) from a Dataset or a DataLoader.
+
+    A Dataset is batched in a seeded random order: datasets are often stored class by class, and the first
+    few batches in stored order would describe one or two classes only. DataLoaders and other iterables
+    of batches are used as given.
+    """
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    return data
+
+
 def _with_augment(ds: Dataset) -> Dataset:
     from torch.utils.data import Subset
 
@@ -199,7 +211,7 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
 
 
 def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices split per class: (rest, picked) with ``fraction`` of each class in ``picked``."""
+    """Indices split per class: (rest, picked) with ``fraction`` of each class in ``picked``, each shuffled."""
     rng = np.random.default_rng(seed)
     rest, picked = [], []
     for c in np.unique(labels):
@@ -209,7 +221,7 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
         k = min(max(k, 1), len(members) - 1) if len(members) > 1 else 0
         picked.append(members[:k])
         rest.append(members[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(picked))
+    return rng.permutation(np.concatenate(rest)), rng.permutation(np.concatenate(picked))
 
 
 def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -96,3 +96,17 @@ def test_augmented_loader_changes_only_train(synthetic):
     v1 = next(iter(synthetic.loader("val", batch_size=8, augment=True)))[0]
     v2 = next(iter(synthetic.loader("val", batch_size=8)))[0]
     assert torch.equal(v1, v2)
+
+
+def test_split_prefixes_and_probe_batches_cover_all_classes(synthetic):
+    # stored class by class, a split's first items or a probe's first batch must still mix the classes
+    d = load_dataset("synthetic:classes=4,n=256,size=16", image_size=16)
+    first = [int(d.val[i][1]) for i in range(8)]
+    assert len(set(first)) >= 3
+    from plasticity_core.data import probe_batches
+
+    ordered = torch.utils.data.Subset(d.train.dataset, sorted(d.train.indices, key=lambda i: int(d.train.dataset.labels[i])))
+    x, y = next(iter(probe_batches(ordered, batch_size=16)))
+    assert len(set(y.tolist())) >= 3
+    again = next(iter(probe_batches(ordered, batch_size=16)))[1]
+    assert torch.equal(y, again)  # seeded: the same probe every time

@@ -172,12 +172,18 @@ def test_recommend_targets_the_layer_with_dead_units():
     assert r.ranking.iloc[0]["layer"] == "2"
     assert r.ranking.iloc[0]["score"] == pytest.approx(5 / 16)
     assert r.layers[0] == "2" and "6" not in r.layers  # never the head
-    assert r.strategy == "redo" and r.params == {"tau": 0.025}
+    assert r.strategy == "targeted" and r.params == {"criterion": "dormant", "fraction": 0.32}
     assert "dormant" in r.reason
     cfg = r.to_config(seed=3)
-    assert cfg.strategy == "redo" and cfg.layers == r.layers and cfg.seed == 3
+    assert cfg.strategy == "targeted" and cfg.layers == r.layers and cfg.seed == 3
     sel = pc.select_layers(dead_net(5), include=r.layers)
     assert sel.names == r.layers
+    # the proposal is applicable: every recommended layer is touched, and the dead units are the ones recycled
+    net = dead_net(5)
+    report = pc.apply_reinit(net, cfg, data=dataset(16, size=8))
+    assert list(report.table["layer"]) == r.layers and not set(report.skipped["layer"]) & set(r.layers)
+    changed = (net[2].weight != dead_net(5)[2].weight).flatten(1).any(1)
+    assert changed.nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
 
 
 def test_recommend_on_a_mostly_dead_layer_and_budget_checks():

@@ -85,3 +85,10 @@ def test_redo_on_resnet_skips_unpaired_layers_with_reason_and_recalibrates_bn():
     assert (m.layer1[0].bn1.bias[:4] == 0).all()  # the BN entry of a recycled unit is reset
     assert "residual" in r.skipped.set_index("layer").loc["layer1.0.conv2", "reason"]
     assert any("recalibrated" in n for n in r.notes)
+
+
+def test_redo_that_can_touch_nothing_says_so(tiny_resnet, synthetic):
+    cfg = pc.ReinitConfig(strategy="redo", layers=["layer1.0.conv2", "layer2.0.conv2"])  # both feed the residual stream
+    report = pc.apply_reinit(tiny_resnet, cfg, data=synthetic.train)
+    assert report.table.empty
+    assert any("no layer was touched" in n and "redo skipped all" in n for n in report.notes)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import plasticity_core
+from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet
 from plasticity_core.layers import LayerInfo, layer_map
 from plasticity_core.metrics.activations import ActivationStats, FeatureRank
@@ -44,7 +45,7 @@ def diagnose(
     """Per-layer diagnostics of ``model`` on up to ``max_batches`` batches of ``data``.
 
     ``model`` is an ``nn.Module`` or a ``Backbone`` (its ``.reference`` is then the default reference).
-    ``data`` is a DataLoader of (images, labels), a Dataset (batched 32 at a time, in order) or any iterable
+    ``data`` is a DataLoader of (images, labels), a Dataset (batched 32 at a time, in a seeded random order) or any iterable
     of (images, labels). ``metrics`` are names from ``METRICS`` (None: all). Without a reference, ``sfe``
     and ``sfe_rel`` are absent. ``params`` overrides metric defaults, e.g. ``{"dormant": {"tau": 0.1}}``.
     The model runs on ``device`` (default: where its parameters are) and is moved back afterwards.
@@ -266,8 +267,7 @@ def _reference_weight(reference: Mapping | None, layer: LayerInfo) -> torch.Tens
 
 
 def _batches(data: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        data = DataLoader(data, batch_size=DATASET_BATCH, shuffle=False)
+    data = probe_batches(data, DATASET_BATCH)
     if not isinstance(data, Iterable):
         raise TypeError(f"diagnose: data must be a DataLoader, a Dataset or an iterable of batches, got {type(data).__name__}")
     for batch in data:

@@ -19,8 +19,9 @@ Selection: eligible layers (not the head, not grouped/depthwise convs, not patch
 weight parameters when ``budget <= 1.0`` is a float, else a number of layers). Strategy: ``reset`` when
 the chosen layers are almost entirely impaired (>= 90 %: nothing pretrained worth keeping), ``fire`` when
 most units are (>= 50 %: re-init the whole matrix but as close to the pretrained one as an isometry allows),
-else a unit-level strategy: ``redo`` when dormant/dead units dominate, ``targeted`` (criterion saturation or
-grad) when saturated or gradient-starved units do. If no layer reaches ``min_score``, the deepest eligible
+else ``targeted`` re-init of the impaired fraction of units, scored by dormancy when dormant/dead units dominate
+(ReDo's score; ``redo`` itself would skip layers without an explicit (in, out) unit pair) and by saturation or
+gradient when saturated or gradient-starved units do. If no layer reaches ``min_score``, the deepest eligible
 layers within budget get ``fire``, the usual "re-init the top layers" starting point, and the reason says so.
 """
 from __future__ import annotations
@@ -166,15 +167,17 @@ def recommend(d: "Diagnosis", budget: float | int = 0.25, min_score: float = 0.0
         return Recommendation(ranking, layers, "fire", {}, (
             f"{head}: most units are impaired, so re-initialise whole matrices; FIRE gives the isometry closest "
             f"to the pretrained weights (least SFE)."))
+    fraction = float(min(1.0, max(0.01, np.ceil(impaired * 100) / 100)))  # rounded up: targeted floors k
     if inactive >= flat:
-        tau = d.meta.get("metric_params", {}).get("dormant", {}).get("tau", 0.025)
-        return Recommendation(ranking, layers, "redo", {"tau": tau}, (
+        # targeted on dormancy rather than redo: redo needs an explicit (in, out) unit pair for each layer and
+        # skips layers without one (projection convs, layers feeding the residual stream); this applies to all
+        return Recommendation(ranking, layers, "targeted", {"criterion": "dormant", "fraction": fraction}, (
             f"{head}: mostly dormant/dead units ({inactive:.0%} vs {flat:.0%} saturated or gradient-starved); "
-            f"recycle just those units with ReDo and keep the rest of the pretrained weights."))
+            f"re-initialise the {fraction:.0%} least active units per layer (ReDo's dormancy score, applied with "
+            f"targeted re-init so every chosen layer can be touched) and keep the rest of the pretrained weights."))
     sat = float(np.nanmean(chosen["saturated_units"])) if chosen["saturated_units"].notna().any() else 0.0
     grad = float(np.nanmean(chosen["grad_starved_units"])) if chosen["grad_starved_units"].notna().any() else 0.0
     criterion = "saturation" if sat >= grad else "grad"
-    fraction = float(min(1.0, max(0.01, round(impaired, 2))))
     return Recommendation(ranking, layers, "targeted", {"criterion": criterion, "fraction": fraction}, (
         f"{head}: mostly {'saturated' if criterion == 'saturation' else 'gradient-starved'} units "
         f"({flat:.0%} vs {inactive:.0%} dormant/dead); re-initialise the worst {fraction:.0%} of units per layer "

@@ -12,9 +12,9 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from plasticity_core.config import ReinitConfig
+from plasticity_core.data import probe_batches
 from plasticity_core.layers import select_layers
 from plasticity_core.reinit.base import STRATEGIES, Context
 from plasticity_core.reinit.report import COLUMNS, ReinitReport, layer_row
@@ -29,8 +29,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def iter_images(data: Any, batches: int, device: torch.device, batch_size: int = 32) -> Iterator[torch.Tensor]:
     """Up to ``batches`` image batches from a DataLoader or a Dataset of (image, label) items, on ``device``."""
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    data = probe_batches(data, batch_size)
     if not isinstance(data, Iterable):
         raise TypeError(f"data must be a DataLoader or a Dataset of (image, label) items, got {type(data).__name__}")
     for i, batch in enumerate(data):
@@ -139,6 +138,10 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
             continue
         rows.append(layer_row(ch.layer.name, cfg.strategy, before[ch.layer.name], ch.layer.weight(model), ch.units, ch.weights))
         slices.extend(ch.slices)
+    strategy_skips = [c for c in changes if c.skip is not None]
+    if sel.layers and len(strategy_skips) == len(sel.layers):
+        notes.append(f"no layer was touched: {cfg.strategy} skipped all {len(sel.layers)} selected layers "
+                     f"(first reason: {strategy_skips[0].skip}); see .skipped")
     if optimizer is not None and slices:
         reset_optimizer_state(optimizer, slices)
     elif optimizer is None and slices:
