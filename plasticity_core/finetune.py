@@ -191,7 +191,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
     t0 = time.perf_counter()
     emit = _Emitter(on_event, t0)
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)
-    callback = None
+    callback, reference = None, None
     try:
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -220,7 +220,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         optimizer = make_optimizer(groups, cfg)
         emit("optimizer", 0, groups={g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
         _train(model, data, cfg, device, mf, optimizer, batches, per_epoch, total, log_every, callback, stop, emit, result,
-               reference if cfg.diagnose_every else None)
+               reference)
         if callback is not None and callable(getattr(callback, "replaced", None)):
             emit("cbp", result.steps, replaced=callback.replaced())
     except RunFailed as e:
