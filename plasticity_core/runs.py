@@ -330,10 +330,15 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
                 on_event(event)
 
         try:
-            data = load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
-                                limit=cfg.data_limit)
+            def dataset(data_config: dict | None = None):
+                return load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
+                                    limit=cfg.data_limit, data_config=data_config)
+
+            data = dataset()  # ImageNet normalisation until the backbone says otherwise
             torch.manual_seed(ft.seed)  # the fresh head's init depends on the run's seed only, not on the arm
-            bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes)
+            bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch)
+            if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
+                data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
             result = finetune(bb.model, data, ft, reinit=cfg.arms[run.arm], on_event=write, stop=stopper)
             summary = {**base, **result.summary()}
         except BaseException as e:  # noqa: BLE001 - the folder must say failed whatever happened
@@ -350,6 +355,16 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     summary["ended_at"] = time.time()
     _write_json(run.path / "summary.json", summary)
     return summary
+
+
+def _floats(values: Iterable[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in values)
+
+
+def _stats(data_config: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from plasticity_core.models import IMAGENET_MEAN, IMAGENET_STD
+
+    return _floats(data_config.get("mean") or IMAGENET_MEAN), _floats(data_config.get("std") or IMAGENET_STD)
 
 
 def run_experiment(config: ExperimentConfig | str | os.PathLike, store: RunStore | str | os.PathLike | None = None,

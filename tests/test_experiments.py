@@ -127,14 +127,15 @@ def test_verdict_calls_noise_and_sign():
 def test_own_runner_matches_the_run_store_path(tmp_path):
     """The warm-start study runs phase 2 with ``common.run_experiment`` (``runs.py`` cannot load a ``file:`` backbone
     without ``arch``); on an experiment both can run it must give bit-identical accuracies to the dashboard's path.
-    ``runs.execute_run`` normalises with ImageNet statistics whatever the backbone, so the data is given that way."""
+    ``runs.execute_run`` normalises with the backbone's statistics (test_resnet: mean = std = 0.5), so the data is
+    given that way."""
     from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
 
     exp = ExperimentConfig(name="eq", backbone="timm:test_resnet", pretrained=False,
                            data="synthetic:classes=4,n=96,size=32", finetune=FinetuneConfig(
                                steps=4, batch_size=16, lr=0.05, warmup_steps=1, image_size=32, eval_every=2, device="cpu"),
                            arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer*"])}, seeds=[0, 1])
-    data = common.pc.load_dataset(exp.data, image_size=32, seed=common.SPLIT_SEED)  # ImageNet mean/std
+    data = common.pc.load_dataset(exp.data, image_size=32, seed=common.SPLIT_SEED, mean=(0.5,) * 3, std=(0.5,) * 3)
     mine = {(r.arm, r.seed): r.curve for r in common.run_experiment(exp, data=data, log=lambda _: None)}
     store = {(r.arm, r.seed): r.curve for r in common.run_with_store(exp, tmp_path, log=lambda _: None)}
     assert mine.keys() == store.keys() == {(a, s) for a in ("baseline", "fire") for s in (0, 1)}

@@ -166,3 +166,22 @@ def test_real_pretrained_backbone_on_real_images_beats_chance(tmp_path):
     (run,) = run_experiment(cfg, tmp_path, tag="a")
     s = run.summary()
     assert s["status"] == "finished" and s["final_val_acc"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_data_is_normalised_with_the_backbones_statistics(tmp_path, monkeypatch):
+    import plasticity_core.data as data_mod
+
+    seen = []
+    real = data_mod.load_dataset
+
+    def spy(*args, **kwargs):
+        bundle = real(*args, **kwargs)
+        seen.append((bundle.mean, bundle.std))
+        return bundle
+
+    monkeypatch.setattr(data_mod, "load_dataset", spy)
+    cfg = _exp(steps=2, seeds=(0,))  # timm's test_resnet expects mean = std = 0.5, not ImageNet's statistics
+    cfg.arms = {"baseline": None}
+    (run,) = run_experiment(cfg, tmp_path, tag="n")
+    assert run.status == "finished"
+    assert tuple(seen[-1][0]) == pytest.approx((0.5,) * 3) and tuple(seen[-1][1]) == pytest.approx((0.5,) * 3)
