@@ -102,21 +102,18 @@ def cmd_reinit(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from plasticity_core.config import ExperimentConfig
-    from plasticity_core.runs import RunStore, run_experiment
+    from plasticity_core import runs
 
-    cfg = ExperimentConfig.load(args.config)
-    results = run_experiment(cfg, RunStore(args.store), progress=_progress)
-    for r in results:
-        print(r)
-    return 0
+    extra = (["--root", args.store] if args.store else []) + (["--tag", args.tag] if args.tag else [])
+    extra += ["--index", str(args.index)] if args.index is not None else []
+    return runs.main(["--config", args.config, *extra])
 
 
 def cmd_runs(args) -> int:
     from plasticity_core.runs import RunStore
 
     df = RunStore(args.store).table()
-    print(df.to_string() if len(df) else f"no runs in {args.store}")
+    print(df.to_string(index=False) if len(df) else f"no runs in {RunStore(args.store).root}")
     return 0
 
 
@@ -124,8 +121,8 @@ def cmd_compare(args) -> int:
     from plasticity_core.runs import RunStore, compare_runs
 
     store = RunStore(args.store)
-    runs = [store.load(p) for p in args.runs] if args.runs else store.list()
-    print(compare_runs(runs).to_string())
+    runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
+    print(compare_runs(runs).to_string(index=False))
     return 0
 
 
@@ -180,16 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds), writing run folders")
     sp.add_argument("--config", required=True)
-    sp.add_argument("--store", default="runs")
+    sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
+    sp.add_argument("--tag", default=None, help="experiment folder suffix shared by cluster array tasks")
+    sp.add_argument("--index", type=int, default=None, help="run only this expanded run (a cluster array task)")
     sp.set_defaults(fn=cmd_finetune)
 
     sp = sub.add_parser("runs", help="list run folders")
-    sp.add_argument("--store", default="runs")
+    sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
     sp.set_defaults(fn=cmd_runs)
 
     sp = sub.add_parser("compare", help="compare runs per arm (mean ± std over seeds)")
-    sp.add_argument("runs", nargs="*")
-    sp.add_argument("--store", default="runs")
+    sp.add_argument("runs", nargs="*", help="run folders, EXPERIMENT/RUN or unique suffixes (default: all)")
+    sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
     sp.set_defaults(fn=cmd_compare)
 
     sp = sub.add_parser("dashboard", help="start the Streamlit dashboard")

@@ -574,10 +574,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if index is None and ns.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
         index = int(os.environ["SLURM_ARRAY_TASK_ID"])
 
+    totals: dict[str, int] = {}
+    last_acc: dict[str, float] = {}
+
     def progress(run: Run, event: dict[str, Any]) -> None:
-        if event["type"] in ("eval", "finished", "stopped", "failed"):
-            extra = f"val_acc={event['val_acc']:.4f}" if event["type"] == "eval" else event.get("reason", "")
-            print(f"[{run.name}] {event['type']} step {event['step']} {extra}", flush=True)
+        kind = event["type"]
+        if kind == "start":
+            totals[run.name] = int(event.get("total_steps", 0))
+        elif kind == "eval":
+            last_acc[run.name] = event["val_acc"]
+        if kind in ("step", "eval") and totals.get(run.name):
+            done, total = event["step"], totals[run.name]
+            bar = "#" * int(30 * done / total) + "." * (30 - int(30 * done / total))
+            acc = f" val_acc {last_acc[run.name]:.4f}" if run.name in last_acc else ""
+            print(f"\r{run.name:<28} [{bar}] {done}/{total}{acc}", end="", file=sys.stderr, flush=True)
+        elif kind in ("finished", "stopped", "failed"):
+            print(f"\r{run.name:<28} {kind} at step {event['step']}: {event.get('reason', '')}", file=sys.stderr, flush=True)
 
     runs = run_experiment(ns.config, ns.root, on_event=progress, tag=ns.tag, only=None if index is None else [index])
     print(compare_runs(runs).to_string(index=False))

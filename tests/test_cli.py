@@ -28,3 +28,22 @@ def test_user_errors_are_one_clear_line(capsys):
     assert main(["layers", "--model", "timm:resnet181", "--random-init"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown timm model 'resnet181'") and "resnet18" in err and "Traceback" not in err
+
+
+def test_finetune_runs_and_compare_from_the_shell(tmp_path, capsys):
+    from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
+
+    exp = ExperimentConfig(name="cli", backbone="timm:test_resnet", pretrained=False,
+                           data="synthetic:classes=4,n=96,size=32", finetune=FinetuneConfig(steps=4, eval_every=2, image_size=32, batch_size=16),
+                           arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer4*"])}, seeds=[0])
+    exp.save(tmp_path / "exp.yaml")
+    store = str(tmp_path / "runs")
+    assert main(["finetune", "--config", str(tmp_path / "exp.yaml"), "--store", store]) == 0
+    captured = capsys.readouterr()
+    assert "finished at step 4" in captured.err and "fire" in captured.out
+    assert main(["runs", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert "baseline-seed0" in listing and "finished" in listing
+    assert main(["compare", "--store", store, "baseline-seed0", "fire-seed0"]) == 0
+    table = capsys.readouterr().out
+    assert "baseline" in table and "fire" in table
