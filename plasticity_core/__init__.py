@@ -25,7 +25,7 @@ _EXPORTS = {
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # fine-tuning and runs
     "finetune": "finetune", "RunResult": "finetune",
-    "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs",
+    "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
 }
 
 __all__ = sorted(_EXPORTS)
