@@ -8,6 +8,7 @@ normalised with the backbone's mean/std.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import io
 import math
@@ -33,36 +34,47 @@ class DatasetError(ValueError):
     """A dataset spec that cannot be honoured (unknown name, empty folder, unreadable files, bad options)."""
 
 
-class ImageTensorDataset(Dataset):
-    """Images held in memory as uint8 ``(N, C, H, W)`` at the target size; normalised (and augmented) per item."""
+class _ImageDataset(Dataset):
+    """Shared tail of every dataset here: optional augmentation, then normalisation with the backbone's mean/std."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: bool) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.augment = augment
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: float (3, H, W) in [0, 1]."""
+        if self.augment:
+            x = random_flip_crop(x)
+        return (x - self.mean) / self.std
+
+    def with_augment(self, augment: bool) -> "_ImageDataset":
+        other = copy.copy(self)
+        other.augment = augment
+        return other
+
+
+class ImageTensorDataset(_ImageDataset):
+    """Images held in memory as uint8 ``(N, 3, H, W)`` at the target size (bundled and synthetic data)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 augment: bool = False) -> None:
+        super().__init__(mean, std, augment)
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.images[i].float().div_(255)
-        if self.augment:
-            x = random_flip_crop(x)
-        return (x - self.mean) / self.std, int(self.labels[i])
-
-    def with_augment(self, augment: bool) -> "ImageTensorDataset":
-        return ImageTensorDataset(self.images, self.labels, self.mean.flatten().tolist(), self.std.flatten().tolist(), augment)
+        return self.finish(self.images[i].float().div_(255)), int(self.labels[i])
 
 
-class FolderDataset(Dataset):
-    """Images read lazily from files (``folder:`` specs), resized and normalised per item."""
+class FolderDataset(_ImageDataset):
+    """Images read lazily from files (``folder:`` specs), resized per item."""
 
     def __init__(self, files: list[Path], labels: list[int], size: int, mean, std, augment: bool = False) -> None:
-        self.files, self.labels, self.size, self.augment = files, labels, size, augment
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        super().__init__(mean, std, augment)
+        self.files, self.labels, self.size = files, labels, size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -72,22 +84,15 @@ class FolderDataset(Dataset):
 
         with Image.open(self.files[i]) as im:
             arr = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
-        if self.augment:
-            x = random_flip_crop(x)
-        return (x - self.mean) / self.std, self.labels[i]
-
-    def with_augment(self, augment: bool) -> "FolderDataset":
-        return FolderDataset(self.files, self.labels, self.size, self.mean.flatten().tolist(), self.std.flatten().tolist(), augment)
+        return self.finish(torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)), self.labels[i]
 
 
-class WrappedDataset(Dataset):
-    """A torchvision dataset with resize/normalise applied per item."""
+class WrappedDataset(_ImageDataset):
+    """A torchvision dataset, resized per item."""
 
     def __init__(self, base: Dataset, size: int, mean, std, augment: bool = False) -> None:
-        self.base, self.size, self.augment = base, size, augment
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        super().__init__(mean, std, augment)
+        self.base, self.size = base, size
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -97,12 +102,7 @@ class WrappedDataset(Dataset):
         arr = np.asarray(img.convert("RGB")) if hasattr(img, "convert") else np.asarray(img)
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
         x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
-        if self.augment:
-            x = random_flip_crop(x)
-        return (x - self.mean) / self.std, int(label)
-
-    def with_augment(self, augment: bool) -> "WrappedDataset":
-        return WrappedDataset(self.base, self.size, self.mean.flatten().tolist(), self.std.flatten().tolist(), augment)
+        return self.finish(x), int(label)
 
 
 def random_flip_crop(x: torch.Tensor, pad: int | None = None) -> torch.Tensor:
