@@ -140,9 +140,11 @@ def _touched(run: Run) -> str:
     if run.reinit is None:
         return "-"
     r = run.reinit
+    if not r["layers"]:
+        return "nothing (all layers skipped)"
     if r["strategy"] == "cbp":
-        return "during training"
-    return f"{r['units']} units in {r['layers']} layers" if r["layers"] else "nothing (all layers skipped)"
+        return f"armed on {r['layers']} layers (replaces units during training)"
+    return f"{r['units']} units in {r['layers']} layers"
 
 
 def _std(x: np.ndarray) -> float:
@@ -286,13 +288,6 @@ def scale_note(args: argparse.Namespace, seconds: float) -> str:
     mode = "--quick (smoke test: numbers mean nothing)" if args.quick else "full"
     return (f"Mode: {mode}. Wall time {seconds / 60:.1f} min with {torch.get_num_threads()} torch thread(s) on "
             f"{'CUDA' if torch.cuda.is_available() else 'CPU'}.")
-
-
-def probe_loader(dataset, seed: int, batch_size: int = 32) -> torch.utils.data.DataLoader:
-    """A shuffled (seeded) loader for diagnosis probes: datasets are stored class by class, so the first batches
-    in index order would hold one or two classes only."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g)
 
 
 def layer_means(d, layers: list[str], metrics: list[str] | None = None) -> dict[str, float]:

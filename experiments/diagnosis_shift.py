@@ -53,7 +53,7 @@ def by_dataset(s: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     for name, spec in probes(s["image_size"], s["limit"]).items():
         data = common.pc.load_dataset(spec, image_size=s["image_size"], limit=s["limit"], seed=common.SPLIT_SEED,
                                       data_config=bb.data_config)
-        d = common.pc.diagnose(bb, common.probe_loader(data.val, seed=0), metrics=ACT, max_batches=s["batches"])
+        d = common.pc.diagnose(bb, data.val, metrics=ACT, max_batches=s["batches"])
         wide = d.wide()
         means[name] = wide[ACT].mean()
         sat[name], dorm[name] = wide["saturation"], wide["dormant"]
@@ -75,9 +75,9 @@ def after_reinit(s: dict) -> tuple[pd.DataFrame, object]:
         bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=data.num_classes)
         touched = "-"
         if cfg is not None:
-            report = common.pc.apply_reinit(bb.model, cfg, data=common.probe_loader(data.train, seed=0))
+            report = common.pc.apply_reinit(bb.model, cfg, data=data.train)
             touched = f"{report.summary()['units']} units in {report.summary()['layers']} layers"
-        d = common.pc.diagnose(bb, common.probe_loader(data.val, seed=0), metrics=AFTER, max_batches=s["batches"])
+        d = common.pc.diagnose(bb, data.val, metrics=AFTER, max_batches=s["batches"])
         rows[name] = {"touched": touched, **common.layer_means(d, list(rec.layers), AFTER)}
     return pd.DataFrame(rows).T.rename_axis("arm"), rec
 

@@ -56,7 +56,7 @@ def recommend(exp: ExperimentConfig, s: dict, out: Path | None = None):
     torch.manual_seed(0)
     bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=10)
     data = common.load_data(exp, bb.data_config)
-    d = common.pc.diagnose(bb, common.probe_loader(data.train, seed=0), max_batches=s["probe_batches"])
+    d = common.pc.diagnose(bb, data.train, max_batches=s["probe_batches"])
     if out is not None:
         d.save(out / "diagnosis_pretrained.parquet")
     return d.recommend(), data
@@ -139,8 +139,7 @@ def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float) -> 
         *[common.verdict(table, arm, BASELINE, 1, PAPER_TEXT) for arm in table["arm"] if arm != BASELINE], "",
         "## Diagnosis after fine-tuning (mean over the recommended layers `sel_` / all layers `all_`)", "",
         "From the snapshot `finetune` takes at the last step (`diagnose_every`): its probe is the first 2 batches of "
-        "the val split in index order, i.e. mostly the first classes only; comparable across arms, not a "
-        "class-balanced estimate.", "",
+        "the val split (a seeded random, stratified order: all classes appear); the same images for every arm.", "",
         common.frame_markdown(after), "",
         "![curves](curves.png)" if plotted else "(No PNG: matplotlib is not installed.)",
     ]
