@@ -112,6 +112,16 @@ def loaded() -> Loaded | None:
     return None if setup is None else load(setup)
 
 
+def require_loaded() -> Loaded:
+    """The loaded setup, or a pointer to Setup and a stop of the page when nothing is loaded yet."""
+    current = loaded()
+    if current is None:
+        st.info("Load a backbone and a dataset first.")
+        st.page_link("app_pages/setup.py", label="Go to Setup", icon=":material/tune:")
+        st.stop()
+    return current
+
+
 def commit_loaded(result: Loaded) -> None:
     """Make ``result`` the session's setup; results computed on another setup are dropped."""
     if st.session_state.get("loaded_setup") != result.setup:

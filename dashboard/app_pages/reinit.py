@@ -5,11 +5,7 @@ import plasticity_core as pc
 from dashboard import forms, state, views
 
 st.title("Re-init")
-current = state.loaded()
-if current is None:
-    st.info("Load a backbone and a dataset first.")
-    st.page_link("app_pages/setup.py", label="Go to Setup", icon=":material/tune:")
-    st.stop()
+current = state.require_loaded()
 
 names = pc.STRATEGIES.names()
 saved: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")

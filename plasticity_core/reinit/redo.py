@@ -12,7 +12,7 @@ import torch
 
 from plasticity_core.reinit.base import Change, Context, Param, register
 from plasticity_core.reinit.fresh import consumer
-from plasticity_core.reinit.units import diagnose_units, recycle, unit_scores
+from plasticity_core.reinit.units import MAX_BATCHES_PARAM, SCALE_PARAM, diagnose_units, recycle, unit_scores
 
 NO_PAIR = ("no explicit (in, out) unit pair: its output reaches the residual stream, attention or the head, "
            "or it has no activation, so zeroing outgoing weights would not silence its units")
@@ -23,9 +23,8 @@ NO_PAIR = ("no explicit (in, out) unit pair: its output reaches the residual str
     "ReDo: units with score E|h_i|/mean_k E|h_k| <= tau on target data get fresh incoming and zero outgoing weights",
     (
         Param("tau", "float", 0.025, "dormancy threshold on the ReDo score (paper default 0.025; 0 = exactly silent)", min=0.0),
-        Param("scale", "str", "match", "fresh incoming rows: match = rescaled to surviving rows' mean norm; fan_in = He-normal",
-              choices=("match", "fan_in")),
-        Param("max_batches", "int", 8, "batches of target data used to score units", min=1),
+        SCALE_PARAM,
+        MAX_BATCHES_PARAM,
     ),
     needs_data=True,
 )

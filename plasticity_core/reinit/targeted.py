@@ -20,7 +20,7 @@ import torch
 from plasticity_core.reinit.base import Change, Context, Param, register
 from plasticity_core.reinit.fresh import consumer
 from plasticity_core.reinit.redo import NO_PAIR
-from plasticity_core.reinit.units import diagnose_units, recycle, unit_scores
+from plasticity_core.reinit.units import MAX_BATCHES_PARAM, SCALE_PARAM, diagnose_units, recycle, unit_scores
 
 METRIC = {"grad": "grad_dormant", "saturation": "saturation", "dormant": "dormant"}
 
@@ -35,9 +35,8 @@ METRIC = {"grad": "grad_dormant", "saturation": "saturation", "dormant": "dorman
               min_exclusive=True),
         Param("outgoing", "str", "keep", "keep = leave outgoing weights; zero = zero them (function-preserving, needs a unit pair)",
               choices=("keep", "zero")),
-        Param("scale", "str", "match", "fresh incoming rows: match = rescaled to surviving rows' mean norm; fan_in = He-normal",
-              choices=("match", "fan_in")),
-        Param("max_batches", "int", 8, "batches of target data used to score units", min=1),
+        SCALE_PARAM,
+        MAX_BATCHES_PARAM,
     ),
     needs_data=True,
 )

@@ -13,8 +13,13 @@ import torch
 from torch import nn
 
 from plasticity_core.layers import LayerInfo
-from plasticity_core.reinit.base import Context, row_slices
+from plasticity_core.reinit.base import Context, Param, row_slices
 from plasticity_core.reinit.fresh import fresh_rows
+
+# parameters every unit-level strategy (redo, targeted) declares the same way
+SCALE_PARAM = Param("scale", "str", "match", "fresh incoming rows: match = rescaled to surviving rows' mean norm; "
+                    "fan_in = He-normal", choices=("match", "fan_in"))
+MAX_BATCHES_PARAM = Param("max_batches", "int", 8, "batches of target data used to score units", min=1)
 
 Slices = list[tuple[nn.Parameter, int, torch.Tensor | None]]
 
