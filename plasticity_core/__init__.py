@@ -24,11 +24,15 @@ _EXPORTS = {
     "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # fine-tuning and runs
-    "finetune": "finetune", "RunResult": "finetune",
+    "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
 }
 
-__all__ = sorted(_EXPORTS)
+# ``finetune`` is both a submodule and its main function: importing the submodule anywhere would rebind
+# ``plasticity_core.finetune`` to the module, so the function is bound here once, after the submodule is loaded.
+from plasticity_core.finetune import finetune  # noqa: E402
+
+__all__ = sorted([*_EXPORTS, "finetune"])
 
 
 def __getattr__(name: str):
