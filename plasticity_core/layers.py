@@ -61,6 +61,7 @@ class LayerInfo:
     act_type: str | None = None
     act_call: int = 0  # which call of a shared activation module (torchvision's ResNet reuses self.relu)
     norm: str | None = None  # norm module directly after this layer
+    input_from: str | None = None  # module name of the weight layer whose (activated) output this layer reads
     unit_dim: int = 1  # dimension of the units in the activation tensor: 1 for conv (NCHW), -1 for linear
     grouped: bool = False
     depthwise: bool = False
@@ -127,7 +128,7 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
         d["rows"] = None if layer.rows is None else f"{layer.rows[0]}:{layer.rows[1]}"
         rows.append(d)
     cols = ["name", "kind", "shape", "params", "units", "group", "act", "act_type", "norm", "grouped",
-            "depthwise", "patch_embed", "head", "module_name", "rows", "order", "act_call", "unit_dim"]
+            "depthwise", "patch_embed", "head", "module_name", "rows", "input_from", "order", "act_call", "unit_dim"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -255,6 +256,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
     order: list[str] = []
     act_sources: dict[str, list[tuple[str | None, str | None]]] = {}  # act -> per call (layer, norm)
     after: dict[str, str] = {}  # layer -> the norm directly after it
+    reads: dict[str, str | None] = {}  # weight layer -> the weight layer its input comes from
 
     def first_tensor(args):
         for a in args:
@@ -283,6 +285,21 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
             src = in_src.get(src)
         return None, norm
 
+    def resolve_input(src: str | None) -> str | None:
+        """The weight layer behind a weight layer's input, through norms, identities and activations."""
+        for _ in range(64):
+            if src is None:
+                return None
+            mod = model.get_submodule(src)
+            if isinstance(mod, WEIGHT_TYPES):
+                return src
+            if activation_type(mod) is not None:
+                return act_sources[src][-1][0] if act_sources.get(src) else None
+            if not _is_passthrough(mod):
+                return None
+            src = in_src.get(src)
+        return None
+
     def pre(module, args):
         name = names[id(module)]
         t = first_tensor(args)
@@ -290,6 +307,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
         in_src[name] = src
         if isinstance(module, WEIGHT_TYPES):
             order.append(name)
+            reads.setdefault(name, resolve_input(src))
         elif _is_norm(module) and src is not None and isinstance(model.get_submodule(src), WEIGHT_TYPES):
             after.setdefault(src, name)
         if activation_type(module) is not None:
@@ -321,7 +339,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
             for size in _trace_input(model, input_size):
                 producer.clear(); keep.clear(); in_src.clear(); stack.clear(); order.clear()
-                act_sources.clear(); after.clear()
+                act_sources.clear(); after.clear(); reads.clear()
                 try:
                     model(torch.randn(2, *size, device=device, dtype=dtype))
                     error = None
@@ -355,7 +373,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
         is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
         act, act_t, call, norm = feeds.get(name, (None, None, 0, None))
         norm = norm or after.get(name)
-        common = dict(module_name=name, group=labels[name], order=len(out))
+        common = dict(module_name=name, group=labels[name], order=len(out), input_from=reads.get(name))
         if is_conv:
             grouped = m.groups > 1
             ks = tuple(m.kernel_size)

@@ -4,7 +4,8 @@ Fresh weights are drawn on the CPU from a seeded generator and then moved to the
 gives the same weights on every device. Unit pairs are explicit (methods.md d.7): a unit of layer L may be
 recycled only when L's activation feeds exactly one next weight layer M inside the same block (``conv1 ->
 conv2 -> conv3`` of a ResNet block, ``mlp.fc1 -> mlp.fc2`` of a ViT block, consecutive layers of an
-``nn.Sequential``); never the residual stream, never a downsample conv.
+``nn.Sequential``, ``conv_pw -> (depthwise) -> conv_pwl`` of an inverted residual block); never the residual
+stream, never a downsample conv.
 """
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ def consumer(model: nn.Module, layer: LayerInfo) -> LayerInfo | None:
     elif (m := _NUMBERED.match(leaf)) and m.group(1) in ("conv", "fc"):
         nxt = f"{m.group(1)}{int(m.group(2)) + 1}"
         candidate = by_module.get(f"{parent}.{nxt}" if parent else nxt)
+    if candidate is None or candidate.depthwise:
+        candidate = _through_depthwise(layer, list(by_module.values()))
     if candidate is None or candidate.head or candidate.order <= layer.order:
         return None
     if not layer.act.startswith(parent + ".") and parent:  # the activation sits outside the block
@@ -122,3 +125,23 @@ def consumer(model: nn.Module, layer: LayerInfo) -> LayerInfo | None:
     if candidate.grouped or len(candidate.shape) < 2 or candidate.shape[1] != layer.units:
         return None
     return candidate
+
+
+def _through_depthwise(layer: LayerInfo, layers: list[LayerInfo]) -> LayerInfo | None:
+    """``conv_pw -> conv_dw -> conv_pwl`` of an inverted residual block (MobileNet, EfficientNet): a depthwise conv
+    keeps channel i of the expansion on channel i, so unit i's outgoing weights are column i of the projection.
+
+    Only when the expansion is read by the depthwise conv alone, the depthwise conv by the projection alone
+    (per the traced data flow), and all three sit in the same block. Not exactly function-preserving: a silent
+    expansion unit still emits the depthwise BatchNorm's shift on its channel, and zeroing the projection column
+    removes that constant too (BatchNorm recalibration, on by default, re-centres what follows).
+    """
+    block = layer.module_name.rpartition(".")[0]
+    readers = [l for l in layers if l.input_from == layer.module_name]
+    if not block or len(readers) != 1 or not readers[0].depthwise or readers[0].units != layer.units:
+        return None
+    dw = readers[0]
+    after = [l for l in layers if l.input_from == dw.module_name]
+    if len(after) != 1 or {dw.module_name.rpartition(".")[0], after[0].module_name.rpartition(".")[0]} != {block}:
+        return None
+    return after[0]
