@@ -185,3 +185,15 @@ def test_data_is_normalised_with_the_backbones_statistics(tmp_path, monkeypatch)
     (run,) = run_experiment(cfg, tmp_path, tag="n")
     assert run.status == "finished"
     assert tuple(seen[-1][0]) == pytest.approx((0.5,) * 3) and tuple(seen[-1][1]) == pytest.approx((0.5,) * 3)
+
+
+def test_a_checkpoint_file_backbone_runs_with_its_arch(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("test_resnet", num_classes=4).state_dict(), tmp_path / "ckpt.safetensors")
+    exp = ExperimentConfig(name="ckpt", backbone=f"file:{tmp_path / 'ckpt.safetensors'}", arch="timm:test_resnet",
+                           data="synthetic:classes=4,n=64,size=32",
+                           finetune=FinetuneConfig(steps=2, eval_every=2, image_size=32, batch_size=16))
+    (run,) = run_experiment(exp, RunStore(tmp_path / "runs"))
+    assert run.status == "finished" and run.config.arch == "timm:test_resnet"

@@ -36,13 +36,11 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
             arms[cfg.strategy] = cfg
         for name in others:
             arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed)
-        if setup["backbone"].startswith("file:"):
-            st.warning("Background runs load the backbone by spec; checkpoint files with a separate architecture "
-                       "are not supported by run folders yet.")
         if st.button("Launch", type="primary", key="btn_launch", disabled=not arms):
             try:
                 experiment = pc.ExperimentConfig(
-                    name="dashboard", backbone=setup["backbone"], pretrained=setup["pretrained"], data=setup["data"],
+                    name="dashboard", backbone=setup["backbone"], arch=setup["arch"] or None, pretrained=setup["pretrained"],
+                    data=setup["data"],
                     data_limit=int(limit) or None, arms=arms, seeds=list(range(int(seeds))),
                     finetune=pc.FinetuneConfig(steps=int(steps), batch_size=int(batch), lr=float(lr),
                                                image_size=int(setup["image_size"]), eval_every=int(eval_every),
