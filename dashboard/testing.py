@@ -24,3 +24,12 @@ def no_exception(at: AppTest) -> None:
     """Fail with the app's own messages when a page raised or showed an error."""
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
+
+
+def previewed(at: AppTest, strategy: str, pattern: str) -> AppTest:
+    """Go to Re-init, choose ``strategy`` on the layers matching ``pattern`` and press Preview."""
+    at.switch_page("app_pages/reinit.py").run()
+    at.selectbox(key="w_strategy").set_value(strategy).run()
+    at.text_area[0].set_value(pattern).run()
+    at.button(key="btn_preview").click().run()
+    return at

@@ -359,15 +359,11 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
                 feeds[layer] = (act, act_t, k, norm)
 
     head_name = _head_name(model, order)
-    seen: set[str] = set()
-    weight_modules = [n for n in dict.fromkeys(order)]
+    weight_modules = list(dict.fromkeys(order))  # a module called twice is one layer
     labels = _group_labels(model, weight_modules, head_name)
     first = weight_modules[0] if weight_modules else None
     out: list[LayerInfo] = []
     for name in weight_modules:
-        if name in seen:
-            continue
-        seen.add(name)
         m = model.get_submodule(name)
         w = m.weight
         is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))

@@ -4,7 +4,7 @@ import pandas as pd
 import yaml
 
 import plasticity_core as pc
-from dashboard.testing import no_exception, tiny_app
+from dashboard.testing import no_exception, previewed, tiny_app
 
 
 def test_export_shows_the_previewed_config_and_the_diagnosis():
@@ -12,10 +12,7 @@ def test_export_shows_the_previewed_config_and_the_diagnosis():
     at.switch_page("app_pages/diagnose.py").run()
     at.number_input[0].set_value(1)
     at.button[0].click().run()
-    at.switch_page("app_pages/reinit.py").run()
-    at.selectbox(key="w_strategy").set_value("reset").run()
-    at.text_area[0].set_value("layer2.*").run()
-    at.button(key="btn_preview").click().run()
+    previewed(at, "reset", "layer2.*")
     at.switch_page("app_pages/export.py").run()
     no_exception(at)
     cfg = at.session_state["reinit_cfg"]

@@ -1,15 +1,11 @@
 """Fine-tune page (AppTest): Launch starts background runs in folders, the page reads them back, Stop stops them."""
 import plasticity_core as pc
-from dashboard.testing import no_exception, tiny_app
+from dashboard.testing import no_exception, previewed, tiny_app
 
 
 def _previewed(tmp_path, monkeypatch):
     monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
-    at = tiny_app()
-    at.switch_page("app_pages/reinit.py").run()
-    at.selectbox(key="w_strategy").set_value("shrink_perturb").run()
-    at.text_area[0].set_value("layer3.*").run()
-    at.button(key="btn_preview").click().run()
+    at = previewed(tiny_app(), "shrink_perturb", "layer3.*")
     at.switch_page("app_pages/finetune.py").run()
     no_exception(at)
     return at
