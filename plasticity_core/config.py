@@ -247,6 +247,8 @@ class ExperimentConfig(SerializableConfig):
     data: str = "bundled:animal-silhouettes"
     val_fraction: float = 0.2
     data_limit: int | None = None
+    train_per_class: int | None = None  # keep N train images per class (low-data runs); the val split is unchanged
+    save_model: bool = False  # write the trained weights to the run folder as model.safetensors
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     arms: dict[str, ReinitConfig | None] = field(default_factory=lambda: {"baseline": None})
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -265,6 +267,10 @@ class ExperimentConfig(SerializableConfig):
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"{k}.val_fraction: must be in (0, 1), got {self.val_fraction}")
         _check_type(k, "data_limit", self.data_limit, (int,), allow_none=True)
+        _check_type(k, "train_per_class", self.train_per_class, (int,), allow_none=True)
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(f"{k}.train_per_class: must be >= 1, got {self.train_per_class}")
+        _check_type(k, "save_model", self.save_model, (bool,))
         _check_type(k, "finetune", self.finetune, (FinetuneConfig,))
         _check_type(k, "arms", self.arms, (dict,))
         if not self.arms:
