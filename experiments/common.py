@@ -3,7 +3,7 @@
 Every study builds a ``plasticity_core.ExperimentConfig`` and hands it to ``run_experiment`` here, which goes
 through the same library calls as the dashboard (``load_backbone`` -> ``load_dataset`` -> ``finetune`` with the
 arm's ``ReinitConfig``), one run per arm x seed. For a given seed every arm gets the same head init, the same data
-split and the same batch order, so arms differ only by the intervention (reference/calibration.md).
+split and the same batch order, so arms differ only by the intervention (docs/methods.md, Study protocol).
 """
 from __future__ import annotations
 

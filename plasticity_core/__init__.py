@@ -1,6 +1,6 @@
 """Plasticity Lab: per-layer loss-of-plasticity diagnostics and re-initialisation for pretrained backbones.
 
-The public API (see DESIGN.md) is importable from here; submodules load on first use so that
+The public API (see docs/design.md and the README) is importable from here; submodules load on first use so that
 ``import plasticity_core`` stays cheap.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ DEAD_FRACTION = 0.01
 REDO_EPS = 1e-9  # dopamine's estimate_neuron_score divides by mean(score) + 1e-9
 
 # Region where |phi'(z)| < 1 % of max |phi'| (tails only; GELU/SiLU/Mish interior notches are not counted).
-# Thresholds from DESIGN.md / methods.md a.10; the rest computed the same way (tests re-derive them by autograd).
+# Thresholds from docs/methods.md (Metrics, saturation); the rest computed the same way (tests re-derive them by autograd).
 FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": lambda z: z <= 0,
     "relu6": lambda z: (z <= 0) | (z >= 6),
