@@ -14,10 +14,12 @@ from typing import Any, ClassVar
 
 import yaml
 
+from plasticity_core.errors import UserError
+
 SCHEMA_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config field is missing, unknown, of the wrong type or out of range."""
 
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from plasticity_core.errors import UserError
 from plasticity_core.models import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset spec that cannot be honoured (unknown name, empty folder, unreadable files, bad options)."""
 
 

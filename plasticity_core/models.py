@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from plasticity_core.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,7 +30,7 @@ BUNDLED = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """A backbone spec that cannot be honoured: unknown name, unreachable weights, checkpoint that does not fit."""
 
 
