@@ -294,7 +294,7 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
 
     from plasticity_core.data import load_dataset
     from plasticity_core.finetune import finetune
-    from plasticity_core.models import load_backbone
+    from plasticity_core.models import load_backbone, save_checkpoint
 
     base = {"experiment": run.experiment, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
     try:
@@ -332,7 +332,7 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
         try:
             def dataset(data_config: dict | None = None):
                 return load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
-                                    limit=cfg.data_limit, data_config=data_config)
+                                    limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
 
             data = dataset()  # ImageNet normalisation until the backbone says otherwise
             torch.manual_seed(ft.seed)  # the fresh head's init depends on the run's seed only, not on the arm
@@ -341,6 +341,8 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
                 data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
             result = finetune(bb.model, data, ft, reinit=cfg.arms[run.arm], on_event=write, stop=stopper)
             summary = {**base, **result.summary()}
+            if cfg.save_model and result.status == "finished":
+                save_checkpoint(bb.model, run.path / "model.safetensors")
         except BaseException as e:  # noqa: BLE001 - the folder must say failed whatever happened
             tb = traceback.format_exc()
             (run.path / "error.txt").write_text(tb)
