@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from plasticity_core.config import FinetuneConfig, ReinitConfig
+from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
 
 Event = dict[str, Any]
 CUDA_LOG_EVERY = 20  # steps between host syncs on CUDA
@@ -188,6 +188,9 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         raise TypeError(f"cfg must be a FinetuneConfig, got {type(cfg).__name__}")
     if reinit is not None and not isinstance(reinit, ReinitConfig):
         raise TypeError(f"reinit must be a ReinitConfig or None, got {type(reinit).__name__}")
+    if cfg.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}: "
+                          f"batch statistics of one image); use batch_size >= 2, 16 or more is usual")
     t0 = time.perf_counter()
     emit = _Emitter(on_event, t0)
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)
