@@ -21,7 +21,7 @@ _EXPORTS = {
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
-    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "STRATEGIES": "reinit",
+    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # fine-tuning and runs
     "RunResult": "finetune",

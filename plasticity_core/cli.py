@@ -82,9 +82,8 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_reinit(args) -> int:
-    from safetensors.torch import save_file
-
     from plasticity_core.config import ReinitConfig
+    from plasticity_core.models import save_checkpoint
     from plasticity_core.reinit import apply_reinit
 
     cfg = ReinitConfig.load(args.config)
@@ -96,7 +95,7 @@ def cmd_reinit(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(out))
+    save_checkpoint(bb.model, out)
     print(f"saved re-initialised weights to {out}", file=sys.stderr)
     return 0
 
