@@ -26,6 +26,8 @@ _EXPORTS = {
     # fine-tuning and runs
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
+    "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
+    "default_root": "runs",
 }
 
 # ``finetune`` is both a submodule and its main function: importing the submodule anywhere would rebind
