@@ -61,6 +61,9 @@ def _writable(path: str, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         existed = p.exists()
@@ -156,6 +159,18 @@ def cmd_reinit(args) -> int:
     return 0
 
 
+def _preflight(path: str) -> None:
+    """Refuse a config that cannot run before any run folder is made: unreadable or out of range (ConfigError),
+    or batch_size 1 on a model with BatchNorm."""
+    from plasticity_core.config import ExperimentConfig
+    from plasticity_core.finetune import check_batch_size
+    from plasticity_core.models import load_backbone
+
+    config = ExperimentConfig.load(path)
+    if config.finetune.batch_size < 2:
+        check_batch_size(load_backbone(config.backbone, pretrained=False, arch=config.arch).model, config.finetune.batch_size)
+
+
 def cmd_finetune(args) -> int:
     import os
 
@@ -181,6 +196,7 @@ def cmd_finetune(args) -> int:
         elif kind in ("finished", "stopped", "failed"):
             print(f"\r{run.name:<28} {kind} at step {event['step']}: {event.get('reason', '')}", file=sys.stderr, flush=True)
 
+    _preflight(args.config)
     runs = run_experiment(args.config, args.store, on_event=progress, tag=args.tag, only=None if index is None else [index])
     print(compare_runs(runs).to_string(index=False))
     return 0 if all(r.status != "failed" for r in runs) else 1

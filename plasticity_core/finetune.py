@@ -173,6 +173,13 @@ def evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.dev
     return float(correct) / seen, float(loss_sum) / seen
 
 
+def check_batch_size(model: nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot train on batches of one image (its batch statistics are that image): refuse, naming the fix."""
+    if batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}); "
+                          f"use batch_size >= 2, 16 or more is usual")
+
+
 def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitConfig | None = None,
              on_event: Callable[[Event], None] | None = None, stop: StopFlag | None = None,
              log_every: int | None = None) -> RunResult:
@@ -188,9 +195,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         raise TypeError(f"cfg must be a FinetuneConfig, got {type(cfg).__name__}")
     if reinit is not None and not isinstance(reinit, ReinitConfig):
         raise TypeError(f"reinit must be a ReinitConfig or None, got {type(reinit).__name__}")
-    if cfg.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}: "
-                          f"batch statistics of one image); use batch_size >= 2, 16 or more is usual")
+    check_batch_size(model, cfg.batch_size)
     t0 = time.perf_counter()
     emit = _Emitter(on_event, t0)
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)

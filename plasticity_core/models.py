@@ -327,28 +327,28 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = 
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        hint = ""
         prefixes = {k.split(".", 1)[0] + "." for k in unexpected if "." in k}
         if missing and len(prefixes) == 1:
             prefix = prefixes.pop()
             if all(k.removeprefix(prefix) in own for k in unexpected):
-                hint = (f". Every unexpected key starts with {prefix!r} (a training wrapper such as a Lightning module): "
-                        f"save the inner model's state_dict(), or strip the prefix: "
-                        f"{{k.removeprefix({prefix!r}): v for k, v in state.items()}}")
+                raise BackboneError(
+                    f"{what} does not fit {type(model).__name__}: every key starts with {prefix!r} (saved from a "
+                    f"training wrapper such as a Lightning module); save the inner model's state_dict(), or strip the "
+                    f"prefix: {{k.removeprefix({prefix!r}): v for k, v in state.items()}}")
 
         def cut(items: list[str]) -> str:
             return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
         parts = [f"{len(missing)} missing keys: {cut(missing)}" if missing else "",
                  f"{len(unexpected)} unexpected keys: {cut(unexpected)}" if unexpected else "",
                  f"{len(shapes)} shape mismatches: {cut(shapes)}" if shapes else ""]
-        raise BackboneError(f"{what} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p) + hint)
+        raise BackboneError(f"{what} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
 
 
 def fixed_image_size(model: nn.Module) -> int | None:
     """The one input side a model accepts (timm / torchvision ViTs without dynamic size), or ``None`` if any works."""
     patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is not None and getattr(patch_embed, "strict_img_size", False) \
-            and not getattr(patch_embed, "dynamic_img_size", False) and getattr(patch_embed, "img_size", None):
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(patch_embed, "dynamic_img_size", False)
+    if patch_embed is not None and not dynamic and getattr(patch_embed, "img_size", None):
         return int(patch_embed.img_size[0])
     if type(model).__name__ == "VisionTransformer" and isinstance(getattr(model, "image_size", None), int):
         return int(model.image_size)  # torchvision's
