@@ -109,8 +109,9 @@ class ReinitConfig(SerializableConfig):
     """The exported re-init recipe: which strategy, on which layers, with which parameters.
 
     ``layers``/``exclude`` are fnmatch patterns over layer names (see ``plasticity_core.layers``);
-    ``resolved_layers`` records the names they matched on the model they were chosen on, so a reader can see
-    exactly what was touched. ``params`` are validated against the strategy's declared parameters.
+    ``resolved_layers`` records the layers the strategy acted on, on the model they were chosen on, and
+    ``skipped_layers`` the layers the patterns matched but the strategy left alone, with the reason, so a reader
+    sees exactly what was touched and what was not. ``params`` are validated against the strategy's declared parameters.
     """
 
     kind: ClassVar[str] = "ReinitConfig"
@@ -124,6 +125,7 @@ class ReinitConfig(SerializableConfig):
     recalibrate_bn: bool = True
     bn_batches: int = 20
     resolved_layers: list[str] = field(default_factory=list)
+    skipped_layers: dict[str, str] = field(default_factory=dict)
     metric_versions: dict[str, int] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -147,6 +149,10 @@ class ReinitConfig(SerializableConfig):
         if self.bn_batches < 1:
             raise ConfigError(f"{k}.bn_batches: must be >= 1, got {self.bn_batches}")
         _check_type(k, "metric_versions", self.metric_versions, (dict,))
+        _check_type(k, "skipped_layers", self.skipped_layers, (dict,))
+        for name, why in self.skipped_layers.items():
+            _check_type(k, "skipped_layers[]", name, (str,))
+            _check_type(k, f"skipped_layers[{name!r}]", why, (str,))
         self.validate()
 
     def validate(self) -> None:
@@ -241,6 +247,8 @@ class ExperimentConfig(SerializableConfig):
     data: str = "bundled:animal-silhouettes"
     val_fraction: float = 0.2
     data_limit: int | None = None
+    train_per_class: int | None = None  # keep N train images per class (low-data runs); the val split is unchanged
+    save_model: bool = False  # write the trained weights to the run folder as model.safetensors
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     arms: dict[str, ReinitConfig | None] = field(default_factory=lambda: {"baseline": None})
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -259,6 +267,10 @@ class ExperimentConfig(SerializableConfig):
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"{k}.val_fraction: must be in (0, 1), got {self.val_fraction}")
         _check_type(k, "data_limit", self.data_limit, (int,), allow_none=True)
+        _check_type(k, "train_per_class", self.train_per_class, (int,), allow_none=True)
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(f"{k}.train_per_class: must be >= 1, got {self.train_per_class}")
+        _check_type(k, "save_model", self.save_model, (bool,))
         _check_type(k, "finetune", self.finetune, (FinetuneConfig,))
         _check_type(k, "arms", self.arms, (dict,))
         if not self.arms:

@@ -168,11 +168,13 @@ def _with_augment(ds: Dataset) -> Dataset:
 
 def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
                  data_config: dict | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> DataBundle:
+                 std: Sequence[float] | None = None, train_per_class: int | None = None) -> DataBundle:
     """Load a dataset spec (see module docstring) into a seeded, stratified train/val ``DataBundle``.
 
     Normalisation comes from ``mean``/``std``, else from ``data_config`` (a backbone's), else ImageNet's.
     ``limit`` keeps a stratified subset of at most that many images before splitting.
+    ``train_per_class`` keeps the first N train images of each class in a seeded order (low-data studies): the val
+    split does not depend on N, and the subsets are nested (the 5 per class are among the 10 per class).
     """
     if not 0 < val_fraction < 1:
         raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -203,11 +205,31 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
             raise DatasetError(f"limit={limit} is too small for {len(classes)} classes")
         idx = _stratified(labels.numpy(), min(1.0, limit / len(labels)), seed)[1] if limit < len(labels) else idx
     train_idx, val_idx = _stratified(labels.numpy()[idx], val_fraction, seed)
+    if train_per_class is not None:
+        train_idx = _per_class(labels.numpy()[idx], train_idx, train_per_class, classes, spec)
     from torch.utils.data import Subset
 
     return DataBundle(name=spec, train=Subset(base, idx[train_idx].tolist()), val=Subset(base, idx[val_idx].tolist()),
                       classes=classes, image_size=image_size, mean=mean, std=std,
-                      info=dict(total=len(idx), train=len(train_idx), val=len(val_idx), seed=seed))
+                      info=dict(total=len(idx), train=len(train_idx), val=len(val_idx), seed=seed,
+                                train_per_class=train_per_class))
+
+
+def _per_class(labels: np.ndarray, train_idx: np.ndarray, n: int, classes: list[str], spec: str) -> np.ndarray:
+    """The first ``n`` entries of each class in ``train_idx`` (already in a seeded random order), order kept."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DatasetError(f"train_per_class must be a positive integer, got {n!r}")
+    counts = np.bincount(labels[train_idx], minlength=len(classes))
+    short = [f"{classes[c]} ({counts[c]})" for c in range(len(classes)) if counts[c] < n]
+    if short:
+        raise DatasetError(f"train_per_class={n}: the train split of {spec} has fewer images in class(es) "
+                           f"{', '.join(short[:5])}; lower train_per_class or raise the data limit")
+    rank = np.zeros(len(train_idx), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i, c in enumerate(labels[train_idx].tolist()):
+        rank[i] = seen.get(c, 0)
+        seen[c] = rank[i] + 1
+    return train_idx[rank < n]
 
 
 def _stratified(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -110,3 +110,21 @@ def test_split_prefixes_and_probe_batches_cover_all_classes(synthetic):
     assert len(set(y.tolist())) >= 3
     again = next(iter(probe_batches(ordered, batch_size=16)))[1]
     assert torch.equal(y, again)  # seeded: the same probe every time
+
+
+def test_train_per_class_is_nested_stratified_and_leaves_val_alone():
+    spec = "synthetic:classes=4,n=256,size=16"
+    full = load_dataset(spec, image_size=16, seed=3)
+    few = {n: load_dataset(spec, image_size=16, seed=3, train_per_class=n) for n in (2, 5, 20)}
+    labels = full.train.dataset.labels
+    for n, d in few.items():
+        assert d.val.indices == full.val.indices  # the val split does not depend on N
+        assert collections.Counter(int(labels[i]) for i in d.train.indices) == {c: n for c in range(4)}
+        assert set(d.train.indices) <= set(full.train.indices) and d.info["train"] == 4 * n
+    assert set(few[2].train.indices) < set(few[5].train.indices) < set(few[20].train.indices)
+    other_seed = load_dataset(spec, image_size=16, seed=4, train_per_class=5)
+    assert set(other_seed.train.indices) != set(few[5].train.indices)
+    with pytest.raises(DatasetError, match="train_per_class=60.*fewer images"):
+        load_dataset(spec, image_size=16, seed=3, train_per_class=60)  # 51 train images per class
+    with pytest.raises(DatasetError, match="positive integer"):
+        load_dataset(spec, image_size=16, train_per_class=0)

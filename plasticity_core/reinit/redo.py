@@ -26,6 +26,7 @@ NO_PAIR = ("no explicit (in, out) unit pair: its output reaches the residual str
         MAX_BATCHES_PARAM,
     ),
     needs_data=True,
+    check=lambda model, layer, params: None if consumer(model, layer) is not None else f"redo: {NO_PAIR}",
 )
 def redo(ctx: Context) -> list[Change]:
     p = ctx.params
