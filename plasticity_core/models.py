@@ -98,10 +98,11 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, overlay: dict | 
     if not timm.is_model(name):
         raise BackboneError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    offline = _timm_weights_offline(name) if pretrained and overlay is None else False
+    if pretrained and overlay is None:
+        cached = _timm_weights_offline(name)
+        overlay = None if cached is None else {"file": cached}  # offline but cached: load the file, skip the hub
     try:
-        with _hub_offline(offline):
-            model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as e:  # hub unreachable, no pretrained tag, ...
         if not pretrained:
             raise
@@ -148,52 +149,35 @@ def host_reachable(url: str, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def _timm_weights_offline(name: str) -> bool:
-    """For pretrained timm weights: ``True`` when they are cached but the hub is unreachable (load them offline);
-    raises ``BackboneError`` at once when they are neither cached nor reachable; ``False`` otherwise."""
+def _timm_weights_offline(name: str) -> str | None:
+    """For pretrained timm weights: the cached file when the hub cannot be reached (load it directly); ``None`` when
+    the hub is reachable (or the user chose the hub's offline mode); ``BackboneError`` at once when the weights are
+    neither cached nor reachable, instead of a minute of download retries."""
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
     if cfg is None:
-        return False
+        return None
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
         from huggingface_hub import constants, try_to_load_from_cache
 
         if constants.HF_HUB_OFFLINE:
-            return False  # the user chose offline mode: the hub library answers from its cache at once
-        files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
-        cached = any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in files)
+            return None  # the hub library answers from its cache at once
         if host_reachable(constants.ENDPOINT):
-            return False
-        if cached:
-            return True
+            return None
+        files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+        for f in files:
+            cached = try_to_load_from_cache(hub_id, f)
+            if isinstance(cached, str):
+                return cached
         raise BackboneError(f"timm:{name} pretrained weights ({hub_id}) are not cached and {_host(constants.ENDPOINT)} "
                             f"cannot be reached: offline. {_OFFLINE_HINT.format(spec=f'timm:{name}')}")
     url = getattr(cfg, "url", None)
     if url and not (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file() and not host_reachable(url):
         raise BackboneError(f"timm:{name} pretrained weights ({url}) are not cached and {_host(url)} cannot be reached: "
                             f"offline. {_OFFLINE_HINT.format(spec=f'timm:{name}')}")
-    return False
-
-
-class _hub_offline:
-    """Within the block, the Hugging Face hub library answers from its cache only (no minute of retries)."""
-
-    def __init__(self, on: bool) -> None:
-        self.on = on
-
-    def __enter__(self) -> None:
-        if self.on:
-            from huggingface_hub import constants
-
-            self.before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.on:
-            from huggingface_hub import constants
-
-            constants.HF_HUB_OFFLINE = self.before
+    return None
 
 
 def _torchvision(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, dict]:
