@@ -21,11 +21,13 @@ _EXPORTS = {
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
-    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "STRATEGIES": "reinit",
+    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # fine-tuning and runs
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
+    "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
+    "default_root": "runs",
 }
 
 # ``finetune`` is both a submodule and its main function: importing the submodule anywhere would rebind

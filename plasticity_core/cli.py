@@ -101,11 +101,33 @@ def cmd_reinit(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from plasticity_core import runs
+    import os
 
-    extra = (["--root", args.store] if args.store else []) + (["--tag", args.tag] if args.tag else [])
-    extra += ["--index", str(args.index)] if args.index is not None else []
-    return runs.main(["--config", args.config, *extra])
+    from plasticity_core.runs import compare_runs, run_experiment
+
+    index = args.index
+    if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+    totals: dict[str, int] = {}
+    last_acc: dict[str, float] = {}
+
+    def progress(run, event: dict) -> None:
+        kind = event["type"]
+        if kind == "start":
+            totals[run.name] = int(event.get("total_steps", 0))
+        elif kind == "eval":
+            last_acc[run.name] = event["val_acc"]
+        if kind in ("step", "eval") and totals.get(run.name):
+            done, total = event["step"], totals[run.name]
+            bar = "#" * int(30 * done / total) + "." * (30 - int(30 * done / total))
+            acc = f" val_acc {last_acc[run.name]:.4f}" if run.name in last_acc else ""
+            print(f"\r{run.name:<28} [{bar}] {done}/{total}{acc}", end="", file=sys.stderr, flush=True)
+        elif kind in ("finished", "stopped", "failed"):
+            print(f"\r{run.name:<28} {kind} at step {event['step']}: {event.get('reason', '')}", file=sys.stderr, flush=True)
+
+    runs = run_experiment(args.config, args.store, on_event=progress, tag=args.tag, only=None if index is None else [index])
+    print(compare_runs(runs).to_string(index=False))
+    return 0 if all(r.status != "failed" for r in runs) else 1
 
 
 def cmd_runs(args) -> int:
@@ -176,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds), writing run folders")
     sp.add_argument("--config", required=True)
-    sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
+    sp.add_argument("--store", "--root", dest="store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
     sp.add_argument("--tag", default=None, help="experiment folder suffix shared by cluster array tasks")
     sp.add_argument("--index", type=int, default=None, help="run only this expanded run (a cluster array task)")
     sp.set_defaults(fn=cmd_finetune)

@@ -109,8 +109,9 @@ class ReinitConfig(SerializableConfig):
     """The exported re-init recipe: which strategy, on which layers, with which parameters.
 
     ``layers``/``exclude`` are fnmatch patterns over layer names (see ``plasticity_core.layers``);
-    ``resolved_layers`` records the names they matched on the model they were chosen on, so a reader can see
-    exactly what was touched. ``params`` are validated against the strategy's declared parameters.
+    ``resolved_layers`` records the layers the strategy acted on, on the model they were chosen on, and
+    ``skipped_layers`` the layers the patterns matched but the strategy left alone, with the reason, so a reader
+    sees exactly what was touched and what was not. ``params`` are validated against the strategy's declared parameters.
     """
 
     kind: ClassVar[str] = "ReinitConfig"
@@ -124,6 +125,7 @@ class ReinitConfig(SerializableConfig):
     recalibrate_bn: bool = True
     bn_batches: int = 20
     resolved_layers: list[str] = field(default_factory=list)
+    skipped_layers: dict[str, str] = field(default_factory=dict)
     metric_versions: dict[str, int] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -147,6 +149,10 @@ class ReinitConfig(SerializableConfig):
         if self.bn_batches < 1:
             raise ConfigError(f"{k}.bn_batches: must be >= 1, got {self.bn_batches}")
         _check_type(k, "metric_versions", self.metric_versions, (dict,))
+        _check_type(k, "skipped_layers", self.skipped_layers, (dict,))
+        for name, why in self.skipped_layers.items():
+            _check_type(k, "skipped_layers[]", name, (str,))
+            _check_type(k, f"skipped_layers[{name!r}]", why, (str,))
         self.validate()
 
     def validate(self) -> None:
@@ -189,12 +195,19 @@ class FinetuneConfig(SerializableConfig):
     diagnose_every: int = 0  # 0: never
     diagnose_metrics: list[str] = field(default_factory=lambda: ["dormant", "saturation"])
     time_limit_s: float | None = None
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers (loader path; the device path decodes folder images with them once)
+    data_path: str = "auto"  # "auto" | "device" (uint8 splits on the training device) | "loader" (a DataLoader)
+    data_memory_mb: float = 2048  # the device path's budget for both splits as uint8; over it "auto" takes the loader
+    compile: bool = False  # torch.compile the model for training and evaluation
+    checkpoint: str = "none"  # "none" | "final" (model.safetensors at the end) | "best" (also best.safetensors)
+    save_optimizer: bool = False  # keep the optimizer state in the checkpoint (needed for an exact resume)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (preemption); 0: none during the run
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         k = self.kind
-        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers"):
+        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers",
+                     "checkpoint_every"):
             _check_type(k, name, getattr(self, name), (int,))
         for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale"):
             v = getattr(self, name)
@@ -207,6 +220,16 @@ class FinetuneConfig(SerializableConfig):
         _check_type(k, "augment", self.augment, (bool,))
         _check_type(k, "amp", self.amp, (bool,))
         _check_type(k, "channels_last", self.channels_last, (bool,))
+        _check_type(k, "compile", self.compile, (bool,))
+        _check_type(k, "save_optimizer", self.save_optimizer, (bool,))
+        _check_type(k, "data_memory_mb", self.data_memory_mb, (int, float))
+        if self.data_path not in ("auto", "device", "loader"):
+            raise ConfigError(f"{k}.data_path: must be 'auto', 'device' or 'loader', got {self.data_path!r}")
+        if self.checkpoint not in ("none", "final", "best"):
+            raise ConfigError(f"{k}.checkpoint: must be 'none', 'final' or 'best', got {self.checkpoint!r}")
+        self.data_memory_mb = float(self.data_memory_mb)
+        if not self.data_memory_mb >= 0 or self.checkpoint_every < 0:
+            raise ConfigError(f"{k}: data_memory_mb and checkpoint_every must be >= 0")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"{k}.optimizer: must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):

@@ -86,6 +86,13 @@ class Selection:
 
     layers: list[LayerInfo]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # the skipped layers no include pattern matched
+
+    @property
+    def rejected(self) -> list[tuple[str, str]]:
+        """(layer, reason) for the layers the include patterns matched but the selection left out."""
+        out = set(self.unmatched)
+        return [(name, why) for name, why in self.skipped if name not in out]
 
     @property
     def names(self) -> list[str]:
@@ -156,24 +163,34 @@ def select_layers(
                 return p
         return None
 
-    chosen, skipped = [], []
+    chosen, skipped, unmatched = [], [], []
     for layer in layer_map(model):
         if matches(layer, include) is None:
             skipped.append((layer.name, f"not matched by include {include}"))
+            unmatched.append(layer.name)
         elif (p := matches(layer, exclude)) is not None:
             skipped.append((layer.name, f"excluded by pattern {p!r}"))
-        elif layer.head and not allow_head:
-            skipped.append((layer.name, "classifier head (fresh for the target task; include_head to select it)"))
-        elif layer.grouped and not allow_grouped:
-            what = "depthwise" if layer.depthwise else "grouped"
-            skipped.append((layer.name, f"{what} conv: its (C, 1, k, k) weight is not a C_out x C_in map"))
-        elif layer.patch_embed and not allow_patch_embed:
-            skipped.append((layer.name, "patch embedding (a patchify conv, never re-initialised by FIRE/ReDo)"))
-        elif kinds is not None and layer.kind not in kinds:
-            skipped.append((layer.name, f"kind {layer.kind!r} not handled (handles {list(kinds)})"))
+        elif (why := unsupported(layer, allow_head=allow_head, allow_grouped=allow_grouped,
+                                 allow_patch_embed=allow_patch_embed, kinds=kinds)) is not None:
+            skipped.append((layer.name, why))
         else:
             chosen.append(layer)
-    return Selection(chosen, skipped)
+    return Selection(chosen, skipped, unmatched)
+
+
+def unsupported(layer: LayerInfo, *, allow_head: bool = False, allow_grouped: bool = False,
+                allow_patch_embed: bool = False, kinds: tuple[str, ...] | None = None) -> str | None:
+    """Why a matched layer is left out of a selection (head, grouped/depthwise, patch embedding, kind), or None."""
+    if layer.head and not allow_head:
+        return "classifier head (fresh for the target task; include_head to select it)"
+    if layer.grouped and not allow_grouped:
+        what = "depthwise" if layer.depthwise else "grouped"
+        return f"{what} conv: its (C, 1, k, k) weight is not a C_out x C_in map"
+    if layer.patch_embed and not allow_patch_embed:
+        return "patch embedding (a patchify conv, never re-initialised by FIRE/ReDo)"
+    if kinds is not None and layer.kind not in kinds:
+        return f"kind {layer.kind!r} not handled (handles {list(kinds)})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -122,16 +122,13 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
     sel = select_layers(model, cfg.layers, cfg.exclude, allow_head=cfg.include_head, allow_grouped=info.allow_grouped,
                         allow_patch_embed=info.allow_patch_embed, kinds=info.kinds)
     notes: list[str] = []
-    if cfg.resolved_layers and cfg.resolved_layers != sel.names:
-        notes.append(f"the config's resolved_layers ({len(cfg.resolved_layers)}) differ from what its patterns match on "
-                     f"this model ({len(sel.names)}); the patterns were used")
     if not sel.layers:
         notes.append("no layer selected: nothing changed")
     before = {layer.name: layer.weight(model).detach().clone() for layer in sel.layers}
     ctx = Context(model, sel.layers, params, cfg.seed, data, _device(model), notes)
     changes = info.fn(ctx) if sel.layers else []
 
-    rows, skipped, slices = [], list(sel.skipped), []
+    rows, skipped, slices = [], list(sel.rejected), []
     for ch in changes:
         if ch.skip is not None:
             skipped.append((ch.layer.name, ch.skip))
@@ -139,6 +136,10 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
         rows.append(layer_row(ch.layer.name, cfg.strategy, before[ch.layer.name], ch.layer.weight(model), ch.units, ch.weights))
         slices.extend(ch.slices)
     strategy_skips = [c for c in changes if c.skip is not None]
+    touched = [c.layer.name for c in changes if c.skip is None]
+    if cfg.resolved_layers and cfg.resolved_layers != touched:
+        notes.append(f"the config's resolved_layers ({len(cfg.resolved_layers)}) differ from what its patterns and "
+                     f"strategy reach on this model ({len(touched)}); the patterns were used")
     if sel.layers and len(strategy_skips) == len(sel.layers):
         notes.append(f"no layer was touched: {cfg.strategy} skipped all {len(sel.layers)} selected layers "
                      f"(first reason: {strategy_skips[0].skip}); see .skipped")
@@ -155,7 +156,7 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
             n = recalibrate_batchnorm(model, data, cfg.bn_batches)
             notes.append(f"BatchNorm statistics recalibrated on {n} batches of the given data")
     return ReinitReport(cfg.strategy, pd.DataFrame(rows, columns=COLUMNS),
-                        pd.DataFrame(skipped, columns=["layer", "reason"]), notes, sel.names, params,
+                        pd.DataFrame(skipped, columns=["layer", "reason"]), notes, touched, params,
                         dict(ctx.metric_versions), ctx.step_callback)
 
 

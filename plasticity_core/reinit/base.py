@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from plasticity_core.config import ConfigError
-from plasticity_core.layers import LayerInfo
+from plasticity_core.layers import LayerInfo, unsupported
 from plasticity_core.registry import Registry
 
 _TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
@@ -76,6 +76,7 @@ class StrategyInfo:
     kinds: tuple[str, ...] | None = None  # layer kinds it handles (None: all)
     allow_grouped: bool = False
     allow_patch_embed: bool = False
+    check: Callable[[nn.Module, LayerInfo, dict[str, Any]], str | None] | None = None  # why a layer would be skipped
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -100,16 +101,36 @@ class StrategyInfo:
         return self.needs_data
 
 
+    def why_not(self, model: nn.Module, layer: LayerInfo, params: dict[str, Any] | None = None,
+                include_head: bool = False) -> str | None:
+        """Why this strategy would leave ``layer`` alone (the reason ``apply_reinit`` reports), or None if it acts on it.
+
+        Decided from the layer map alone (no data, no copy of the model), so pages can ask it on every redraw.
+        """
+        why = unsupported(layer, allow_head=include_head, allow_grouped=self.allow_grouped,
+                          allow_patch_embed=self.allow_patch_embed, kinds=self.kinds)
+        if why is not None:
+            return why
+        if self.check is not None:
+            return self.check(model, layer, self.validate_params(dict(params or {})))
+        return None
+
+
 STRATEGIES: Registry[StrategyInfo] = Registry("re-init strategy")
 
 
 def register(name: str, definition: str, params: tuple[Param, ...], *, needs_data: bool = False, version: int = 1,
-             kinds: tuple[str, ...] | None = None, allow_grouped: bool = False, allow_patch_embed: bool = False):
-    """Decorator: register a strategy function under ``name`` with its documented parameters."""
+             kinds: tuple[str, ...] | None = None, allow_grouped: bool = False, allow_patch_embed: bool = False,
+             check: Callable[[nn.Module, LayerInfo, dict[str, Any]], str | None] | None = None):
+    """Decorator: register a strategy function under ``name`` with its documented parameters.
+
+    ``check(model, layer, params)`` returns the reason the strategy would skip a selected layer (None: it acts on
+    it); it must agree with the ``Change(skip=...)`` the function returns, so a plan matches the real run.
+    """
 
     def deco(fn):
         STRATEGIES.add(StrategyInfo(name, fn, definition, tuple(params), needs_data, version, kinds,
-                                    allow_grouped, allow_patch_embed))
+                                    allow_grouped, allow_patch_embed, check))
         return fn
 
     return deco

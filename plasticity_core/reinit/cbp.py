@@ -115,6 +115,7 @@ class ContinualBackprop:
         Param("decay", "float", 0.99, "EMA decay eta of the contribution utility (Dohare: 0.99)", min=0.0, max=1.0,
               max_exclusive=True),
     ),
+    check=lambda model, layer, params: None if consumer(model, layer) is not None else f"cbp: {NO_PAIR}",
 )
 def cbp(ctx: Context) -> list[Change]:
     changes, pairs = [], []

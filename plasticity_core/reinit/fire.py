@@ -13,7 +13,9 @@ import math
 
 import torch
 
-from plasticity_core.layers import layer_map
+from torch import nn
+
+from plasticity_core.layers import LayerInfo, layer_map
 from plasticity_core.reinit.base import Change, Context, Param, register, row_slices
 
 
@@ -69,6 +71,19 @@ def fire_scale(w: torch.Tensor) -> float:
     return c / math.prod(w.shape[2:]) if w.dim() > 2 else c
 
 
+def _fire_check(model: nn.Module, layer: LayerInfo, params: dict) -> str | None:
+    if params["targets"] == "qk" and layer.kind not in ("attn_q", "attn_k") and _has_attention(model):
+        return QK_ONLY
+    return None
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any(layer.kind == "attn_q" for layer in layer_map(model))
+
+
+QK_ONLY = "fire targets='qk' (FIRE's ViT default) touches only attention q/k blocks"
+
+
 @register(
     "fire",
     "FIRE: weight <- c * orthogonal factor (Newton-Schulz as released, or exact SVD), convs per spatial tap",
@@ -83,14 +98,15 @@ def fire_scale(w: torch.Tensor) -> float:
               "transformers: qk = only q/k row blocks of attention (FIRE's ViT); all = also v, proj and MLP. "
               "Models without attention: every selected layer either way", choices=("qk", "all")),
     ),
+    check=_fire_check,
 )
 def fire(ctx: Context) -> list[Change]:
     p = ctx.params
-    has_attention = any(layer.kind == "attn_q" for layer in layer_map(ctx.model))
+    has_attention = _has_attention(ctx.model)
     changes = []
     for layer in ctx.layers:
         if has_attention and p["targets"] == "qk" and layer.kind not in ("attn_q", "attn_k"):
-            changes.append(Change(layer, skip="fire targets='qk' (FIRE's ViT default) touches only attention q/k blocks"))
+            changes.append(Change(layer, skip=QK_ONLY))
             continue
         w = layer.weight(ctx.model)
         q = orthogonalize(w, p["method"], p["steps"])

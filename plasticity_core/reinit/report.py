@@ -15,9 +15,10 @@ COLUMNS = ["layer", "strategy", "units_touched", "weights_touched", "sfe", "sfe_
 class ReinitReport:
     """Result of ``apply_reinit`` / ``preview_reinit``.
 
-    ``table``: one row per touched layer (columns ``COLUMNS``); ``skipped``: (layer, reason) for every layer
-    left alone; ``notes``: what the caller must know (e.g. BatchNorm not recalibrated); ``resolved_layers``:
-    the layer names the config's patterns matched; ``step_callback``: for ``cbp`` the callable
+    ``table``: one row per touched layer (columns ``COLUMNS``); ``skipped``: (layer, reason) for every layer the
+    config's patterns matched but the strategy left alone (excluded, unsupported, no unit pair...; layers no
+    pattern matched are not listed); ``notes``: what the caller must know (e.g. BatchNorm not recalibrated);
+    ``resolved_layers``: the layers the strategy acted on (matched and not skipped); ``step_callback``: for ``cbp`` the callable
     ``(model, optimizer, step)`` the training loop calls after each optimizer step, else None.
     """
 

@@ -16,13 +16,30 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
+from plasticity_core.layers import LayerInfo
 from plasticity_core.reinit.base import Change, Context, Param, register
 from plasticity_core.reinit.fresh import consumer
 from plasticity_core.reinit.redo import NO_PAIR
 from plasticity_core.reinit.units import MAX_BATCHES_PARAM, SCALE_PARAM, diagnose_units, recycle, unit_scores
 
 METRIC = {"grad": "grad_dormant", "saturation": "saturation", "dormant": "dormant"}
+
+
+def _check(model: nn.Module, layer: LayerInfo, params: dict) -> str | None:
+    """Why targeted leaves ``layer`` alone with these params (no unit pair for outgoing='zero', no unit score)."""
+    if params["outgoing"] == "zero" and consumer(model, layer) is None:
+        return f"targeted outgoing='zero': {NO_PAIR}"
+    criterion = params["criterion"]
+    if criterion in ("dormant", "saturation") and layer.act is None:
+        return f"targeted criterion={criterion!r}: no activation module after this layer, so no per-unit {criterion} score"
+    if criterion == "saturation":
+        from plasticity_core.metrics.activations import FLAT_REGION
+
+        if layer.act_type not in FLAT_REGION:
+            return f"targeted criterion='saturation': its activation {layer.act_type!r} has no flat region to measure"
+    return None
 
 
 @register(
@@ -39,6 +56,7 @@ METRIC = {"grad": "grad_dormant", "saturation": "saturation", "dormant": "dorman
         MAX_BATCHES_PARAM,
     ),
     needs_data=True,
+    check=_check,
 )
 def targeted(ctx: Context) -> list[Change]:
     p = ctx.params
@@ -47,8 +65,8 @@ def targeted(ctx: Context) -> list[Change]:
     changes = []
     for layer in ctx.layers:
         pair = consumer(ctx.model, layer)
-        if p["outgoing"] == "zero" and pair is None:
-            changes.append(Change(layer, skip=f"targeted outgoing='zero': {NO_PAIR}"))
+        if (why := _check(ctx.model, layer, p)) is not None:
+            changes.append(Change(layer, skip=why))
             continue
         if metric is None:
             score = layer.weight(ctx.model).detach().flatten(1).norm(dim=1).float().cpu()
