@@ -243,3 +243,16 @@ def test_device_split_moves_without_changing_batches():
     moved = store.to("cpu")
     assert isinstance(moved, DeviceSplit) and moved.nbytes == len(d.val) * 3 * 16 * 16
     assert torch.equal(moved.batch(torch.tensor([1, 0]))[0], store.batch(torch.tensor([1, 0]))[0])
+
+
+@pytest.mark.gpu
+def test_cuda_device_path_gives_the_cpu_batches():
+    d = load_dataset("synthetic:classes=4,n=64,size=16", image_size=16)
+    plan = plan_data_path(d)
+    cpu = TrainBatches(d.train, plan.train, 8, 1, True, CPU)
+    cuda = TrainBatches(d.train, plan.train.to("cuda"), 8, 1, True, torch.device("cuda"))
+    via_loader = TrainBatches(d.train, None, 8, 1, True, torch.device("cuda"))
+    for _ in range(2 * cpu.per_epoch):
+        (xa, ya), (xb, yb), (xc, yc) = next(cpu), next(cuda), next(via_loader)
+        assert xb.is_cuda and torch.equal(ya, yb.cpu()) and torch.equal(ya, yc.cpu())
+        assert torch.allclose(xa, xb.cpu(), atol=1e-6, rtol=0) and torch.allclose(xa, xc.cpu(), atol=1e-6, rtol=0)

@@ -333,3 +333,16 @@ def test_epochs_set_the_number_of_steps(data):
     per_epoch = len(data.train) // 32  # drop_last: no last batch of a few images
     r = finetune(_model(), data, _cfg(epochs=1.5, eval_every=1000))
     assert r.total_steps == r.steps == math.ceil(1.5 * per_epoch)
+
+
+@pytest.mark.gpu
+def test_cuda_resume_continues_to_the_uninterrupted_weights(data, tmp_path):
+    cfg = _cfg(steps=8, device="cuda", amp=False, checkpoint="final", save_optimizer=True, checkpoint_every=3)
+    whole = _net()
+    finetune(whole, data, cfg, checkpoint_dir=tmp_path / "whole")
+    finetune(_net(), data, cfg, checkpoint_dir=tmp_path / "cut", stop=_StopAt(5))
+    resumed = _net()
+    r = finetune(resumed, data, cfg, checkpoint_dir=tmp_path / "cut", resume=True)
+    assert r.status == "finished" and r.resumed_from == 5
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=0), k
