@@ -276,7 +276,9 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
     return DataBundle(name=spec, train=Subset(base, idx[train_idx].tolist()), val=Subset(base, idx[val_idx].tolist()),
                       classes=classes, image_size=image_size, mean=mean, std=std,
                       info=dict(total=len(idx), train=len(train_idx), val=len(val_idx), seed=seed,
-                                train_per_class=train_per_class, **({"skipped": skipped} if skipped else {})))
+                                train_per_class=train_per_class,
+                                train_counts=np.bincount(labels.numpy()[idx][train_idx], minlength=len(classes)).tolist(),
+                                **({"skipped": skipped} if skipped else {})))
 
 
 def _per_class(labels: np.ndarray, train_idx: np.ndarray, n: int, classes: list[str], spec: str) -> np.ndarray:

@@ -121,6 +121,7 @@ def test_train_per_class_is_nested_stratified_and_leaves_val_alone():
         assert d.val.indices == full.val.indices  # the val split does not depend on N
         assert collections.Counter(int(labels[i]) for i in d.train.indices) == {c: n for c in range(4)}
         assert set(d.train.indices) <= set(full.train.indices) and d.info["train"] == 4 * n
+        assert d.info["train_counts"] == [n] * 4
     assert set(few[2].train.indices) < set(few[5].train.indices) < set(few[20].train.indices)
     other_seed = load_dataset(spec, image_size=16, seed=4, train_per_class=5)
     assert set(other_seed.train.indices) != set(few[5].train.indices)
