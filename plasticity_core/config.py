@@ -195,12 +195,19 @@ class FinetuneConfig(SerializableConfig):
     diagnose_every: int = 0  # 0: never
     diagnose_metrics: list[str] = field(default_factory=lambda: ["dormant", "saturation"])
     time_limit_s: float | None = None
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers (loader path; the device path decodes folder images with them once)
+    data_path: str = "auto"  # "auto" | "device" (uint8 splits on the training device) | "loader" (a DataLoader)
+    data_memory_mb: float = 2048  # the device path's budget for both splits as uint8; over it "auto" takes the loader
+    compile: bool = False  # torch.compile the model for training and evaluation
+    checkpoint: str = "none"  # "none" | "final" (model.safetensors at the end) | "best" (also best.safetensors)
+    save_optimizer: bool = False  # keep the optimizer state in the checkpoint (needed for an exact resume)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (preemption); 0: none during the run
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         k = self.kind
-        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers"):
+        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers",
+                     "checkpoint_every"):
             _check_type(k, name, getattr(self, name), (int,))
         for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale"):
             v = getattr(self, name)
@@ -213,6 +220,16 @@ class FinetuneConfig(SerializableConfig):
         _check_type(k, "augment", self.augment, (bool,))
         _check_type(k, "amp", self.amp, (bool,))
         _check_type(k, "channels_last", self.channels_last, (bool,))
+        _check_type(k, "compile", self.compile, (bool,))
+        _check_type(k, "save_optimizer", self.save_optimizer, (bool,))
+        _check_type(k, "data_memory_mb", self.data_memory_mb, (int, float))
+        if self.data_path not in ("auto", "device", "loader"):
+            raise ConfigError(f"{k}.data_path: must be 'auto', 'device' or 'loader', got {self.data_path!r}")
+        if self.checkpoint not in ("none", "final", "best"):
+            raise ConfigError(f"{k}.checkpoint: must be 'none', 'final' or 'best', got {self.checkpoint!r}")
+        self.data_memory_mb = float(self.data_memory_mb)
+        if not self.data_memory_mb >= 0 or self.checkpoint_every < 0:
+            raise ConfigError(f"{k}: data_memory_mb and checkpoint_every must be >= 0")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"{k}.optimizer: must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
