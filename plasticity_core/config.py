@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import yaml
 
+from plasticity_core.errors import UserError
+
 SCHEMA_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config field is missing, unknown, of the wrong type or out of range."""
 
 
@@ -239,8 +242,26 @@ class FinetuneConfig(SerializableConfig):
         for name in ("steps", "batch_size", "image_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{k}.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale", "epochs", "grad_clip",
+                     "time_limit_s"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"{k}.{name}: must be a finite number, got {v}")
         if self.lr <= 0:
-            raise ConfigError(f"{k}.lr: must be > 0, got {self.lr}")
+            raise ConfigError(f"{k}.lr: must be > 0, got {self.lr}; a typical fine-tuning lr is 0.01 (sgd) or 1e-3 (adamw)")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{k}.momentum: must be in [0, 1), got {self.momentum}; 0.9 is usual")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{k}.weight_decay: must be >= 0, got {self.weight_decay}")
+        for name in ("head_lr_scale", "backbone_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{k}.{name}: must be >= 0 (0 freezes those weights), got {getattr(self, name)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"{k}.grad_clip: must be > 0, or null for no clipping; got {self.grad_clip}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError(f"{k}.time_limit_s: must be > 0 seconds, or null for no limit; got {self.time_limit_s}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ConfigError(f"{k}.eval_batches: must be >= 1, or null for the whole val split; got {self.eval_batches}")
         if self.warmup_steps < 0 or self.diagnose_every < 0 or self.num_workers < 0:
             raise ConfigError(f"{k}: warmup_steps, diagnose_every and num_workers must be >= 0")
         if self.epochs is not None and self.epochs <= 0:

@@ -16,7 +16,7 @@ def orthogonal(m: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def hand_tap_metrics(w: np.ndarray) -> dict[str, float]:
-    """Per-tap loop in numpy: tall X, singular values from SVD, then the DESIGN.md formulas; mean over taps."""
+    """Per-tap loop in numpy: tall X, singular values from SVD, then the docs/methods.md formulas; mean over taps."""
     taps = [w] if w.ndim == 2 else [w[:, :, i, j] for i in range(w.shape[2]) for j in range(w.shape[3])]
     out = {"dfi": [], "dfi_si": [], "spectral_norm": [], "stable_rank": []}
     for x in taps:

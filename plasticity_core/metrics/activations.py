@@ -58,7 +58,7 @@ def _region_fn(act: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: (z <= lo) | (z >= hi)
 
 
-# Region where |phi'(z)| < 1 % of max |phi'| (default eps): DESIGN.md's table, re-derived for any eps above.
+# Region where |phi'(z)| < 1 % of max |phi'| (default eps): the table in docs/methods.md (Metrics), re-derived for any eps above.
 FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {a: _region_fn(a) for a in ACT_FNS}
 
 

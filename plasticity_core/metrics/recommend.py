@@ -4,7 +4,7 @@ The score of a layer is the fraction of its units that are *impaired*, i.e. flag
 unit-level criterion measured on the target data:
   - dormant: ReDo score ``s_i <= tau`` (the unit's output is negligible next to its layer's),
   - dead: nonzero on fewer than 1 % of inputs,
-  - saturated: pre-activation in the flat region on more than 99 % of inputs (methods.md a.10),
+  - saturated: pre-activation in the flat region on more than 99 % of inputs (docs/methods.md, Metrics: saturation),
   - gradient-starved: ReDo score of ``|dL/dh_i|`` ``<= tau`` (the unit's incoming weights barely move).
 Why this score: each criterion names a unit that cannot currently learn on the target task (no output, no
 gradient, or zero derivative), which is what loss of plasticity means; a union of per-unit flags is
