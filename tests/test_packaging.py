@@ -71,6 +71,17 @@ def test_wheel_carries_the_dashboard_and_the_version(venv, tmp_path):
     assert app.is_relative_to(venv) and app.name == "app.py" and (app.parent / "app_pages" / "setup.py").is_file()
 
 
+def test_installed_dashboard_renders_its_first_page(venv, tmp_path):
+    """Health alone does not run the app: run the installed app.py (Setup page, tiny preset) with AppTest."""
+    code = ("from plasticity_core.dashboard.testing import APP, tiny_app, no_exception; "
+            "at = tiny_app(); no_exception(at); print(APP); print(len(at.dataframe))")
+    proc = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True, env=_env(),
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    app, tables = proc.stdout.split()[-2:]
+    assert Path(app).is_relative_to(venv) and int(tables) >= 1  # the loaded model's layer table is shown
+
+
 def test_plasticity_layers_from_an_empty_folder(venv, tmp_path):
     proc = subprocess.run([venv / "bin" / "plasticity", "layers", "--model", "timm:test_resnet", "--random-init"],
                           capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
