@@ -231,3 +231,14 @@ def test_bugs_are_not_dressed_up_as_user_errors():
         assert user_message(e) is None  # a ValueError from a dependency's guts
     assert user_message(FileNotFoundError(2, "No such file or directory", "/x/y.yaml")) == \
         "/x/y.yaml: no such file or folder; check the path"
+
+
+def test_dashboard_spelling_names_the_real_checkbox():
+    """The dashboard hint must name the checkbox the Setup page really shows."""
+    from pathlib import Path
+
+    from plasticity_core.errors import ENTRY_SPELLINGS
+
+    label = ENTRY_SPELLINGS["dashboard"]["pretrained=False"].split("'")[1]
+    setup = (Path(__file__).resolve().parents[1] / "dashboard" / "app_pages" / "setup.py").read_text()
+    assert f'st.checkbox("{label}"' in setup
