@@ -107,11 +107,16 @@ def _listeners(port: int) -> list[str]:
     return found
 
 
-def _descendants(pid: int) -> list[int]:
+def _group(pgid: int) -> list[int]:
+    """Processes of the process group ``pgid`` (the dashboard was started in its own session)."""
     out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            out += [int(child), *_descendants(int(child))]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    out.append(int(entry.name))
+            except ProcessLookupError:
+                pass
     return out
 
 
@@ -135,7 +140,7 @@ def test_plasticity_dashboard_serves_on_localhost_only_from_any_folder(venv, tmp
         listening = _listeners(port)
         assert listening and set(listening) == {"0100007F"}, listening  # 127.0.0.1, and no IPv4/IPv6 wildcard
         cmdlines = []
-        for pid in _descendants(proc.pid):
+        for pid in _group(proc.pid):
             try:
                 cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
             except FileNotFoundError:
