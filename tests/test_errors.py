@@ -218,6 +218,9 @@ def test_dashboard_and_python_spellings_of_the_same_error():
     assert "--random-init" in user_message(e, "cli") and "--arch 'timm:x'" in user_message(e, "cli")
     assert "untick 'Pretrained weights'" in user_message(e, "dashboard")
     assert for_entry("use image_size=224", "cli") == "use --image-size 224"
+    assert for_entry("max_batches must be >= 1, got 0", "cli") == "--batches must be >= 1, got 0"
+    assert for_entry("ReinitConfig.params.max_batches (strategy 'redo')", "cli") == \
+        "ReinitConfig.params.max_batches (strategy 'redo')"  # a config field keeps its name
 
 
 def test_bugs_are_not_dressed_up_as_user_errors():
