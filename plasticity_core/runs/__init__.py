@@ -1,0 +1,26 @@
+"""Runs: the one code path from the dashboard, the CLI and a cluster sweep to run folders.
+
+An experiment (``ExperimentConfig``: backbone + data + fine-tune config + arms x seeds) expands into single runs
+(``spec``). Each run is a folder ``<root>/<experiment>-<tag>/<arm>-seed<seed>/`` in a ``RunStore`` (``store``)
+holding ``config.yaml`` (a single-run config that repeats the run), ``metrics.jsonl`` (one event per line, flushed
+as written), ``summary.json`` (status and reason), and ``error.txt`` / ``diagnosis.parquet`` / ``STOP`` when
+they apply. ``execute_run`` runs one folder in this process (``execute``); executors give runs their workers
+(``executors``); ``compare_runs`` summarises arms over seeds (``compare``); ``main`` is the command line.
+"""
+from __future__ import annotations
+
+from plasticity_core.runs.compare import compare_runs
+from plasticity_core.runs.execute import execute_run
+from plasticity_core.runs.executors import RunHandle, run_experiment, start_run
+from plasticity_core.runs.spec import expand_experiment, run_name, slug
+from plasticity_core.runs.store import ACTIVE, ROOT_ENV, Run, RunStore, default_root, read_events
+
+__all__ = ["ACTIVE", "ROOT_ENV", "Run", "RunHandle", "RunStore", "compare_runs", "default_root", "execute_run",
+           "expand_experiment", "main", "read_events", "run_experiment", "run_name", "slug", "start_run"]
+
+
+def main(argv=None) -> int:
+    """``python -m plasticity_core.runs ...``: the same as ``plasticity finetune ...`` (one parser, in ``cli``)."""
+    from plasticity_core.runs.__main__ import main as _main
+
+    return _main(argv)

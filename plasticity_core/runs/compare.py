@@ -1,0 +1,76 @@
+"""Comparing runs: per arm over seeds, final and best accuracy, steps to a target, wall time."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable
+
+import pandas as pd
+
+from plasticity_core.runs.store import Run
+
+
+def _steps_to(evals: list[dict[str, Any]], threshold: float) -> float:
+    for e in evals:
+        acc = e.get("val_acc")
+        if isinstance(acc, (int, float)) and acc >= threshold:
+            return float(e["step"])
+    return math.nan
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
+    return mean, std
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 and not math.isnan(std) else f"{mean:.4f} (1 seed)"
+
+
+def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None = None, fraction: float = 0.9) -> pd.DataFrame:
+    """One row per arm over its seeds: final and best val accuracy (mean, sample std), steps to reach ``fraction``
+    of the baseline's best accuracy (mean best over baseline seeds; first eval at or above it, mean over the seeds
+    that reached it, ``never`` when none did), wall time.
+
+    ``baseline``: the arm name; default the arm called ``baseline``, else the first arm without a re-init.
+    Failed runs and runs without any eval count in ``n_failed`` and stay out of the means.
+    """
+    items = [r if isinstance(r, Run) else Run(r) for r in runs]
+    per_arm: dict[str, dict[str, Any]] = {}
+    for r in items:
+        s, evals = r.summary(), r.events("eval")
+        entry = per_arm.setdefault(r.arm, {"reinit": r.config.arms[r.arm], "ok": [], "failed": 0})
+        if s.get("status") == "failed" or not evals:
+            entry["failed"] += 1
+            continue
+        entry["ok"].append({"seed": r.seed, "final": evals[-1]["val_acc"], "best": max(e["val_acc"] for e in evals),
+                            "evals": evals, "wall": s.get("wall_time_s") or math.nan})
+    if baseline is None:
+        plain = [a for a, e in per_arm.items() if e["reinit"] is None]
+        baseline = "baseline" if "baseline" in per_arm else (plain[0] if plain else None)
+    elif baseline not in per_arm:
+        raise KeyError(f"baseline arm {baseline!r} is not among the runs' arms {sorted(per_arm)}")
+    base_best = _mean_std([o["best"] for o in per_arm[baseline]["ok"]])[0] if baseline else math.nan
+    threshold = fraction * base_best
+    rows = []
+    for arm, e in per_arm.items():
+        ok, n = e["ok"], len(e["ok"])
+        final, best = _mean_std([o["final"] for o in ok]), _mean_std([o["best"] for o in ok])
+        steps = [_steps_to(o["evals"], threshold) for o in ok] if not math.isnan(threshold) else []
+        reached = [s for s in steps if not math.isnan(s)]
+        steps_mean = sum(reached) / len(reached) if reached else math.nan
+        rows.append({
+            "arm": arm, "strategy": "none" if e["reinit"] is None else e["reinit"].strategy, "n_seeds": n,
+            "n_failed": e["failed"], "final_acc_mean": final[0], "final_acc_std": final[1], "best_acc_mean": best[0],
+            "best_acc_std": best[1], "steps_to_target_mean": steps_mean, "reached_target": f"{len(reached)}/{n}",
+            "target_acc": threshold, "wall_time_s_mean": _mean_std([o["wall"] for o in ok])[0],
+            "final_acc": _pm(*final, n), "best_acc": _pm(*best, n),
+            "steps_to_target": "never" if not reached else f"{steps_mean:.0f}",
+        })
+    return pd.DataFrame(rows)
