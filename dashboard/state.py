@@ -216,8 +216,8 @@ def loaded() -> Loaded | None:
 
 
 def message(e: BaseException) -> str:
-    """The one-line message a user sees for an expected failure."""
-    return f"{type(e).__name__}: {e}"
+    """The one-line message a user sees for an expected failure (the library's wording, dashboard spellings)."""
+    return pc.user_message(e, "dashboard") or f"{type(e).__name__}: {e}"
 
 
 def require_loaded() -> Loaded:
