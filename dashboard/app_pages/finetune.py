@@ -37,7 +37,7 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         a1, a2 = st.columns([1, 2])
         baseline = a1.checkbox("Baseline (plain fine-tuning)", value=kept("w_ft_baseline", True), key="w_ft_baseline")
         own = a1.checkbox(f"Re-init arm: {cfg.strategy}" if cfg else "Re-init arm (preview one on Re-init first)",
-                          value=kept("w_ft_own", cfg is not None) and cfg is not None, disabled=cfg is None, key="w_ft_own")
+                          value=cfg is not None, disabled=cfg is None, key="w_ft_own")
         choices = [n for n in pc.STRATEGIES.names() if cfg is None or n != cfg.strategy]
         others = a2.multiselect("Also compare (default parameters, same layers)", choices,
                                 default=[o for o in kept("w_ft_others", []) if o in choices], disabled=cfg is None,
@@ -62,7 +62,8 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         default_name = "-vs-".join(arms) or "experiment"
         n1, n2 = st.columns([2, 1])
         name = n1.text_input("Experiment name", value=kept("w_ft_name", default_name), key="w_ft_name",
-                             help="Names the experiment's folder (a timestamp is appended, so names can repeat).")
+                             help="Names the experiment's folder (a timestamp is appended, so names can repeat).",
+                             on_change=lambda: st.session_state["form"].update(w_ft_name=st.session_state["w_ft_name"]))
         executors = forms.executors()
         executor = n2.selectbox("Run on", list(executors), format_func=executors.get, key="w_ft_executor",
                                 index=list(executors).index(kept("w_ft_executor", "process")) if kept("w_ft_executor", "process") in executors else 0)
