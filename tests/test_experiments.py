@@ -178,7 +178,7 @@ def test_the_readmes_study_commands_parse():
     for doc in (root / "README.md", root / "experiments" / "README.md"):
         text = doc.read_text().replace("\\\n", " ")
         for line in text.splitlines():
-            m = re.search(r"python experiments/(\w+)\.py(.*)", line.split(" #")[0])
+            m = re.search(r"python experiments/(\w+)\.py([^`#]*)", line)
             if not m or "${" in line:
                 continue
             mod = importlib.import_module(m.group(1))
