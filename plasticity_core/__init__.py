@@ -1,6 +1,6 @@
 """Plasticity Lab: per-layer loss-of-plasticity diagnostics and re-initialisation for pretrained backbones.
 
-The public API (see DESIGN.md) is importable from here; submodules load on first use so that
+The public API (see docs/design.md and the README) is importable from here; submodules load on first use so that
 ``import plasticity_core`` stays cheap.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ _EXPORTS = {
     "load_backbone": "models", "Backbone": "models", "BackboneError": "models",
     "load_dataset": "data", "DataBundle": "data", "DatasetError": "data",
     "fetch_assets": "assets", "AssetMissingError": "assets",
+    # one-line messages for expected failures (the CLI and the dashboard show the same)
+    "user_message": "errors", "UserError": "errors",
     # layer map
     "layer_table": "layers", "layer_map": "layers", "select_layers": "layers", "Selection": "layers", "LayerInfo": "layers",
     # configs

@@ -7,7 +7,9 @@
     plasticity finetune --config experiment.yaml [KEY=VALUE ...] [--executor process|ray|slurm] [--store runs]
     plasticity runs     [--store runs]
     plasticity compare  RUN_DIR ...
-    plasticity dashboard
+    plasticity dashboard [streamlit options, e.g. --server.port 8600]
+
+A user error (a bad spec, a missing file, an unwritable --out, ...) is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -35,10 +37,64 @@ def _backbone(args, num_classes: int | None = None):
 
 
 def _data(args, backbone):
-    from plasticity_core.data import load_dataset
+    import warnings
 
-    return load_dataset(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed,
-                        limit=args.limit, data_config=backbone.data_config if backbone else None)
+    from plasticity_core.data import SkippedFilesWarning, load_dataset
+    from plasticity_core.models import check_image_size
+
+    if backbone is not None:
+        check_image_size(backbone, args.image_size)
+    with warnings.catch_warnings():  # said once below, as a note, instead of a Python warning
+        warnings.simplefilter("ignore", SkippedFilesWarning)
+        data = load_dataset(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed,
+                            limit=args.limit, data_config=backbone.data_config if backbone else None)
+    skipped = data.info.get("skipped")
+    if skipped:
+        print(f"note: {skipped}", file=sys.stderr)
+    return data
+
+
+def _writable(path: str, flag: str = "--out") -> Path:
+    """``path`` as a Path once it is known to be writable: checked before any computation, not after it."""
+    from plasticity_core.errors import UserError
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        with open(p, "ab"):
+            pass
+        if not existed:
+            p.unlink()
+    except OSError as e:
+        raise UserError(f"{flag} {p} cannot be written ({e.strerror or type(e).__name__}); choose a path you can write") from None
+    return p
+
+
+def _device(name: str | None) -> str | None:
+    """``--device`` checked before any work: a known device type, and one this machine has."""
+    import torch
+
+    from plasticity_core.errors import UserError
+
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 ...")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return name
 
 
 def cmd_assets(args) -> int:
@@ -65,16 +121,16 @@ def cmd_layers(args) -> int:
 def cmd_diagnose(args) -> int:
     from plasticity_core.metrics import diagnose
 
+    out = _writable(args.out)
+    device = _device(args.device)
     bb = _backbone(args)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
         from plasticity_core.models import load_backbone
 
         bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
-    d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=args.device,
+    d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     d.save(out)
     print(d.wide().round(4).to_string())
     print(f"saved {out}", file=sys.stderr)
@@ -83,18 +139,21 @@ def cmd_diagnose(args) -> int:
 
 def cmd_reinit(args) -> int:
     from plasticity_core.config import ReinitConfig
-    from plasticity_core.models import save_checkpoint
+    from plasticity_core.models import check_head, save_checkpoint
     from plasticity_core.reinit import apply_reinit
 
+    out = _writable(args.out)
     cfg = ReinitConfig.load(args.config)
     bb = _backbone(args, num_classes=args.num_classes)
-    data = _data(args, bb).train if args.data else None
+    data = None
+    if args.data:
+        bundle = _data(args, bb)
+        check_head(bb, bundle, fix="num_classes=")
+        data = bundle.train
     report = apply_reinit(bb.model, cfg, data=data)
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
         print(f"note: {note}", file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(bb.model, out)
     print(f"saved re-initialised weights to {out}", file=sys.stderr)
     return 0
@@ -124,6 +183,16 @@ class _RunBars:
             tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
 
 
+def _preflight(config) -> None:
+    """Refuse a config that cannot run before any run folder is made: unreadable or out of range (ConfigError),
+    or batch_size 1 on a model with BatchNorm."""
+    from plasticity_core.finetune import check_batch_size
+    from plasticity_core.models import load_backbone
+
+    if config.finetune.batch_size < 2:
+        check_batch_size(load_backbone(config.backbone, pretrained=False, arch=config.arch).model, config.finetune.batch_size)
+
+
 def cmd_finetune(args) -> int:
     import os
 
@@ -135,6 +204,7 @@ def cmd_finetune(args) -> int:
         index = int(os.environ["SLURM_ARRAY_TASK_ID"])
         resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
     config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+    _preflight(config)
     runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
                           executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
     _print_comparison(compare_runs(runs))
@@ -168,14 +238,56 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# The project's dashboard settings, passed on the command line so that they hold from any folder (Streamlit reads
+# .streamlit/config.toml only from the current one); the same values as the checkout's .streamlit/config.toml
+# (a test compares them). Options the user adds come later and win, e.g. --server.port 8600.
+STREAMLIT_OPTIONS = {
+    "server.address": "127.0.0.1",  # local only; --server.address 0.0.0.0 exposes it
+    "server.headless": "true",
+    "server.fileWatcherType": "none",  # the watcher crashes on torch.classes (streamlit#10992)
+    "server.runOnSave": "false",
+    "server.maxUploadSize": "1024",
+    "browser.gatherUsageStats": "false",
+    "runner.fastReruns": "true",
+    "client.toolbarMode": "minimal",
+    "theme.base": "light",
+    "theme.primaryColor": "#2f6f4f",
+    "theme.backgroundColor": "#fbfbf8",
+    "theme.secondaryBackgroundColor": "#eef1ea",
+    "theme.textColor": "#1d2420",
+    "theme.font": "sans serif",
+}
+
+
+def dashboard_app() -> Path:
+    """The dashboard's ``app.py``: inside the installed package, or the checkout's ``dashboard/`` folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plasticity_core.dashboard")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            if (Path(folder) / "app.py").is_file():
+                return Path(folder) / "app.py"
+    return Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def dashboard_command(extra: list[str]) -> list[str]:
+    """The ``streamlit run`` command line ``plasticity dashboard`` executes."""
+    options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
+    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app()), *options, *extra]
+
+
 def cmd_dashboard(args) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    if not app.is_file():
-        print(f"dashboard not found at {app} (it ships with the source checkout)", file=sys.stderr)
-        return 1
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args])
+    from plasticity_core.errors import UserError
+
+    if not dashboard_app().is_file():
+        raise UserError(f"the dashboard is not installed at {dashboard_app()}; reinstall plasticity-lab")
+    try:
+        return subprocess.call(dashboard_command(args.streamlit_args))
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,18 +351,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
     sp.set_defaults(fn=cmd_compare)
 
-    sp = sub.add_parser("dashboard", help="start the Streamlit dashboard")
-    sp.add_argument("streamlit_args", nargs=argparse.REMAINDER)
+    sp = sub.add_parser("dashboard", help="start the Streamlit dashboard (extra options go to streamlit run)",
+                        description="Start the dashboard on http://127.0.0.1:8501. Streamlit options such as "
+                                    "--server.port 8600 are passed on to `streamlit run`.")
     sp.set_defaults(fn=cmd_dashboard)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; an expected failure is one line ``error: ...`` on stderr and exit code 2."""
+    from plasticity_core.errors import user_message
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "dashboard":
+        args.streamlit_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, IndexError, ImportError) as e:  # user errors: one clear line, no traceback
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e, entry="cli")
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

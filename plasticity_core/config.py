@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import yaml
 
+from plasticity_core.errors import UserError
+
 SCHEMA_VERSION = 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config field is missing, unknown, of the wrong type or out of range."""
 
 
@@ -195,12 +198,19 @@ class FinetuneConfig(SerializableConfig):
     diagnose_every: int = 0  # 0: never
     diagnose_metrics: list[str] = field(default_factory=lambda: ["dormant", "saturation"])
     time_limit_s: float | None = None
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers (loader path; the device path decodes folder images with them once)
+    data_path: str = "auto"  # "auto" | "device" (uint8 splits on the training device) | "loader" (a DataLoader)
+    data_memory_mb: float = 2048  # the device path's budget for both splits as uint8; over it "auto" takes the loader
+    compile: bool = False  # torch.compile the model for training and evaluation
+    checkpoint: str = "none"  # "none" | "final" (model.safetensors at the end) | "best" (also best.safetensors)
+    save_optimizer: bool = False  # keep the optimizer state in the checkpoint (needed for an exact resume)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (preemption); 0: none during the run
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         k = self.kind
-        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers"):
+        for name in ("steps", "batch_size", "warmup_steps", "image_size", "seed", "eval_every", "diagnose_every", "num_workers",
+                     "checkpoint_every"):
             _check_type(k, name, getattr(self, name), (int,))
         for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale"):
             v = getattr(self, name)
@@ -213,6 +223,16 @@ class FinetuneConfig(SerializableConfig):
         _check_type(k, "augment", self.augment, (bool,))
         _check_type(k, "amp", self.amp, (bool,))
         _check_type(k, "channels_last", self.channels_last, (bool,))
+        _check_type(k, "compile", self.compile, (bool,))
+        _check_type(k, "save_optimizer", self.save_optimizer, (bool,))
+        _check_type(k, "data_memory_mb", self.data_memory_mb, (int, float))
+        if self.data_path not in ("auto", "device", "loader"):
+            raise ConfigError(f"{k}.data_path: must be 'auto', 'device' or 'loader', got {self.data_path!r}")
+        if self.checkpoint not in ("none", "final", "best"):
+            raise ConfigError(f"{k}.checkpoint: must be 'none', 'final' or 'best', got {self.checkpoint!r}")
+        self.data_memory_mb = float(self.data_memory_mb)
+        if not self.data_memory_mb >= 0 or self.checkpoint_every < 0:
+            raise ConfigError(f"{k}: data_memory_mb and checkpoint_every must be >= 0")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"{k}.optimizer: must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -222,8 +242,26 @@ class FinetuneConfig(SerializableConfig):
         for name in ("steps", "batch_size", "image_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{k}.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale", "epochs", "grad_clip",
+                     "time_limit_s"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"{k}.{name}: must be a finite number, got {v}")
         if self.lr <= 0:
-            raise ConfigError(f"{k}.lr: must be > 0, got {self.lr}")
+            raise ConfigError(f"{k}.lr: must be > 0, got {self.lr}; a typical fine-tuning lr is 0.01 (sgd) or 1e-3 (adamw)")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{k}.momentum: must be in [0, 1), got {self.momentum}; 0.9 is usual")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{k}.weight_decay: must be >= 0, got {self.weight_decay}")
+        for name in ("head_lr_scale", "backbone_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{k}.{name}: must be >= 0 (0 freezes those weights), got {getattr(self, name)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"{k}.grad_clip: must be > 0, or null for no clipping; got {self.grad_clip}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError(f"{k}.time_limit_s: must be > 0 seconds, or null for no limit; got {self.time_limit_s}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise ConfigError(f"{k}.eval_batches: must be >= 1, or null for the whole val split; got {self.eval_batches}")
         if self.warmup_steps < 0 or self.diagnose_every < 0 or self.num_workers < 0:
             raise ConfigError(f"{k}: warmup_steps, diagnose_every and num_workers must be >= 0")
         if self.epochs is not None and self.epochs <= 0:

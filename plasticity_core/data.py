@@ -16,21 +16,22 @@ import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from plasticity_core.errors import UserError
 from plasticity_core.models import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset spec that cannot be honoured (unknown name, empty folder, unreadable files, bad options)."""
 
 
@@ -80,11 +81,56 @@ class FolderDataset(_ImageDataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
+        return self.finish(self.decode(i).float().div_(255)), self.labels[i]
 
-        with Image.open(self.files[i]) as im:
-            arr = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
-        return self.finish(torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)), self.labels[i]
+    def decode(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 ``(3, size, size)``: what ``__getitem__`` normalises (the device path stores it).
+        Decoded with its real range (``decode_image``), then quantised to 8 bits."""
+        return decode_image(self.files[i], self.size).mul_(255).round_().to(torch.uint8)
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some image files of a folder could not be used (unreadable, or over PIL's decompression limit)."""
+
+
+def _to_unit_range(im) -> np.ndarray:
+    """A PIL image as float32 ``(H, W, 3)`` in [0, 1], read with its real range.
+
+    8-bit modes (L, P, RGB, RGBA, CMYK, YCbCr, ...) become RGB / 255; 16-bit integer images / 65535; 32-bit integer
+    images / 65535 when their values fit 16 bits (PIL reads 16-bit PNGs as 32-bit), else / (2^31 - 1); float
+    images as they are when they lie in [0, 1], else min-max scaled to it (a float image has no fixed white).
+    """
+    mode = im.mode
+    if mode.startswith("I;16"):
+        x = np.asarray(im, dtype=np.float32) / 65535.0
+    elif mode == "I":
+        raw = np.asarray(im)
+        x = raw.astype(np.float32) / (65535.0 if raw.min() >= 0 and raw.max() <= 65535 else 2147483647.0)
+    elif mode == "F":
+        x = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    else:
+        if mode in ("LA", "PA", "La") or (mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    x = np.clip(x, 0.0, 1.0)
+    return np.repeat(x[:, :, None], 3, axis=2)
+
+
+def decode_image(path: Path | str, size: int | None = None) -> torch.Tensor:
+    """One image file as float ``(3, H, W)`` in [0, 1] with its real range (16-bit, float, palette, CMYK), turned
+    upright by its EXIF orientation, and resized to ``size`` x ``size`` (bilinear, antialiased) when given."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        x = torch.from_numpy(np.ascontiguousarray(_to_unit_range(im))).permute(2, 0, 1)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = x.clamp_(0, 1)
+    return x
 
 
 class WrappedDataset(_ImageDataset):
@@ -105,13 +151,24 @@ class WrappedDataset(_ImageDataset):
         return self.finish(x), int(label)
 
 
+def augment_pad(size: int) -> int:
+    """Reflection padding of the random crop: 1/8 of the side."""
+    return max(1, size // 8)
+
+
 def random_flip_crop(x: torch.Tensor, pad: int | None = None) -> torch.Tensor:
-    """Random horizontal flip and a random crop after reflection padding (1/8 of the side)."""
-    if torch.rand(()) < 0.5:
-        x = x.flip(-1)
-    pad = pad if pad is not None else max(1, x.shape[-1] // 8)
-    padded = F.pad(x[None], (pad, pad, pad, pad), mode="reflect")[0]
+    """Random horizontal flip and a random crop after reflection padding (1/8 of the side), from the global RNG."""
+    flip = bool(torch.rand(()) < 0.5)
+    pad = pad if pad is not None else augment_pad(x.shape[-1])
     i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    return flip_crop(x, flip, i, j, pad)
+
+
+def flip_crop(x: torch.Tensor, flip: bool, i: int, j: int, pad: int) -> torch.Tensor:
+    """One image ``(C, H, W)``: optional horizontal flip, reflection padding, crop at offset ``(i, j)``."""
+    if flip:
+        x = x.flip(-1)
+    padded = F.pad(x[None], (pad, pad, pad, pad), mode="reflect")[0]
     return padded[:, i:i + x.shape[-2], j:j + x.shape[-1]]
 
 
@@ -185,6 +242,7 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
     scheme, _, rest = spec.partition(":")
     name, _, query = rest.partition("?")
     opts = dict(parse_qsl(query))
+    skipped = ""  # what a folder scan left out, said in info["skipped"]
     if scheme == "bundled":
         images, labels, classes = _bundled(name)
         base: Dataset = ImageTensorDataset(_resize_uint8(images, image_size), labels, mean, std)
@@ -192,13 +250,19 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
         images, labels, classes = synthetic_images(**_synthetic_opts(name))
         base = ImageTensorDataset(_resize_uint8(images, image_size), labels, mean, std)
     elif scheme == "folder":
-        files, file_labels, classes = _scan_folder(Path(name).expanduser())
+        if not name.strip():
+            raise DatasetError("folder: needs the path of an image folder, e.g. folder:/data/my-images "
+                               "(one sub-folder per class)")
+        files, file_labels, classes, skipped = _scan_folder(Path(name).expanduser())
         base, labels = FolderDataset(files, file_labels, image_size, mean, std), torch.tensor(file_labels)
     elif scheme == "torchvision":
         tv, labels, classes = _torchvision(name, opts)
         base = WrappedDataset(tv, image_size, mean, std)
     else:
         raise DatasetError(f"unknown dataset scheme {scheme!r} in {spec!r}; use bundled:, folder:, torchvision: or synthetic:")
+    if len(classes) < 2:
+        raise DatasetError(f"{spec} has {len(classes)} class ({', '.join(classes) or 'none'}): classification needs at "
+                           f"least 2 classes; add one sub-folder of images per class")
     idx = np.arange(len(labels))
     if limit is not None:
         if limit < 2 * len(classes):
@@ -212,7 +276,9 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
     return DataBundle(name=spec, train=Subset(base, idx[train_idx].tolist()), val=Subset(base, idx[val_idx].tolist()),
                       classes=classes, image_size=image_size, mean=mean, std=std,
                       info=dict(total=len(idx), train=len(train_idx), val=len(val_idx), seed=seed,
-                                train_per_class=train_per_class))
+                                train_per_class=train_per_class,
+                                train_counts=np.bincount(labels.numpy()[idx][train_idx], minlength=len(classes)).tolist(),
+                                **({"skipped": skipped} if skipped else {})))
 
 
 def _per_class(labels: np.ndarray, train_idx: np.ndarray, n: int, classes: list[str], spec: str) -> np.ndarray:
@@ -329,37 +395,69 @@ def synthetic_images(classes: int = 4, n: int = 256, size: int = 32, seed: int =
     return images, labels, [f"class{c}" for c in range(classes)]
 
 
-def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
+def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], str]:
+    """Image files per class sub-folder, each opened and decoded once so that a damaged file is skipped now, not
+    met in the middle of training. Returns files, labels, class names and a sentence on what was skipped."""
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist or is not a directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image files>)")
-    files, labels, bad = [], [], []
+    files, labels = [], []
+    bad: dict[str, list[Path]] = {"unreadable": [], "too large": []}
     for c, d in enumerate(class_dirs):
         for p in sorted(d.rglob("*")):
             if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
                 continue
-            try:
-                with Image.open(p) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                bad.append(p)
+            problem = _check_image(p)
+            if problem:
+                bad[problem].append(p)
                 continue
             files.append(p)
             labels.append(c)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root}, e.g. {bad[0]}", stacklevel=3)
+    skipped = _skipped_sentence(root, bad, len(files))
+    if skipped:
+        warnings.warn(skipped, SkippedFilesWarning, stacklevel=3)
     if not files:
         raise DatasetError(f"image folder {root} has no readable images in its class sub-folders "
-                           f"({', '.join(d.name for d in class_dirs[:5])}); supported: {', '.join(sorted(IMAGE_SUFFIXES))}")
+                           f"({', '.join(d.name for d in class_dirs[:5])}); supported: {', '.join(sorted(IMAGE_SUFFIXES))}"
+                           + (f"; {skipped}" if skipped else ""))
     counts = np.bincount(labels, minlength=len(class_dirs))
     empty = [class_dirs[i].name for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise DatasetError(f"class folder(s) without readable images in {root}: {', '.join(empty)}")
-    return files, labels, [d.name for d in class_dirs]
+        raise DatasetError(f"class folder(s) without readable images in {root}: {', '.join(empty)}"
+                           + (f"; {skipped}" if skipped else ""))
+    return files, labels, [d.name for d in class_dirs], skipped
+
+
+def _check_image(path: Path) -> str | None:
+    """``None`` when the file decodes; else "too large" (over PIL's decompression-bomb limit) or "unreadable"."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.draft(im.mode, (64, 64))  # JPEG: decode at reduced scale, enough to find a damaged file
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too large"
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for damaged files
+        return "unreadable"
+    return None
+
+
+def _skipped_sentence(root: Path, bad: dict[str, list[Path]], kept: int) -> str:
+    from PIL import Image
+
+    parts = []
+    if bad["unreadable"]:
+        parts.append(f"{len(bad['unreadable'])} unreadable (e.g. {bad['unreadable'][0].relative_to(root)})")
+    if bad["too large"]:
+        parts.append(f"{len(bad['too large'])} over PIL's decompression limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                     f"(e.g. {bad['too large'][0].relative_to(root)})")
+    total = kept + sum(map(len, bad.values()))
+    return f"skipped {total - kept} of {total} image files in {root}: {', '.join(parts)}" if parts else ""
 
 
 TORCHVISION_DATASETS = {
@@ -396,3 +494,283 @@ def _torchvision(name: str, opts: dict[str, str]) -> tuple[Dataset, torch.Tensor
         labels = torch.tensor([ds[i][1] for i in range(len(ds))])
     classes = list(getattr(ds, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
     return ds, labels, classes
+
+
+# --- The device-resident data path -----------------------------------------------------------------------------
+# A split that fits the memory budget lives on the training device as uint8 and comes out in normalised (and
+# augmented) batches; larger or per-item-decoded data goes through a DataLoader. Both paths draw the same batches:
+# the epoch order is the one ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`` draws, and
+# augmentation parameters come per epoch from their own seeded CPU generator, whatever the device.
+
+DATA_PATHS = ("auto", "device", "loader")
+
+
+def epoch_orders(n: int, seed: int) -> Iterator[torch.Tensor]:
+    """Index permutations, epoch after epoch, exactly as a seeded shuffling DataLoader draws them.
+
+    Per epoch the DataLoader's iterator draws a base seed from the generator, then ``RandomSampler`` draws a
+    permutation and, once exhausted, a second one for its (empty) remainder. Replaying those draws lets a run
+    start at any epoch (resume) and lets the device path use the loader's order without a loader.
+    """
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        perm = torch.randperm(n, generator=g)
+        torch.randperm(n, generator=g)
+        yield perm
+
+
+def epoch_augments(n: int, size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per epoch: (flip ``(n,)`` bool, crop offset ``(n, 2)`` int64) for each position of the epoch's order."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    span = 2 * augment_pad(size) + 1
+    while True:
+        yield torch.rand(n, generator=g) < 0.5, torch.randint(0, span, (n, 2), generator=g)
+
+
+def crop_indices(flips: torch.Tensor, offsets: torch.Tensor, h: int, w: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows ``(B, h)`` and columns ``(B, w)`` of ``flip_crop`` for a batch: flip, reflect-pad, crop as indices."""
+    def reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+        i = i.abs()
+        return torch.where(i >= n, 2 * (n - 1) - i, i)
+
+    rows = reflect(offsets[:, :1] + torch.arange(h, device=offsets.device) - pad, h)
+    cols = reflect(offsets[:, 1:] + torch.arange(w, device=offsets.device) - pad, w)
+    return rows, torch.where(flips[:, None], w - 1 - cols, cols)
+
+
+def gather_crops(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``images[index[b]]`` at ``rows[b]`` x ``cols[b]`` for every b: a batch of crops in one gather, any dtype."""
+    c = torch.arange(images.shape[1], device=images.device)
+    return images[index[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceSplit:
+    """One split held on a device as uint8 ``(N, 3, H, W)`` plus int64 labels; batches come out normalised."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu") -> None:
+        self.images, self.labels = images.to(device), labels.to(device, torch.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+    def to(self, device: torch.device | str) -> "DeviceSplit":
+        """This split on ``device`` (one copy of the uint8 images; normalisation happens per batch there)."""
+        other = copy.copy(self)
+        other.images, other.labels = self.images.to(device), self.labels.to(device)
+        other.mean, other.std = self.mean.to(device), self.std.to(device)
+        return other
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float, the same operations as the per-item CPU transform (so the same numbers)."""
+        return (x.float().div_(255) - self.mean) / self.std
+
+    def batch(self, index: torch.Tensor, flips: torch.Tensor | None = None,
+              offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images and labels at ``index`` (on the device), flipped and cropped when params are given."""
+        if flips is None:
+            x = self.images[index]
+        else:
+            h, w = self.images.shape[-2:]
+            rows, cols = crop_indices(flips, offsets, h, w, augment_pad(w))
+            x = gather_crops(self.images, index, rows, cols)
+        return self.normalise(x), self.labels[index]
+
+
+@dataclass
+class DataPlan:
+    """Which data path a run takes and why; the device splits when it is the device path."""
+
+    path: str  # "device" | "loader"
+    reason: str
+    train: DeviceSplit | None = None
+    val: DeviceSplit | None = None
+    over_budget: bool = False
+
+
+def _uint8_source(ds: Any) -> tuple[Any, list[int] | None]:
+    """(in-memory-capable base dataset, subset indices) or (None, None) when a split can only be read per item."""
+    from torch.utils.data import Subset
+
+    if isinstance(ds, Subset):
+        base, idx = _uint8_source(ds.dataset)
+        if base is None:
+            return None, None
+        inner = list(range(len(base))) if idx is None else idx
+        return base, [inner[i] for i in ds.indices]
+    if isinstance(ds, (ImageTensorDataset, FolderDataset)) and not ds.augment:
+        return ds, None
+    return None, None
+
+
+def _split_bytes(base: Any, idx: list[int] | None) -> int:
+    n = len(base) if idx is None else len(idx)
+    shape = base.images.shape[1:] if isinstance(base, ImageTensorDataset) else (3, base.size, base.size)
+    return n * math.prod(shape)
+
+
+class _Decoded(Dataset):
+    def __init__(self, base: "FolderDataset", idx: list[int]) -> None:
+        self.base, self.idx = base, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.base.decode(self.idx[i])
+
+
+def _split_uint8(base: Any, idx: list[int] | None, num_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of a split; folder images are decoded once (in parallel workers) and cached."""
+    idx = list(range(len(base))) if idx is None else idx
+    if isinstance(base, ImageTensorDataset):
+        index = torch.tensor(idx, dtype=torch.long)
+        return base.images[index], base.labels[index]
+    cache = base.__dict__.setdefault("_decoded_cache", {})
+    key = tuple(idx)
+    if key not in cache:
+        loader = DataLoader(_Decoded(base, idx), batch_size=256, num_workers=num_workers)
+        images = torch.cat(list(loader)) if idx else torch.zeros(0, 3, base.size, base.size, dtype=torch.uint8)
+        cache[key] = images, torch.tensor([base.labels[i] for i in idx], dtype=torch.int64)
+    return cache[key]
+
+
+def plan_data_path(data: Any, mode: str = "auto", budget_mb: float = 2048, num_workers: int = 0) -> DataPlan:
+    """Choose the device path (train and val as uint8 on the device) or the DataLoader path, with the reason.
+
+    ``auto`` takes the device path when both splits are in-memory-capable (bundled, synthetic, folder images) and
+    their uint8 size fits ``budget_mb``; ``device`` insists (ignoring the budget), ``loader`` never takes it.
+    The returned splits are on the CPU; ``DeviceSplit.to`` is up to the caller (``finetune`` moves them).
+    """
+    if mode not in DATA_PATHS:
+        raise DatasetError(f"data_path must be one of {', '.join(DATA_PATHS)}, got {mode!r}")
+    if mode == "loader":
+        return DataPlan("loader", "data_path='loader' requested")
+    (tb, ti), (vb, vi) = _uint8_source(data.train), _uint8_source(data.val)
+    if tb is None or vb is None:
+        why = ("its splits are read and decoded per item (torchvision datasets, custom datasets, per-item "
+               "augmentation); the device path holds bundled, synthetic and folder images")
+        if mode == "device":
+            raise DatasetError(f"data_path='device' is not possible for {getattr(data, 'name', 'this data')}: {why}; "
+                               "use data_path='auto' or 'loader'")
+        return DataPlan("loader", f"DataLoader: {why}")
+    nbytes = _split_bytes(tb, ti) + _split_bytes(vb, vi)
+    size = f"{nbytes / 2**20:.1f} MB of uint8 images"
+    if mode == "auto" and nbytes > budget_mb * 2**20:
+        return DataPlan("loader", f"DataLoader: {size} exceed the device-path memory budget of {budget_mb:g} MB "
+                        "(data_memory_mb); raise it or keep the loader", over_budget=True)
+    train = DeviceSplit(*_split_uint8(tb, ti, num_workers), tb.mean.flatten().tolist(), tb.std.flatten().tolist())
+    val = DeviceSplit(*_split_uint8(vb, vi, num_workers), vb.mean.flatten().tolist(), vb.std.flatten().tolist())
+    how = "requested (data_path='device')" if mode == "device" else f"within the {budget_mb:g} MB budget"
+    return DataPlan("device", f"device-resident: {size}, {how}", train, val)
+
+
+class _EpochBatchSampler(Sampler):
+    """Endless index batches in the seeded epoch order, from batch ``start`` on (a DataLoader ``batch_sampler``)."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, start: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, pos = divmod(self.start, self.per_epoch)
+        orders = epoch_orders(self.n, self.seed)
+        for _ in range(epoch):
+            next(orders)
+        while True:
+            perm = next(orders)
+            for b in range(pos, self.per_epoch):
+                yield perm[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            pos = 0
+
+
+class TrainBatches:
+    """Endless training batches on ``device``: the seeded epoch order, augmented on the device when asked.
+
+    With a ``DeviceSplit`` the batches are gathered on the device; otherwise a DataLoader (workers, pinned memory,
+    non-blocking copies) reads ``dataset`` in the same order. ``start`` skips that many batches (a resumed run
+    continues the order and the augmentation exactly). ``consumed`` counts the batches handed out so far.
+    """
+
+    def __init__(self, dataset: Dataset, store: DeviceSplit | None, batch_size: int, seed: int, augment: bool,
+                 device: torch.device, num_workers: int = 0, start: int = 0) -> None:
+        n = len(store if store is not None else dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise DatasetError("the train split is empty")
+        self.store, self.device, self.batch_size, self.consumed = store, device, batch_size, start
+        drop_last = n >= batch_size  # no last batch of a few images (BatchNorm cannot train on one)
+        self.per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+        self._orders = epoch_orders(n, seed)
+        size = int(store.images.shape[-1] if store is not None else dataset[0][0].shape[-1])
+        self._augs = epoch_augments(n, size, seed) if augment else None
+        epoch = start // self.per_epoch
+        for _ in range(epoch):
+            next(self._orders)
+            if self._augs is not None:
+                next(self._augs)
+        self._epoch = epoch - 1
+        self._loader_iter = None
+        if store is None:
+            sampler = _EpochBatchSampler(n, batch_size, drop_last, seed, start)
+            cuda = device.type == "cuda"
+            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=cuda,
+                                persistent_workers=False, generator=torch.Generator().manual_seed(seed))
+            self._loader_iter = iter(loader)
+
+    def _next_epoch(self) -> None:
+        self._epoch += 1
+        perm = next(self._orders)
+        aug = next(self._augs) if self._augs is not None else None
+        copy_ = (lambda t: t.pin_memory().to(self.device, non_blocking=True)) if self.device.type == "cuda" else \
+            (lambda t: t.to(self.device))
+        self._perm = copy_(perm) if self.store is not None else None
+        self._aug = None if aug is None else (copy_(aug[0]), copy_(aug[1]))
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, pos = divmod(self.consumed, self.per_epoch)
+        while self._epoch < epoch:
+            self._next_epoch()
+        sl = slice(pos * self.batch_size, (pos + 1) * self.batch_size)
+        flips, offsets = (None, None) if self._aug is None else (self._aug[0][sl], self._aug[1][sl])
+        if self.store is not None:
+            x, y = self.store.batch(self._perm[sl], flips, offsets)
+        else:
+            x, y = next(self._loader_iter)  # type: ignore[arg-type]
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if flips is not None:
+                rows, cols = crop_indices(flips, offsets, x.shape[-2], x.shape[-1], augment_pad(x.shape[-1]))
+                x = gather_crops(x, torch.arange(len(x), device=x.device), rows, cols)
+        self.consumed += 1
+        return x, y
+
+    def close(self) -> None:
+        """Stop the loader's workers (if any)."""
+        self._loader_iter = None
+
+
+def eval_batches(dataset: Dataset, store: DeviceSplit | None, batch_size: int, device: torch.device,
+                 max_batches: int | None = None, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The val split in stored order, on ``device``: the first ``max_batches`` batches (None: all of it)."""
+    if store is not None:
+        n = len(store)
+        stop = n if max_batches is None else min(n, max_batches * batch_size)
+        for i in range(0, stop, batch_size):
+            index = torch.arange(i, min(i + batch_size, stop), device=store.images.device)
+            yield store.batch(index)
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    for b, (x, y) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

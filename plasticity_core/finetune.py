@@ -1,32 +1,41 @@
 """The fine-tuning loop: one real training run, reported through events, stoppable within a step. No UI code.
 
-``finetune(model, data, cfg, reinit=None, on_event=None, stop=None)`` moves the model to the device, applies the
-re-init (which recalibrates BatchNorm on the train split) before the optimizer exists, then trains with warm-up +
-cosine learning rate, evaluating on the val split every ``eval_every`` steps and at the end. Every event is a
-dict with ``type``, ``step`` and ``time`` (seconds since the run started):
+``finetune(model, data, cfg, reinit=None, on_event=None, stop=None, log_every=None, checkpoint_dir=None,
+resume=False)`` moves the model to the device, puts the data there when it fits (``data.plan_data_path``: uint8
+splits normalised and augmented on the device, else a DataLoader), applies the re-init (which recalibrates BatchNorm
+on the train split) before the optimizer exists, evaluates once at step 0, then trains with warm-up + cosine learning
+rate, evaluating every ``eval_every`` steps (on the first ``eval_batches`` val batches when set) and at the end (always
+the whole val split). Every event is a dict with ``type``, ``step`` and ``time`` (seconds since the process started it):
 
-- ``start``: device, total steps, batches per epoch; ``optimizer``: parameter count per group;
-- ``reinit``: the ``ReinitReport`` table (records) and notes;
+- ``start``: device, total steps, batches per epoch, ``data_path`` and ``data_path_reason``, ``val_images`` and
+  ``eval_images`` (periodic evals), ``compile``, ``resumed_from``, ``notes``; ``optimizer``: parameter count per group;
+- ``reinit``: the ``ReinitReport`` table (records) and notes; ``resume``: the checkpoint step continued from;
 - ``step``: ``loss`` (mean over the logged window), ``lr``, ``images_per_s``, ``epoch``;
 - ``step`` also has ``replaced`` (units replaced in the window) when ``cbp`` runs; ``cbp``: replaced units per layer;
-- ``eval``: ``val_acc``, ``val_loss``; ``diagnosis``: ``rows`` (layer, metric, value);
+- ``eval``: ``val_acc``, ``val_loss``, ``val_images``, ``full_val`` (step 0 included); ``diagnosis``: ``rows``;
+- ``checkpoint``: a resumable checkpoint was written; ``warning``: something the user should know (``message``);
 - ``finished`` / ``stopped`` / ``failed``: ``reason``, and the final numbers.
 
 Data order and augmentation come from generators seeded by ``cfg.seed`` only, so every arm of an experiment sees
-the same batches. On CUDA the loop keeps the loss on the device and syncs only at log and eval points.
+the same batches on either data path, and a resumed run continues them exactly. On CUDA the loop keeps the loss on
+the device and syncs only at log and eval points.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
-from plasticity_core.config import FinetuneConfig, ReinitConfig
+from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
+from plasticity_core.data import DeviceSplit, TrainBatches, eval_batches, plan_data_path
 
 Event = dict[str, Any]
 CUDA_LOG_EVERY = 20  # steps between host syncs on CUDA
@@ -54,6 +63,9 @@ class RunResult:
     train_loss: float | None = None
     wall_time_s: float = 0.0
     images_per_s: float | None = None
+    initial_val_acc: float | None = None  # the step-0 evaluation: after the re-init, before any update
+    data_path: str = ""  # "device" | "loader"
+    resumed_from: int | None = None  # the checkpoint step this process continued from
     evals: list[Event] = field(default_factory=list)
     reinit: Any = None  # ReinitReport or None
 
@@ -107,62 +119,35 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: FinetuneConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _batches(data: Any, cfg: FinetuneConfig) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Endless training batches in a seeded order with seeded augmentation, and the number of batches per epoch.
-
-    Augmentation draws from the global torch RNG inside the dataset; it gets its own saved RNG state here so that
-    whatever else consumes random numbers (dropout, a re-init strategy) cannot shift it between arms.
-    """
-    n = len(data.train)
-    if n == 0:
-        raise ValueError("the train split is empty")
-    drop_last = n >= cfg.batch_size  # avoid a last batch of 1, which BatchNorm cannot train on
-    loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                         num_workers=cfg.num_workers, seed=cfg.seed, drop_last=drop_last)
-    per_epoch = len(loader)
-
-    def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        aug_state = torch.Generator().manual_seed(cfg.seed + 7919).get_state()
-        while True:
-            it = iter(loader)
-            while True:
-                if cfg.augment and cfg.num_workers == 0:
-                    with torch.random.fork_rng(devices=[]):
-                        torch.set_rng_state(aug_state)
-                        batch = next(it, None)
-                        aug_state = torch.get_rng_state()
-                else:
-                    batch = next(it, None)
-                if batch is None:
-                    break
-                yield batch
-
-    return gen(), per_epoch
-
-
 def _autocast(device: torch.device, cfg: FinetuneConfig):
     if device.type == "cuda" and cfg.amp:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the val split, in eval mode; one host sync at the end."""
-    loader = data.loader("val", batch_size=cfg.batch_size, shuffle=False)
+def evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, max_batches: int | None = None,
+             store: DeviceSplit | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the val split in stored order, in eval mode; one host sync at the end.
+
+    ``max_batches``: only the first that many batches (a fixed subset), None: the whole split. ``store``: the val
+    split already on the device (``finetune`` passes its own); without it the split is read per item.
+    """
+    acc, loss, _ = _evaluate(model, data, cfg, device, max_batches, store)
+    return acc, loss
+
+
+def _evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, max_batches: int | None,
+              store: DeviceSplit | None) -> tuple[float, float, int]:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    mf = torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
+    mf = _memory_format(device, cfg)
     try:
         with torch.no_grad(), _autocast(device, cfg):
-            for i, (x, y) in enumerate(loader):
-                if cfg.eval_batches is not None and i >= cfg.eval_batches:
-                    break
-                x = x.to(device, non_blocking=True, memory_format=mf)
-                y = y.to(device, non_blocking=True)
-                logits = model(x).float()
+            for x, y in eval_batches(data.val, store, cfg.batch_size, device, max_batches, cfg.num_workers):
+                logits = model(x.contiguous(memory_format=mf)).float()
                 loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
@@ -170,17 +155,31 @@ def evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.dev
         model.train(was_training)
     if seen == 0:
         raise ValueError("the val split is empty: nothing to evaluate")
-    return float(correct) / seen, float(loss_sum) / seen
+    return float(correct) / seen, float(loss_sum) / seen, seen
+
+
+def _memory_format(device: torch.device, cfg: FinetuneConfig) -> torch.memory_format:
+    return torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
+
+
+def check_batch_size(model: nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot train on batches of one image (its batch statistics are that image): refuse, naming the fix."""
+    if batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}); "
+                          f"use batch_size >= 2, 16 or more is usual")
 
 
 def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitConfig | None = None,
              on_event: Callable[[Event], None] | None = None, stop: StopFlag | None = None,
-             log_every: int | None = None) -> RunResult:
-    """Fine-tune ``model`` in place on ``data`` (a ``DataBundle``: ``.train``, ``.val``, ``.loader``).
+             log_every: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+    """Fine-tune ``model`` in place on ``data`` (a ``DataBundle``: ``.train``, ``.val``).
 
     ``reinit`` is applied before the optimizer is created (``cbp`` arms a per-step callback instead); ``stop`` is
     any object with ``is_set()`` (``threading.Event``, a stop file), checked before every step. ``log_every``: steps
     per ``step`` event (default 1 on CPU, ``CUDA_LOG_EVERY`` on CUDA, where each log point is a host sync).
+    ``checkpoint_dir``: where ``cfg.checkpoint`` / ``cfg.checkpoint_every`` write ``model.safetensors``,
+    ``best.safetensors`` and ``state.pt``; ``resume=True`` continues from the checkpoint there (same weights,
+    optimizer, schedule, RNG and batch order as the uninterrupted run) or starts afresh, saying so, if there is none.
     A non-finite loss or an out-of-memory error ends the run as ``failed`` with a reason; any other exception is
     reported as a ``failed`` event and re-raised.
     """
@@ -188,27 +187,60 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         raise TypeError(f"cfg must be a FinetuneConfig, got {type(cfg).__name__}")
     if reinit is not None and not isinstance(reinit, ReinitConfig):
         raise TypeError(f"reinit must be a ReinitConfig or None, got {type(reinit).__name__}")
+    check_batch_size(model, cfg.batch_size)
+    if checkpoint_dir is None and (cfg.checkpoint != "none" or cfg.checkpoint_every or resume):
+        raise ValueError(f"checkpoint={cfg.checkpoint!r}, checkpoint_every={cfg.checkpoint_every} and resume={resume} "
+                         "need checkpoint_dir= (the folder for model.safetensors and state.pt)")
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     t0 = time.perf_counter()
     emit = _Emitter(on_event, t0)
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)
-    callback, reference = None, None
+    run: _Run | None = None
     try:
+        state = load_checkpoint(ckpt)[1] if resume and ckpt is not None and (ckpt / STATE_FILE).exists() else None
+        if state is not None and reinit is not None and reinit.strategy == "cbp":
+            raise ValueError("resume is not supported for cbp arms: continual backprop's unit utilities and ages are "
+                             "not checkpointed; rerun the arm from step 0 (resume=False)")
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        mf = torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
+        mf = _memory_format(device, cfg)
         model.to(device, memory_format=mf)
-        batches, per_epoch = _batches(data, cfg)
+        plan = plan_data_path(data, cfg.data_path, cfg.data_memory_mb, cfg.num_workers)
+        notes = []
+        if plan.over_budget:
+            warnings.warn(plan.reason, stacklevel=2)
+            notes.append(plan.reason)
+        train_store = plan.train.to(device) if plan.train is not None else None
+        val_store = plan.val.to(device) if plan.val is not None else None
+        start = int(state["step"]) if state is not None else 0
+        batches = TrainBatches(data.train, train_store, cfg.batch_size, cfg.seed, cfg.augment, device, cfg.num_workers,
+                               start=start)
+        per_epoch = batches.per_epoch
         total = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * per_epoch))
-        result.total_steps = total
+        if state is not None:
+            _check_resumable(state, cfg, total, per_epoch, ckpt)
+        elif resume:
+            notes.append(f"resume requested but {ckpt} holds no checkpoint ({STATE_FILE}); starting from step 0")
+        result.total_steps, result.data_path, result.steps = total, plan.path, start
         log_every = log_every or (CUDA_LOG_EVERY if device.type == "cuda" else 1)
-        emit("start", 0, device=str(device), total_steps=total, batches_per_epoch=per_epoch, log_every=log_every)
+        n_val = len(val_store) if val_store is not None else len(data.val)
+        periodic = n_val if cfg.eval_batches is None else min(n_val, cfg.eval_batches * cfg.batch_size)
+        emit("start", start, device=str(device), total_steps=total, batches_per_epoch=per_epoch, log_every=log_every,
+             data_path=plan.path, data_path_reason=plan.reason, val_images=n_val, eval_images=periodic,
+             compile=cfg.compile, resumed_from=start if state is not None else None, notes=notes)
+        reference = None
         if cfg.diagnose_every:  # snapshots measure movement (SFE) from the weights as given, before any re-init
             from plasticity_core.metrics import METRICS
 
             for name in cfg.diagnose_metrics:
                 METRICS.get(name)  # an unknown metric fails now, with close matches, not at the first snapshot
             reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if reinit is not None:
+        callback = None
+        if state is not None:
+            model.load_state_dict(load_checkpoint(ckpt)[0])
+            emit("resume", start, from_step=start, checkpoint=str(ckpt),
+                 note="weights, schedule, RNG and batch order restored; the re-init (if any) is in the weights")
+        elif reinit is not None:
             from plasticity_core.reinit import apply_reinit
 
             report = apply_reinit(model, reinit, data=data.train)
@@ -218,11 +250,19 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
             torch.manual_seed(cfg.seed)  # the re-init may have drawn from the global RNG; arms must not differ here
         groups = param_groups(model, cfg)
         optimizer = make_optimizer(groups, cfg)
-        emit("optimizer", 0, groups={g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
-        _train(model, data, cfg, device, mf, optimizer, batches, per_epoch, total, log_every, callback, stop, emit, result,
-               reference)
+        emit("optimizer", start, groups={g["name"]: sum(p.numel() for p in g["params"]) for g in groups})
+        fwd = torch.compile(model) if cfg.compile else model
+        run = _Run(model, fwd, data, cfg, device, mf, optimizer, batches, val_store, total, log_every, callback, stop,
+                   emit, result, reference, ckpt)
+        if state is not None:
+            _restore(run, state)
+        else:
+            _eval(run, full=False, initial=True)  # step 0: what the re-init did, before any update
+        _train(run, start)
         if callback is not None and callable(getattr(callback, "replaced", None)):
             emit("cbp", result.steps, replaced=callback.replaced())
+        if ckpt is not None and (cfg.checkpoint != "none" or cfg.checkpoint_every):
+            _save(run, result.steps)
     except RunFailed as e:
         result.status, result.reason = "failed", str(e)
     except torch.OutOfMemoryError:
@@ -233,14 +273,16 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
             torch.cuda.empty_cache()
     except BaseException as e:
         result.status, result.reason = "failed", f"{type(e).__name__}: {e}"
-        result.wall_time_s = time.perf_counter() - t0
+        result.wall_time_s += time.perf_counter() - t0
         emit("failed", result.steps, reason=result.reason)
         raise
     finally:
-        close = getattr(callback, "close", None)
-        if callable(close):
-            close()
-    result.wall_time_s = time.perf_counter() - t0
+        if run is not None:
+            run.batches.close()
+            close = getattr(run.callback, "close", None)
+            if callable(close):
+                close()
+    result.wall_time_s += time.perf_counter() - t0
     emit(result.status, result.steps, **result.summary())
     return result
 
@@ -256,20 +298,42 @@ class _Emitter:
             self.on_event({"type": kind, "step": step, "time": round(time.perf_counter() - self.t0, 4), **fields})
 
 
-def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, mf: torch.memory_format,
-           optimizer: torch.optim.Optimizer, batches: Iterator, per_epoch: int, total: int, log_every: int,
-           callback: Callable | None, stop: StopFlag | None, emit: _Emitter, result: RunResult,
-           reference: dict[str, torch.Tensor] | None) -> None:
-    """The step loop; fills ``result`` as it goes (status, steps, accuracies)."""
+@dataclass
+class _Run:
+    """Everything the step loop, evaluations and checkpoints of one run share."""
+
+    model: nn.Module
+    fwd: Callable  # the model or its torch.compile'd wrapper
+    data: Any
+    cfg: FinetuneConfig
+    device: torch.device
+    mf: torch.memory_format
+    optimizer: torch.optim.Optimizer
+    batches: TrainBatches
+    val_store: DeviceSplit | None
+    total: int
+    log_every: int
+    callback: Callable | None
+    stop: StopFlag | None
+    emit: _Emitter
+    result: RunResult
+    reference: dict[str, torch.Tensor] | None
+    ckpt: Path | None
+
+
+def _train(run: _Run, start: int) -> None:
+    """The step loop from step ``start``; fills ``run.result`` as it goes (status, steps, accuracies)."""
+    cfg, result, optimizer, emit, device = run.cfg, run.result, run.optimizer, run.emit, run.device
+    model, total, per_epoch = run.model, run.total, run.batches.per_epoch
     model.train()
     window_loss = torch.zeros((), device=device)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss, on device
     window_steps = window_images = train_images = window_replaced = 0
     train_time, window_start = 0.0, time.perf_counter()
     deadline = None if cfg.time_limit_s is None else emit.t0 + cfg.time_limit_s
-    result.status, result.reason = "finished", f"completed {total} steps"
-    for step in range(total):
-        if stop is not None and stop.is_set():
+    result.status, result.reason = "finished", f"completed {total} steps" + (f" (resumed at step {start})" if start else "")
+    for step in range(start, total):
+        if run.stop is not None and run.stop.is_set():
             result.status, result.reason = "stopped", f"stop requested; stopped after {step} of {total} steps"
             break
         if deadline is not None and time.perf_counter() > deadline:
@@ -278,18 +342,16 @@ def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.devic
         factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
-        x, y = next(batches)
-        x = x.to(device, non_blocking=True, memory_format=mf)
-        y = y.to(device, non_blocking=True)
+        x, y = next(run.batches)
         with _autocast(device, cfg):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss = nn.functional.cross_entropy(run.fwd(x.contiguous(memory_format=run.mf)).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        if callback is not None:
-            window_replaced += int(callback(model, optimizer, step + 1) or 0)
+        if run.callback is not None:
+            window_replaced += int(run.callback(model, optimizer, step + 1) or 0)
         done = result.steps = step + 1
         loss = loss.detach()
         window_loss += loss
@@ -297,7 +359,8 @@ def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.devic
         window_steps, window_images = window_steps + 1, window_images + len(y)
         eval_due = done % cfg.eval_every == 0 or done == total
         diag_due = bool(cfg.diagnose_every) and done % cfg.diagnose_every == 0
-        if done % log_every == 0 or eval_due or diag_due:
+        ckpt_due = run.ckpt is not None and bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0 and done < total
+        if done % run.log_every == 0 or eval_due or diag_due or ckpt_due:
             mean_loss, bad = float(window_loss) / window_steps, int(bad_step)  # the host sync of this window
             elapsed = time.perf_counter() - window_start
             if bad >= 0:
@@ -305,39 +368,143 @@ def _train(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.devic
                                 "diverged; lower the learning rate or enable grad_clip")
             train_images, train_time = train_images + window_images, train_time + elapsed
             result.train_loss, result.images_per_s = mean_loss, train_images / max(train_time, 1e-9)
-            extra = {"replaced": window_replaced} if callback is not None else {}
+            extra = {"replaced": window_replaced} if run.callback is not None else {}
             emit("step", done, loss=mean_loss, lr=optimizer.param_groups[0]["lr"],
                  images_per_s=window_images / max(elapsed, 1e-9), epoch=step // per_epoch, **extra)
             window_loss.zero_()
             window_steps = window_images = window_replaced = 0
             if eval_due:
-                _eval(model, data, cfg, device, result, emit)
+                _eval(run, full=done == total)
             if diag_due:
-                _diagnose(model, data, cfg, device, done, emit, reference)
-            window_start = time.perf_counter()  # eval and diagnosis time is not training time
+                _diagnose(run, done)
+            if ckpt_due:
+                _save(run, done)
+            window_start = time.perf_counter()  # eval, diagnosis and checkpoint time is not training time
     user_stop = result.status == "stopped" and result.reason.startswith("stop requested")
-    if result.steps > 0 and not user_stop and (not result.evals or result.evals[-1]["step"] != result.steps):
-        _eval(model, data, cfg, device, result, emit)  # a run cut by its time limit still gets a final accuracy
+    last = result.evals[-1] if result.evals else None
+    if result.steps > 0 and not user_stop and (last is None or last["step"] != result.steps or not last["full_val"]):
+        _eval(run, full=True)  # a run cut by its time limit still gets a final accuracy on the whole val split
 
 
-def _eval(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, result: RunResult, emit: _Emitter) -> None:
-    acc, loss = evaluate(model, data, cfg, device)
-    result.final_val_acc, result.final_val_loss = acc, loss
-    result.best_val_acc = acc if result.best_val_acc is None else max(result.best_val_acc, acc)
-    event = {"type": "eval", "step": result.steps, "val_acc": acc, "val_loss": loss}
+def _eval(run: _Run, full: bool, initial: bool = False) -> None:
+    """One evaluation event: periodic ones on the fixed subset (``eval_batches``), the final one on the whole split."""
+    result, cfg = run.result, run.cfg
+    max_batches = None if full else cfg.eval_batches
+    acc, loss, seen = _evaluate(run.fwd, run.data, cfg, run.device, max_batches, run.val_store)
+    whole = seen == (len(run.val_store) if run.val_store is not None else len(run.data.val))
+    event = {"type": "eval", "step": result.steps, "val_acc": acc, "val_loss": loss, "val_images": seen, "full_val": whole}
     result.evals.append(event)
-    emit("eval", result.steps, val_acc=acc, val_loss=loss)
+    if initial:
+        result.initial_val_acc = acc
+    else:
+        result.final_val_acc, result.final_val_loss = acc, loss
+    if result.best_val_acc is None or acc > result.best_val_acc:  # step 0 counts: training may never beat it
+        result.best_val_acc = acc
+        if run.ckpt is not None and cfg.checkpoint == "best":
+            save_weights(run.model, run.ckpt / BEST_FILE, step=result.steps, val_acc=acc)
+    run.emit("eval", result.steps, **{k: v for k, v in event.items() if k not in ("type", "step")})
 
 
-def _diagnose(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, step: int, emit: _Emitter,
-              reference: dict[str, torch.Tensor] | None) -> None:
+def _diagnose(run: _Run, step: int) -> None:
     """A diagnosis snapshot on the val split (the chosen metric subset); the model returns to train mode."""
     from plasticity_core.metrics import diagnose
 
+    model = run.model
     was_training = model.training
     try:
-        d = diagnose(model, data.val, reference=reference, metrics=list(cfg.diagnose_metrics), max_batches=2, device=device)
+        d = diagnose(model, run.data.val, reference=run.reference, metrics=list(run.cfg.diagnose_metrics), max_batches=2,
+                     device=run.device)
     finally:
         model.train(was_training)
     rows = [{"layer": r.layer, "metric": r.metric, "value": float(r.value)} for r in d.table.itertuples()]
-    emit("diagnosis", step, rows=rows)
+    run.emit("diagnosis", step, rows=rows)
+
+
+# --- Checkpoints -----------------------------------------------------------------------------------------------
+# ``model.safetensors``: the newest checkpointed weights (the final ones at the end); ``best.safetensors``: the
+# weights of the best evaluation; ``state.pt``: what a resume needs besides the weights, plain tensors, numbers,
+# strings, lists and dicts only, so ``torch.load(weights_only=True)`` reads it.
+
+MODEL_FILE, BEST_FILE, STATE_FILE = "model.safetensors", "best.safetensors", "state.pt"
+CHECKPOINT_FORMAT = 1
+# fields a resumed run may change: they do not alter the weights it computes
+RESUME_MAY_CHANGE = {"device", "num_workers", "data_path", "data_memory_mb", "compile", "checkpoint", "save_optimizer",
+                     "checkpoint_every", "time_limit_s", "eval_every", "eval_batches", "diagnose_every", "diagnose_metrics"}
+
+
+def save_weights(model: nn.Module, path: Path, **metadata: Any) -> None:
+    """The model's state dict (parameters and buffers) as safetensors, written to a temporary file then renamed."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, state) of the checkpoint in ``directory``; refuses a pair written at different steps."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory / STATE_FILE}: checkpoint format {state.get('format')!r} is not supported "
+                         f"(this version reads {CHECKPOINT_FORMAT})")
+    with safe_open(str(directory / MODEL_FILE), framework="pt") as f:
+        step = (f.metadata() or {}).get("step")
+    if step != str(state["step"]):
+        raise ValueError(f"{directory}: {MODEL_FILE} is from step {step} but {STATE_FILE} from step {state['step']} "
+                         "(a write was interrupted); cannot resume from a mixed checkpoint")
+    return load_file(str(directory / MODEL_FILE)), state
+
+
+def _save(run: _Run, step: int) -> None:
+    """A resumable checkpoint at ``step``: weights, then the state that names them."""
+    result = run.result
+    progress = {k: v for k, v in result.summary().items() if v is not None}
+    state = {"format": CHECKPOINT_FORMAT, "step": step, "total_steps": run.total, "batches_per_epoch": run.batches.per_epoch,
+             "train_images": len(run.batches.store) if run.batches.store is not None else len(run.data.train),
+             "config": run.cfg.to_dict(), "result": progress, "evals": [dict(e) for e in result.evals],
+             "rng": {"cpu": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []},
+             "optimizer": run.optimizer.state_dict() if run.cfg.save_optimizer else None}
+    save_weights(run.model, run.ckpt / MODEL_FILE, step=step)
+    tmp = run.ckpt / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run.ckpt / STATE_FILE)
+    run.emit("checkpoint", step, path=str(run.ckpt), optimizer=run.cfg.save_optimizer)
+
+
+def _check_resumable(state: dict[str, Any], cfg: FinetuneConfig, total: int, per_epoch: int, ckpt: Path) -> None:
+    saved = state["config"]
+    now = cfg.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"cannot resume from {ckpt}: the config differs in {', '.join(changed)} "
+                         f"(checkpoint: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same "
+                         "config or start a new run")
+    if state["total_steps"] != total or state["batches_per_epoch"] != per_epoch:
+        raise ValueError(f"cannot resume from {ckpt}: the data differ (checkpoint: {state['batches_per_epoch']} batches "
+                         f"per epoch, {state['total_steps']} steps; now {per_epoch} and {total})")
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Optimizer, result so far and RNG state of a checkpoint (the weights and batch position are already set)."""
+    if state.get("optimizer") is not None:
+        run.optimizer.load_state_dict(state["optimizer"])
+    else:
+        run.emit("warning", state["step"], message="the checkpoint has no optimizer state (save_optimizer=False): "
+                 "momentum / Adam moments restart, so the resumed run differs from an uninterrupted one")
+    result = run.result
+    for k, v in state["result"].items():
+        if k in ("best_val_acc", "final_val_acc", "final_val_loss", "train_loss", "images_per_s", "initial_val_acc",
+                 "wall_time_s"):
+            setattr(result, k, v)
+    result.evals = [dict(e) for e in state["evals"]]
+    result.resumed_from = int(state["step"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if run.device.type == "cuda" and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])

@@ -121,6 +121,7 @@ def test_train_per_class_is_nested_stratified_and_leaves_val_alone():
         assert d.val.indices == full.val.indices  # the val split does not depend on N
         assert collections.Counter(int(labels[i]) for i in d.train.indices) == {c: n for c in range(4)}
         assert set(d.train.indices) <= set(full.train.indices) and d.info["train"] == 4 * n
+        assert d.info["train_counts"] == [n] * 4
     assert set(few[2].train.indices) < set(few[5].train.indices) < set(few[20].train.indices)
     other_seed = load_dataset(spec, image_size=16, seed=4, train_per_class=5)
     assert set(other_seed.train.indices) != set(few[5].train.indices)
@@ -128,3 +129,225 @@ def test_train_per_class_is_nested_stratified_and_leaves_val_alone():
         load_dataset(spec, image_size=16, seed=3, train_per_class=60)  # 51 train images per class
     with pytest.raises(DatasetError, match="positive integer"):
         load_dataset(spec, image_size=16, train_per_class=0)
+
+
+# ------------------------------------------------------------------ decoding with the real range (hand-made files)
+def _decoded(path) -> np.ndarray:
+    from plasticity_core.data import decode_image
+
+    x = decode_image(path)
+    assert x.dtype == torch.float32 and x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1
+    return x.permute(1, 2, 0).numpy()
+
+
+def test_16bit_png_keeps_its_range(tmp_path):
+    ramp = np.linspace(0, 65535, 24 * 32).astype(np.uint16).reshape(24, 32)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really a 16-bit file
+    x = _decoded(tmp_path / "g16.png")
+    np.testing.assert_allclose(x[:, :, 0], ramp / 65535.0, atol=1e-6)
+    assert np.array_equal(x[:, :, 0], x[:, :, 2])
+    assert (x >= 0.999).mean() < 0.01  # was 96-99 % white when converted through 8-bit RGB
+
+
+def test_float_and_32bit_tiffs_keep_their_range(tmp_path):
+    rng = np.random.default_rng(0)
+    unit = rng.random((20, 24), dtype=np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "f.tif")[:, :, 1], unit, atol=1e-6)
+    wide = (unit * 1000 - 200).astype(np.float32)  # a float image with no fixed white: min-max scaled
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "wide.tif")[:, :, 0], (wide - wide.min()) / (wide.max() - wide.min()),
+                               atol=1e-5)
+    ints = (unit * 65535).astype(np.int32)
+    Image.fromarray(ints, mode="I").save(tmp_path / "i32.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "i32.tif")[:, :, 0], ints / 65535.0, atol=1e-6)
+
+
+def test_palette_cmyk_and_exif_orientation(tmp_path):
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, 4, (10, 12), dtype=np.uint8)
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 200, 10]], dtype=np.uint8)
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette(palette.flatten().tolist() + [0] * (768 - 12))
+    im.save(tmp_path / "p.png")
+    np.testing.assert_allclose(_decoded(tmp_path / "p.png"), palette[idx] / 255.0, atol=1e-6)
+
+    cmyk = rng.integers(0, 128, (8, 9, 4), dtype=np.uint8)
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "c.tif")
+    want = (1 - cmyk[:, :, :3] / 255.0) * (1 - cmyk[:, :, 3:] / 255.0)  # R = (1 - C)(1 - K), no colour profile
+    np.testing.assert_allclose(_decoded(tmp_path / "c.tif"), want, atol=1.5 / 255)
+
+    arr = rng.integers(0, 255, (6, 10, 3), dtype=np.uint8)  # 6 rows x 10 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(tmp_path / "o.png", exif=exif)
+    x = _decoded(tmp_path / "o.png")
+    assert x.shape == (10, 6, 3)
+    np.testing.assert_allclose(x, np.rot90(arr, k=-1) / 255.0, atol=1e-6)
+
+
+def test_folder_of_16bit_images_loads_unclipped(tmp_path):
+    rng = np.random.default_rng(2)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 65535, (16, 16), dtype=np.uint16)).save(tmp_path / c / f"{i}.png")
+    d = load_dataset(f"folder:{tmp_path}", image_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    x, _ = d.train[0]
+    assert 0.3 < float(x.mean()) < 0.7 and float((x >= 0.999).float().mean()) < 0.05
+
+
+def test_oversized_images_are_skipped_and_counted(tmp_path, monkeypatch):
+    from plasticity_core.data import SkippedFilesWarning
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a" / "big.png")  # 1600 px
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "b" / "biggish.png")  # 900 px: between 1x and 2x
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # the limit PIL applies, lowered to keep the files small
+    with pytest.warns(SkippedFilesWarning, match="skipped 2 of 8 image files") as rec:
+        d = load_dataset(f"folder:{tmp_path}", image_size=8)
+    assert "2 over PIL's decompression limit of 700 pixels" in str(rec[0].message)
+    assert len(d.train) + len(d.val) == 6 and "skipped 2 of 8" in d.info["skipped"]
+
+
+def test_fewer_than_two_classes_and_empty_path_are_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / "only" / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"1 class \(only\): classification needs at least 2 classes"):
+        load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(DatasetError, match="folder: needs the path"):
+        load_dataset("folder:")
+    with pytest.raises(DatasetError, match="folder: needs the path"):
+        load_dataset("folder:  ")
+
+
+# --- the device-resident data path -----------------------------------------------------------------------------
+from plasticity_core.data import (DeviceSplit, TrainBatches, augment_pad, eval_batches, flip_crop,  # noqa: E402
+                                  plan_data_path)
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("n,batch", [(100, 16), (40, 64)])  # drop_last, and one short batch per epoch
+def test_device_path_gives_the_dataloader_batches_for_a_seed(n, batch):
+    d = load_dataset(f"synthetic:classes=4,n={n},size=16", image_size=16)
+    plan = plan_data_path(d)
+    assert plan.path == "device" and "budget" in plan.reason
+    drop_last = len(d.train) >= batch
+    ref = d.loader("train", batch_size=batch, shuffle=True, seed=3, drop_last=drop_last)  # today's per-item loader
+    dev = TrainBatches(d.train, plan.train, batch, 3, False, CPU)
+    via_loader = TrainBatches(d.train, None, batch, 3, False, CPU)
+    for _ in range(3):  # three epochs: the order continues across epoch boundaries as the loader's does
+        for x, y in ref:
+            xd, yd = next(dev)
+            xl, yl = next(via_loader)
+            assert torch.equal(y, yd) and torch.equal(y, yl)
+            assert torch.allclose(x, xd, atol=1e-6, rtol=0) and torch.equal(x, xl)
+    other = TrainBatches(d.train, plan.train, batch, 4, False, CPU)
+    assert not torch.equal(next(other)[1], next(TrainBatches(d.train, plan.train, batch, 3, False, CPU))[1])
+
+
+def test_device_normalisation_and_augmentation_match_the_cpu_transform():
+    d = load_dataset("synthetic:classes=4,n=64,size=24", image_size=24, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    store = plan_data_path(d).train
+    pad = augment_pad(24)
+    index = torch.tensor([5, 0, 7, 7, 12, 30])
+    flips = torch.tensor([True, False, True, False, True, False])
+    offsets = torch.tensor([[0, 0], [2 * pad, 2 * pad], [1, 2 * pad], [pad, 0], [2, 1], [pad, pad]])
+    x, y = store.batch(index, flips, offsets)
+    plain, _ = store.batch(index)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1)
+    for b, i in enumerate(index.tolist()):
+        item, label = d.train[i]  # the per-item CPU transform: /255, normalise
+        assert y[b] == label and torch.allclose(plain[b], item, atol=1e-6, rtol=0)
+        raw = d.train.dataset.images[d.train.indices[i]].float() / 255
+        expected = (flip_crop(raw, bool(flips[b]), int(offsets[b, 0]), int(offsets[b, 1]), pad) - mean) / std
+        assert torch.allclose(x[b], expected, atol=1e-6, rtol=0)
+    assert torch.equal(x[5], plain[5])  # offset (pad, pad) without a flip is the identity
+
+
+def test_augmented_batches_are_the_same_on_both_paths_and_vary_per_epoch():
+    d = load_dataset("synthetic:classes=4,n=64,size=16", image_size=16)
+    plan = plan_data_path(d)
+    dev = TrainBatches(d.train, plan.train, 8, 1, True, CPU)
+    via_loader = TrainBatches(d.train, None, 8, 1, True, CPU)
+    plain = TrainBatches(d.train, plan.train, 8, 1, False, CPU)
+    changed = 0
+    for _ in range(2 * dev.per_epoch):
+        (xa, ya), (xb, yb), (xp, _) = next(dev), next(via_loader), next(plain)
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-6, rtol=0)
+        changed += not torch.equal(xa, xp)
+    assert changed == 2 * dev.per_epoch  # every batch has some flipped or shifted image
+
+
+def test_batches_resume_at_any_position():
+    d = load_dataset("synthetic:classes=4,n=50,size=16", image_size=16)
+    plan = plan_data_path(d)
+    full = TrainBatches(d.train, plan.train, 8, 2, True, CPU)  # 5 batches per epoch
+    expected = [next(full) for _ in range(18)]
+    for store in (plan.train, None):
+        resumed = TrainBatches(d.train, store, 8, 2, True, CPU, start=11)  # inside epoch 2
+        for xa, ya in expected[11:]:
+            xb, yb = next(resumed)
+            assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-6, rtol=0)
+
+
+def test_folder_images_are_decoded_once_to_the_same_pixels(tmp_path):
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    d = load_dataset(f"folder:{tmp_path}", image_size=16, val_fraction=0.25)
+    plan = plan_data_path(d)
+    assert plan.path == "device"
+    x, y = plan.train.batch(torch.arange(len(d.train)))
+    expected = torch.stack([d.train[i][0] for i in range(len(d.train))])
+    assert torch.allclose(x, expected, atol=1e-6, rtol=0) and y.tolist() == [d.train[i][1] for i in range(len(d.train))]
+    xs, ys = zip(*eval_batches(d.val, plan.val, 2, CPU))
+    assert torch.allclose(torch.cat(xs), torch.stack([d.val[i][0] for i in range(len(d.val))]), atol=1e-6, rtol=0)
+
+
+def test_over_budget_falls_back_to_the_loader_and_forced_paths():
+    d = load_dataset("synthetic:classes=4,n=64,size=16", image_size=16)
+    plan = plan_data_path(d, budget_mb=0.01)  # 64 x 3 x 16 x 16 bytes = 0.047 MB
+    assert plan.path == "loader" and plan.over_budget and "exceed" in plan.reason and "0.01 MB" in plan.reason
+    assert plan_data_path(d, "device", budget_mb=0.01).path == "device"  # forced: the user's call
+    assert plan_data_path(d, "loader").path == "loader"
+    from torch.utils.data import TensorDataset
+
+    class Custom:  # a bundle whose splits can only be read per item
+        name = "custom"
+        train = val = TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+
+    assert plan_data_path(Custom()).path == "loader" and "per item" in plan_data_path(Custom()).reason
+    with pytest.raises(DatasetError, match="data_path='device' is not possible"):
+        plan_data_path(Custom(), "device")
+    with pytest.raises(DatasetError, match="data_path must be"):
+        plan_data_path(d, "gpu")
+
+
+def test_device_split_moves_without_changing_batches():
+    d = load_dataset("synthetic:classes=4,n=32,size=16", image_size=16)
+    store = plan_data_path(d).val
+    moved = store.to("cpu")
+    assert isinstance(moved, DeviceSplit) and moved.nbytes == len(d.val) * 3 * 16 * 16
+    assert torch.equal(moved.batch(torch.tensor([1, 0]))[0], store.batch(torch.tensor([1, 0]))[0])
+
+
+@pytest.mark.gpu
+def test_cuda_device_path_gives_the_cpu_batches():
+    d = load_dataset("synthetic:classes=4,n=64,size=16", image_size=16)
+    plan = plan_data_path(d)
+    cpu = TrainBatches(d.train, plan.train, 8, 1, True, CPU)
+    cuda = TrainBatches(d.train, plan.train.to("cuda"), 8, 1, True, torch.device("cuda"))
+    via_loader = TrainBatches(d.train, None, 8, 1, True, torch.device("cuda"))
+    for _ in range(2 * cpu.per_epoch):
+        (xa, ya), (xb, yb), (xc, yc) = next(cpu), next(cuda), next(via_loader)
+        assert xb.is_cuda and torch.equal(ya, yb.cpu()) and torch.equal(ya, yc.cpu())
+        assert torch.allclose(xa, xb.cpu(), atol=1e-6, rtol=0) and torch.allclose(xa, xc.cpu(), atol=1e-6, rtol=0)

@@ -198,6 +198,6 @@ def test_recommend_on_a_mostly_dead_layer_and_budget_checks():
 
 def test_metric_registry_lists_every_family():
     families = {info.family for info in METRICS.values()}
-    assert families == {"weights", "activations", "features", "gradients"}
+    assert families == {"weights", "activations", "features", "gradients", "checks"}
     assert {m for m, info in METRICS.items() if info.unit_level} == {"dormant", "dead", "saturation", "grad_dormant"}
     assert pc.METRICS is METRICS and pc.diagnose is diagnose

@@ -10,8 +10,11 @@ import torch
 from torch import nn
 
 from plasticity_core.config import FinetuneConfig, ReinitConfig
-from plasticity_core.data import load_dataset
-from plasticity_core.finetune import _batches, finetune, lr_factor, param_groups
+from safetensors.torch import load_file
+
+from plasticity_core.data import TrainBatches, load_dataset, plan_data_path
+from plasticity_core.finetune import evaluate, finetune, lr_factor, param_groups
+from plasticity_core.reinit import apply_reinit
 
 SPEC = "synthetic:classes=4,n=256,size=32"
 
@@ -38,7 +41,7 @@ def test_short_run_lowers_loss_and_beats_chance(data):
     assert r.status == "finished" and r.steps == 30 and len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert r.final_val_acc > 0.6  # chance is 0.25 on 4 balanced classes
-    assert [e["step"] for e in events if e["type"] == "eval"] == [10, 20, 30]
+    assert [e["step"] for e in events if e["type"] == "eval"] == [0, 10, 20, 30]
     assert events[-1]["type"] == "finished" and all({"type", "step", "time"} <= set(e) for e in events)
 
 
@@ -106,15 +109,135 @@ def test_same_seed_same_metrics_with_augmentation(data):
 
 def test_data_order_and_augmentation_ignore_other_rng_use(data):
     cfg = _cfg(augment=True, seed=5)
-    a, _ = _batches(data, cfg)
-    b, _ = _batches(data, cfg)
+    plan = plan_data_path(data)
+    a = TrainBatches(data.train, plan.train, cfg.batch_size, cfg.seed, True, torch.device("cpu"))
+    b = TrainBatches(data.train, None, cfg.batch_size, cfg.seed, True, torch.device("cpu"))
     for _ in range(8):
         xa, ya = next(a)
         torch.rand(1000)  # e.g. dropout or a re-init strategy drawing from the global RNG in one arm only
         xb, yb = next(b)
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    c, _ = _batches(data, _cfg(augment=True, seed=6))
-    assert not torch.equal(next(c)[0], next(_batches(data, cfg)[0])[0])
+        assert torch.allclose(xa, xb, atol=1e-6, rtol=0) and torch.equal(ya, yb)
+    c = TrainBatches(data.train, plan.train, cfg.batch_size, 6, True, torch.device("cpu"))
+    assert not torch.equal(next(c)[1], next(TrainBatches(data.train, plan.train, 32, 5, True, torch.device("cpu")))[1])
+
+
+@pytest.mark.parametrize("path", ["device", "loader"])
+def test_both_data_paths_train_the_same_weights(data, path):
+    ref, other = _model(2), _model(2)
+    finetune(ref, data, _cfg(steps=6, augment=True, data_path="device"))
+    events = []
+    finetune(other, data, _cfg(steps=6, augment=True, data_path=path), on_event=events.append)
+    assert next(e for e in events if e["type"] == "start")["data_path"] == path
+    for (k, a), b in zip(ref.state_dict().items(), other.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), k
+
+
+def test_step0_eval_is_the_reinitialised_model_and_the_final_eval_covers_the_whole_val_split(data):
+    events = []
+    cfg = ReinitConfig(strategy="fire", layers=["layer*"])
+    r = finetune(_model(), data, _cfg(steps=4, eval_every=2, eval_batches=1), reinit=cfg, on_event=events.append)
+    evals = [e for e in events if e["type"] == "eval"]
+    kinds = [e["type"] for e in events]
+    assert kinds.index("reinit") < kinds.index("eval") < kinds.index("step")
+    assert [e["step"] for e in evals] == [0, 2, 4] and r.initial_val_acc == evals[0]["val_acc"]
+    assert [e["val_images"] for e in evals] == [32, 32, len(data.val)] and [e["full_val"] for e in evals] == [False, False, True]
+    assert r.final_val_acc == evals[-1]["val_acc"]
+    # independently: the same model, re-initialised by hand, evaluated on the same first val batch
+    model = _model()
+    torch.manual_seed(0)
+    apply_reinit(model, cfg, data=data.train)
+    acc, loss = evaluate(model, data, _cfg(), torch.device("cpu"), max_batches=1)
+    assert evals[0]["val_acc"] == pytest.approx(acc, abs=1e-9) and evals[0]["val_loss"] == pytest.approx(loss, rel=1e-6)
+    model.eval()
+    with torch.no_grad():
+        xs, ys = zip(*[data.val[i] for i in range(32)])
+        by_hand = int((model(torch.stack(xs)).argmax(1) == torch.tensor(ys)).sum()) / 32
+    assert acc == pytest.approx(by_hand, abs=1e-9)
+
+
+def test_over_budget_data_falls_back_to_the_loader_and_says_so(data):
+    events = []
+    with pytest.warns(UserWarning, match="memory budget"):
+        r = finetune(_model(), data, _cfg(steps=2, data_memory_mb=0.01), on_event=events.append)
+    start = next(e for e in events if e["type"] == "start")
+    assert r.data_path == start["data_path"] == "loader" and "exceed" in start["data_path_reason"]
+    assert start["notes"] and r.summary()["data_path"] == "loader"
+
+
+class DropoutNet(nn.Module):
+    """A small conv net with BatchNorm and dropout: a resume must restore buffers and the global RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                      nn.Flatten(), nn.Dropout(0.3))
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(4)
+    return DropoutNet()
+
+
+@pytest.mark.parametrize("path", ["device", "loader"])
+def test_resume_continues_to_the_uninterrupted_weights(data, tmp_path, path):
+    cfg = _cfg(steps=14, augment=True, eval_every=5, checkpoint="final", save_optimizer=True, checkpoint_every=4,
+               data_path=path, batch_size=48)  # 4 batches per epoch: the stop lands inside an epoch
+    whole = _net()
+    ref = finetune(whole, data, cfg, checkpoint_dir=tmp_path / "whole")  # checkpoints must not change the run
+    stop = threading.Event()
+    first = finetune(_net(), data, cfg, checkpoint_dir=tmp_path / "cut", stop=stop,
+                     on_event=lambda e: e["type"] == "step" and e["step"] == 9 and stop.set())
+    assert first.status == "stopped" and first.steps == 9
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)  # plain tensors, numbers and containers only
+    assert state["step"] == 9 and state["optimizer"]["state"]
+    events = []
+    resumed = _net()  # fresh weights, as a requeued job would load them
+    r = finetune(resumed, data, cfg, checkpoint_dir=tmp_path / "cut", resume=True, on_event=events.append)
+    assert r.status == "finished" and r.steps == 14 and r.resumed_from == 9
+    assert next(e for e in events if e["type"] == "start")["resumed_from"] == 9
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(10, 15))
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), k
+    assert r.final_val_acc == pytest.approx(ref.final_val_acc) and [e["step"] for e in r.evals] == [0, 5, 10, 14]
+    saved = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in resumed.state_dict().items())
+
+
+def test_resume_refuses_another_config_and_starts_afresh_without_a_checkpoint(data, tmp_path):
+    cfg = _cfg(steps=3, checkpoint="best")
+    finetune(_model(), data, cfg, checkpoint_dir=tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "best.safetensors").exists()
+    with pytest.raises(ValueError, match="config differs in lr"):
+        finetune(_model(), data, _cfg(steps=3, checkpoint="best", lr=0.1), checkpoint_dir=tmp_path, resume=True)
+    events = []
+    r = finetune(_model(), data, cfg, checkpoint_dir=tmp_path / "empty", resume=True, on_event=events.append)
+    assert r.status == "finished" and r.steps == 3 and r.resumed_from is None
+    assert "no checkpoint" in next(e for e in events if e["type"] == "start")["notes"][0]
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        finetune(_model(), data, _cfg(steps=3, checkpoint="final"))
+    warned = []
+    finetune(_model(), data, _cfg(steps=5, checkpoint_every=2), checkpoint_dir=tmp_path / "noopt")
+    torch.load(tmp_path / "noopt" / "state.pt", weights_only=True)
+    finetune(_model(), data, _cfg(steps=6, checkpoint_every=2), checkpoint_dir=tmp_path / "noopt2",
+             stop=_StopAt(3))
+    finetune(_model(), data, _cfg(steps=6, checkpoint_every=2), checkpoint_dir=tmp_path / "noopt2", resume=True,
+             on_event=warned.append)
+    assert any(e["type"] == "warning" and "no optimizer state" in e["message"] for e in warned)
+
+
+class _StopAt:
+    """A stop flag that is set once ``n`` steps have run (checked before every step)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n
 
 
 def test_lr_schedule_is_warmup_then_cosine_to_zero(data):
@@ -188,8 +311,8 @@ class Raises(nn.Module):
         self.inner, self.error, self.calls = inner, error, 0
 
     def forward(self, x):
-        self.calls += 1
-        if self.training and self.calls == 3:
+        self.calls += self.training
+        if self.training and self.calls == 3:  # the third training step
             raise self.error
         return self.inner(x)
 
@@ -210,3 +333,16 @@ def test_epochs_set_the_number_of_steps(data):
     per_epoch = len(data.train) // 32  # drop_last: no last batch of a few images
     r = finetune(_model(), data, _cfg(epochs=1.5, eval_every=1000))
     assert r.total_steps == r.steps == math.ceil(1.5 * per_epoch)
+
+
+@pytest.mark.gpu
+def test_cuda_resume_continues_to_the_uninterrupted_weights(data, tmp_path):
+    cfg = _cfg(steps=8, device="cuda", amp=False, checkpoint="final", save_optimizer=True, checkpoint_every=3)
+    whole = _net()
+    finetune(whole, data, cfg, checkpoint_dir=tmp_path / "whole")
+    finetune(_net(), data, cfg, checkpoint_dir=tmp_path / "cut", stop=_StopAt(5))
+    resumed = _net()
+    r = finetune(resumed, data, cfg, checkpoint_dir=tmp_path / "cut", resume=True)
+    assert r.status == "finished" and r.resumed_from == 5
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=0), k

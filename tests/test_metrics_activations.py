@@ -135,40 +135,112 @@ def test_vit_fc1_saturation_is_read_off_the_real_gelu_input():
     with torch.no_grad():
         vit(data[0][0])
     h.remove()
-    z = seen[0]  # (B, tokens, 4D)
-    expected = (z < -3.02).double().mean(dim=(0, 1))
+    z = seen[0].double().requires_grad_(True)  # (B, tokens, 4D)
+    (g,) = torch.autograd.grad(F.gelu(z).sum(), z)
+    # GELU' peaks at 1.1289 (z = 1.414); the flat left tail, not the notch near z = -0.75
+    expected = ((g.abs() < 0.01 * 1.12880) & (z < -1)).double().mean(dim=(0, 1)).detach()
     np.testing.assert_allclose(d.units("blocks.0.mlp.fc1", "saturation"), expected.numpy(), rtol=1e-12)
     assert expected.mean() > 0.05
     assert set(d.table["layer"]) == {f"blocks.{i}.mlp.fc1" for i in range(len(vit.blocks))}  # only GELU-fed layers
 
 
-def test_feature_erank_of_rank_one_outputs_and_by_hand():
-    net = nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 3))
+def lop_effective_rank(features: np.ndarray) -> float:
+    """Dohare et al.'s compute_effective_rank (loss-of-plasticity), transcribed: singular values of the feature
+    matrix (here numpy float64), p = sigma / sum |sigma|, entropy over p > 0, e ** entropy."""
+    sv = np.linalg.svd(features.astype(np.float64), compute_uv=False)
+    norm_sv = sv / np.sum(np.abs(sv))
+    entropy = 0.0
+    for p in norm_sv:
+        if p > 0.0:
+            entropy -= p * np.log(p)
+    return float(np.e ** entropy)
+
+
+def pooled_post_activation(net: nn.Module, act: nn.Module, data) -> np.ndarray:
+    """The features the authors rank: the activation's output, mean-pooled over space, one row per sample."""
+    feats = []
+    h = act.register_forward_hook(lambda m, a, out: feats.append(out.detach().clone()))
+    net.eval()
     with torch.no_grad():
-        u, v = torch.randn(12, 1, generator=GEN), torch.randn(1, 64, generator=GEN)
-        net[0].weight.copy_(u @ v)
-        net[0].bias.zero_()
-    data = batches(2, (64,), bs=8)
-    d = diagnose(net, data, metrics=["feature_erank"])
-    assert d.wide().at["0", "feature_erank"] == pytest.approx(1.0, abs=1e-6)
+        for x, _ in data:
+            net(x)
+    h.remove()
+    f = torch.cat(feats)
+    return (f.mean(dim=tuple(range(2, f.dim()))) if f.dim() > 2 else f).numpy()
 
 
-def test_feature_erank_with_fewer_samples_than_units_by_hand():
-    torch.manual_seed(3)
-    net = nn.Sequential(nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 3))
-    data = batches(1, (64,), bs=8)  # 8 samples <= 12 units: rows are kept, spectrum from the 8 x 8 Gram
+@pytest.mark.parametrize("bs,n_batches", [(4, 2), (8, 3)])  # 8 samples <= 16 units (rows), 24 > 16 (Gram)
+def test_feature_erank_is_the_authors_formula_on_pooled_post_activation_features(bs, n_batches):
+    net = dead_conv_net(0)
+    data = batches(n_batches, (3, 12, 12), bs=bs, seed=4)
     d = diagnose(net, data, metrics=["feature_erank"])
+    expected = lop_effective_rank(pooled_post_activation(net, net[3], data))
+    assert d.wide().at["2", "feature_erank"] == pytest.approx(expected, rel=1e-6)
+
+
+def dead_conv_net(k: int) -> nn.Sequential:
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
     with torch.no_grad():
-        s = torch.linalg.svdvals(net[0](data[0][0]).double())
-    p = s / s.sum()
-    assert d.wide().at["0", "feature_erank"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
+        net[2].bias[:k] = -1e4
+    return net
 
 
-def test_feature_erank_streams_into_a_gram_when_samples_exceed_units():
-    net = nn.Sequential(nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 3))
-    data = batches(3, (64,), bs=8)  # 24 samples > 4 units: the Gram path
-    d = diagnose(net, data, metrics=["feature_erank"])
+def test_dead_units_lower_feature_erank_because_it_ranks_the_activation_output():
+    data = batches(4, (3, 12, 12), bs=8)
+    ranks = [diagnose(dead_conv_net(k), data, metrics=["feature_erank"]).wide().at["2", "feature_erank"] for k in (0, 8, 15)]
+    assert ranks[0] > ranks[1] > ranks[2]
+    assert ranks[1] <= 8 + 1e-9 and ranks[2] == pytest.approx(1.0, abs=1e-9)  # one live unit: rank one
+    for k, r in zip((0, 8, 15), ranks):
+        net = dead_conv_net(k)
+        assert r == pytest.approx(lop_effective_rank(pooled_post_activation(net, net[3], data)), rel=1e-6)
+
+
+def test_feature_erank_keeps_small_singular_values_the_old_cut_dropped():
+    """Pooled features with singular values spread over 1 .. 1e-3: all count (the authors keep every one)."""
+    net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))
     with torch.no_grad():
-        s = torch.linalg.svdvals(torch.cat([net[0](x) for x, _ in data]).double())
-    p = s / s.sum()
-    assert d.wide().at["0", "feature_erank"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
+        net[0].weight.copy_((q * torch.logspace(0, -3, 32, dtype=torch.float64)) @ q.T)
+        net[0].bias.fill_(5.0)  # every unit on: the activation is the identity here
+    data = [(torch.randn(64, 32, generator=g), torch.zeros(64, dtype=torch.long)) for _ in range(4)]
+    d = diagnose(net, data, metrics=["feature_erank"])
+    assert d.wide().at["0", "feature_erank"] == pytest.approx(lop_effective_rank(pooled_post_activation(net, net[1], data)), rel=1e-6)
+
+
+def dopamine_neuron_score(activation: np.ndarray) -> np.ndarray:
+    """google/dopamine labs/redo weight_recyclers.estimate_neuron_score, transcribed (channels last, numpy float64)."""
+    reduce_axes = tuple(range(activation.ndim - 1))  # jnp accepts a list, numpy wants a tuple
+    score = np.mean(np.abs(activation), axis=reduce_axes)
+    score /= np.mean(score) + 1e-9
+    return score
+
+
+def lop_dead_fraction(features: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """loss-of-plasticity compute_dormant_units_proportion, per unit: mean over (batch, space) of 1[h != 0]."""
+    axes = (0, 2, 3) if features.ndim == 4 else (0,)
+    return (features != 0).astype(np.float64).mean(axis=axes)
+
+
+@pytest.mark.parametrize("tau,min_fraction", [(0.025, 0.01), (0.4, 0.3)])
+def test_dormant_and_dead_are_the_authors_formulas(tau, min_fraction):
+    net = dead_conv_net(3)
+    with torch.no_grad():
+        net[2].bias[3:6] = -2.0  # rarely active: low scores, a few nonzeros
+    data = batches(3, (3, 12, 12), bs=6, seed=2)
+    d = diagnose(net, data, metrics=["dormant", "dead"], params={"dormant": {"tau": tau}, "dead": {"min_fraction": min_fraction}})
+    feats = []
+    h = net[3].register_forward_hook(lambda m, a, out: feats.append(out.detach().clone()))
+    with torch.no_grad():
+        for x, _ in data:
+            net(x)
+    h.remove()
+    f = torch.cat(feats).double().numpy()
+    score = dopamine_neuron_score(np.moveaxis(f, 1, -1))
+    np.testing.assert_allclose(d.units("2", "dormant"), score, rtol=1e-5)
+    assert d.wide().at["2", "dormant"] == pytest.approx(np.mean(score <= tau))
+    alive = lop_dead_fraction(f)
+    np.testing.assert_array_equal(d.units("2", "dead"), alive)
+    assert d.wide().at["2", "dead"] == pytest.approx(np.mean(alive < min_fraction))

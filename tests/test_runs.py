@@ -64,7 +64,7 @@ def test_experiment_2_arms_x_2_seeds_gives_4_folders_and_a_comparison(tmp_path):
     for r in runs:
         s = r.summary()
         assert s["status"] == "finished" and s["steps"] == 6 and {"arm", "seed", "wall_time_s", "best_val_acc"} <= set(s)
-        assert [e["step"] for e in r.events("eval")] == [3, 6]
+        assert [e["step"] for e in r.events("eval")] == [0, 3, 6]  # step 0: after the re-init, before any update
     assert ("fire-seed1", "reinit") in seen and ("baseline-seed0", "reinit") not in seen
     table = compare_runs(RunStore(tmp_path).runs("t-a"))
     assert list(table["arm"]) == ["baseline", "fire"] and list(table["n_seeds"]) == [2, 2]

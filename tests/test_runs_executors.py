@@ -12,7 +12,7 @@ import pytest
 
 from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
-from plasticity_core.runs import EXECUTORS, RunStore, compare_runs, run_experiment, start_run
+from plasticity_core.runs import EXECUTORS, MissingExtraError, RunStore, compare_runs, run_experiment, start_run
 
 DATA = "synthetic:classes=4,n=96,size=32"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -32,7 +32,7 @@ def _four_finished(runs) -> None:
     for r in runs:
         s = r.summary()
         assert s["status"] == "finished" and s["steps"] == 4, s
-        assert [e["step"] for e in r.events("eval")] == [2, 4]
+        assert [e["step"] for e in r.events("eval")] == [0, 2, 4]  # step 0: before any update
         assert s["pid"] != os.getpid()  # executed by a worker, not by the caller
     table = compare_runs(runs)
     assert list(table["arm"]) == ["baseline", "fire"] and list(table["n_seeds"]) == [2, 2]
@@ -94,7 +94,7 @@ def test_a_missing_backend_names_its_extra(tmp_path, monkeypatch, capsys):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
-    with pytest.raises(ImportError, match=r"pip install 'plasticity-lab\[ray\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'plasticity-lab\[ray\]'"):
         run_experiment(_exp(), RunStore(tmp_path), executor="ray")
     _exp().save(tmp_path / "exp.yaml")
     assert main(["finetune", "--config", str(tmp_path / "exp.yaml"), "--store", str(tmp_path), "--executor", "ray"]) == 2

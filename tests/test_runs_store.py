@@ -12,7 +12,7 @@ import pytest
 
 from plasticity_core.cli import main
 from plasticity_core.config import ConfigError, ExperimentConfig, FinetuneConfig, ReinitConfig
-from plasticity_core.runs import Run, RunStore, execute_run
+from plasticity_core.runs import LaunchError, Run, RunExistsError, RunStore, execute_run
 
 DATA = "synthetic:classes=4,n=96,size=32"
 
@@ -30,7 +30,7 @@ RACE = """
 import json, sys, time
 from pathlib import Path
 from plasticity_core.config import ExperimentConfig
-from plasticity_core.runs import RunStore
+from plasticity_core.runs import RunStore, RunExistsError
 cfg, me, phases = ExperimentConfig.load(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 for i, (root, tag, only) in enumerate(phases):
     Path(root, f".ready-{me}").touch()
@@ -39,7 +39,7 @@ for i, (root, tag, only) in enumerate(phases):
     try:
         runs = RunStore(root).create(cfg, tag=tag, only=only)
         print(json.dumps({"ok": [str(r.path) for r in runs], "launch": runs[0].raw_summary()["launch"]}), flush=True)
-    except FileExistsError as e:
+    except RunExistsError as e:
         print(json.dumps({"error": str(e)}), flush=True)
 """
 
@@ -103,7 +103,7 @@ def test_default_tags_never_collide(races):
 def test_a_traversal_tag_is_refused_and_nothing_leaves_the_store(tmp_path, capsys):
     store = tmp_path / "a" / "store"
     for tag in ("x/../../../elsewhere", "..", "../x", "/abs", "a b"):
-        with pytest.raises(ValueError, match="is not allowed"):
+        with pytest.raises(LaunchError, match="is not allowed"):
             RunStore(store).create(_exp(), tag=tag)
     _exp().save(tmp_path / "exp.yaml")
     assert main(["finetune", "--config", str(tmp_path / "exp.yaml"), "--store", str(store), "--tag", "x/../../../elsewhere"]) == 2
@@ -133,7 +133,7 @@ def test_queued_runs_of_a_silent_launcher_read_cancelled(tmp_path):
 def test_a_requeued_task_resumes_its_folder(tmp_path):
     cfg = _exp(seeds=(0,))
     (first,) = RunStore(tmp_path).create(cfg, tag="r", only=[0])
-    with pytest.raises(FileExistsError, match="another launch owns it"):
+    with pytest.raises(RunExistsError, match="another launch owns it"):
         RunStore(tmp_path).create(cfg, tag="r", only=[0])
     # an attempt preempted at step 3: events up to step 3, summary still running
     lines = [{"type": "start", "step": 0, "time": 0, "total_steps": 4}] + [

@@ -1,62 +1,82 @@
-"""Activation metrics: dormant (ReDo), dead (continual backprop), saturation, and feature effective rank.
+"""Activation metrics: dormant (ReDo), dead (continual backprop) and saturation, from the real activation module.
 
-Each metric is a streaming accumulator fed from forward hooks: per-unit sums and counts live on the
-device (sums in fp32, counts in int64) and are turned into scores only in ``finish``. The unit axis is
-``LayerInfo.unit_dim`` (1 for NCHW conv activations, -1 for token/linear activations); every other axis
-(batch, space, tokens) counts as "inputs", so a conv unit's statistics average over batch and space.
+Each is an ``Accumulator`` fed from hooks on the layer's activation module (``LayerInfo.act``): per-unit sums
+and counts live on the device (sums in fp32, counts as exact float64 sums) and become scores only in ``finish``. The unit
+axis is ``LayerInfo.unit_dim`` (1 for NCHW conv activations, -1 for tokens / linear); every other axis (batch,
+space, tokens) counts as "inputs", so a conv unit's statistics average over batch and space. The three
+statistics share one ``ActivationView`` per activation call, which computes each per-unit reduction once
+(for ReLU-family outputs the dormancy sum comes from the pooled features and saturation from the nonzero
+count, so ReLU saturation needs no pre-activation hook at all).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from plasticity_core.metrics.base import register_metric
+from plasticity_core.metrics.base import Accumulator, masked_fraction, register_metric, with_nan
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
+SATURATION_EPS = 0.01
 REDO_EPS = 1e-9  # dopamine's estimate_neuron_score divides by mean(score) + 1e-9
+NONNEG = {"relu", "relu6", "sigmoid", "hardsigmoid", "softplus"}  # outputs >= 0: |h| = h
 
-# Region where |phi'(z)| < 1 % of max |phi'| (tails only; GELU/SiLU/Mish interior notches are not counted).
-# Thresholds from DESIGN.md / methods.md a.10; the rest computed the same way (tests re-derive them by autograd).
-FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": lambda z: z <= 0,
-    "relu6": lambda z: (z <= 0) | (z >= 6),
-    "gelu": lambda z: z < -3.02,
-    "silu": lambda z: z < -6.14,
-    "mish": lambda z: z < -6.16,
-    "quick_gelu": lambda z: z < -3.61,
-    "tanh": lambda z: z.abs() > 2.99,
-    "sigmoid": lambda z: z.abs() > 5.99,
-    "hardswish": lambda z: z <= -3,
-    "hardsigmoid": lambda z: z.abs() >= 3,
-    "softplus": lambda z: z < -4.60,
-    "elu": lambda z: z < -4.61,
-    "celu": lambda z: z < -4.61,
-    "selu": lambda z: z < -4.61,
+ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu, "silu": F.silu, "mish": F.mish,
+    "quick_gelu": lambda z: z * torch.sigmoid(1.702 * z), "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "softplus": F.softplus, "elu": F.elu,
+    "celu": F.celu, "selu": F.selu,
 }
 
-register_metric(
-    name="dormant", family="activations", needs="activations", unit_level=True, defaults={"tau": DORMANT_TAU},
-    definition="fraction of units with ReDo score s_i = E|h_i| / mean_k E|h_k| <= tau, h = the real activation's "
-               "output (conv: E over batch and space); units() gives s_i",
-)
-register_metric(
-    name="dead", family="activations", needs="activations", unit_level=True, defaults={"min_fraction": DEAD_FRACTION},
-    definition="fraction of units whose activation output is nonzero on fewer than 1 % of inputs (conv: inputs = "
-               "batch x positions); units() gives each unit's nonzero fraction",
-)
-register_metric(
-    name="saturation", family="activations", needs="activations", unit_level=True, defaults={"eps": 0.01},
-    definition="fraction of (input, unit) pairs whose pre-activation (the activation module's input) lies where "
-               "phi' < 1 % of its max (ReLU z<=0, ReLU6 also z>=6, GELU z<-3.02, SiLU z<-6.14, tanh |z|>2.99, "
-               "sigmoid |z|>5.99, hard-swish z<=-3); units() gives the per-unit fraction",
-)
-register_metric(
-    name="feature_erank", family="features", needs="activations",
-    definition="exp(entropy of sigma_k / sum sigma) of the layer's own output, spatially / token mean-pooled "
-               "(N samples x units, not centred; Dohare et al.)",
-)
+
+@functools.lru_cache(maxsize=None)
+def flat_region(act_type: str, eps: float = SATURATION_EPS) -> tuple[float, float]:
+    """``(lo, hi)``: the activation's derivative is below ``eps`` times its maximum for ``z <= lo`` and ``z >= hi``.
+
+    Tails only (interior notches of GELU / SiLU / Mish / hard-swish are not saturation); found by autograd on
+    a float64 grid of step 1e-4 over [-30, 30], a tail reaching the grid's end extends to infinity.
+    """
+    z = (torch.arange(-300_000, 300_001, dtype=torch.float64) / 10_000).requires_grad_(True)
+    (g,) = torch.autograd.grad(ACT_FNS[act_type](z).sum(), z)
+    g, z = g.abs(), z.detach()
+    flat = g < eps * g.max()
+    live = (~flat).nonzero().flatten()
+    if live.numel() == 0:
+        return math.inf, -math.inf
+    first, last = int(live[0]), int(live[-1])
+    lo = float(z[first - 1]) if first > 0 else -math.inf
+    hi = float(z[last + 1]) if last + 1 < z.numel() else math.inf
+    return lo, hi
+
+
+def _region_fn(act: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    lo, hi = flat_region(act)
+    return lambda z: (z <= lo) | (z >= hi)
+
+
+# Region where |phi'(z)| < 1 % of max |phi'| (default eps): the table in docs/methods.md (Metrics), re-derived for any eps above.
+FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {a: _region_fn(a) for a in ACT_FNS}
+
+
+def redo_scores(mean_abs: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Tensor:
+    """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics)."""
+    if bad is None:
+        return mean_abs / (mean_abs.mean() + REDO_EPS)
+    good = ~bad
+    mean = torch.where(good, mean_abs, torch.zeros_like(mean_abs)).sum() / good.sum().clamp_min(1)
+    return with_nan(mean_abs / (mean + REDO_EPS), bad)
+
+
+def dormant_mask(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """The one definition of a tau-dormant unit, used by the metric and by redo / targeted: ``s_i <= tau``.
+
+    tau = 0 therefore means "exactly silent" (score <= 0, dopamine's rule), never "close to 0".
+    """
+    return scores <= tau
 
 
 def reduce_dims(t: torch.Tensor, unit_dim: int) -> tuple[int, ...]:
@@ -65,102 +85,163 @@ def reduce_dims(t: torch.Tensor, unit_dim: int) -> tuple[int, ...]:
     return tuple(d for d in range(t.dim()) if d != u)
 
 
-class ActivationStats:
-    """Per-unit streaming statistics of one layer's activation module (post- and pre-activation)."""
+class ActivationView:
+    """One activation tensor of one layer in one batch; each per-unit reduction is computed once and shared.
 
-    def __init__(self, units: int, act_type: str | None, device: torch.device, want: set[str]) -> None:
-        self.want = want
-        self.flat = FLAT_REGION.get(act_type or "")
-        self.abs_sum = torch.zeros(units, dtype=torch.float32, device=device)
-        self.nonzero = torch.zeros(units, dtype=torch.int64, device=device)
-        self.saturated = torch.zeros(units, dtype=torch.int64, device=device)
-        self.n_post = 0  # inputs per unit seen (host int: derived from shapes, no sync)
-        self.n_pre = 0
+    Every statistic is a float sum over positions per (sample, unit), then over samples: counts come from
+    ``sign`` / ``ceil`` arithmetic rather than boolean masks (two to four times faster on CPU, exact: each
+    per-sample count is an integer below 2^24), and a NaN or inf in the input makes the sum non-finite, so a
+    broken unit can never pass for a healthy one.
+    """
 
-    def update_pre(self, z: torch.Tensor, unit_dim: int) -> None:
-        if "saturation" not in self.want or self.flat is None:
-            return
-        dims = reduce_dims(z, unit_dim)
-        self.saturated += self.flat(z).sum(dims)
-        self.n_pre += z.numel() // z.shape[unit_dim]
+    def __init__(self, t: torch.Tensor, unit_dim: int, act_type: str | None) -> None:
+        self.act_type = act_type
+        u = unit_dim % t.dim()
+        if u == 0:
+            raise ValueError("the unit axis cannot be the batch axis")
+        self.t = t if t.dtype == torch.float32 else t.float()
+        self.units = t.shape[u]
+        self.positions = t.numel() // (t.shape[0] * self.units)  # per sample (space / tokens)
+        self.count = self.positions * t.shape[0]  # inputs per unit (from the shape: no sync)
+        self.unit_dim = u
+        self._memo: dict[str, torch.Tensor] = {}
 
-    def update_post(self, h: torch.Tensor, unit_dim: int) -> None:
-        dims = reduce_dims(h, unit_dim)
-        if "dormant" in self.want:
-            self.abs_sum += torch.linalg.vector_norm(h.float(), ord=1, dim=dims)
-        if "dead" in self.want:
-            self.nonzero += torch.count_nonzero(h, dim=dims)
-        self.n_post += h.numel() // h.shape[unit_dim]
+    def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, units): the sum of ``x`` (shaped like the activation) over positions."""
+        if self.unit_dim == 1 and x.dim() > 2:
+            return x.reshape(x.shape[0], self.units, -1).sum(-1)  # NCHW: contiguous inner reduction
+        dims = tuple(d for d in range(1, x.dim()) if d != self.unit_dim)
+        return x.sum(dims) if dims else x
 
-    def finish(self, tau: float, min_fraction: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """metric -> (layer value, per-unit scores) as device tensors."""
-        out = {}
-        if "dormant" in self.want and self.n_post:
-            score = redo_scores(self.abs_sum / self.n_post)
-            out["dormant"] = ((score <= tau).float().mean(), score)
-        if "dead" in self.want and self.n_post:
-            frac = self.nonzero.double() / self.n_post
-            out["dead"] = ((frac < min_fraction).float().mean(), frac)
-        if "saturation" in self.want and self.n_pre:
-            frac = self.saturated.double() / self.n_pre
-            out["saturation"] = (frac.mean(), frac)
+    def _get(self, key: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def pooled(self) -> torch.Tensor:
+        """(batch, units) fp32: the mean over every axis but batch and units (Dohare et al.'s pooled features)."""
+        return self._get("pooled", lambda: self._per_sample(self.t) / self.positions)
+
+    def abs_sum(self) -> torch.Tensor:
+        """Per-unit sum of |h| (fp32). Non-negative outputs reuse the pooled features (no second pass)."""
+        if self.act_type in NONNEG:
+            return self._get("abs_sum", lambda: self.pooled().sum(0) * self.positions)
+        return self._get("abs_sum", lambda: self._per_sample(self.t.abs()).sum(0))
+
+    def nonzero(self) -> torch.Tensor:
+        """Per-unit count of nonzero entries (fp32 sums of |sign h|, exact integers)."""
+        def count() -> torch.Tensor:
+            sign = torch.sign(self.t)
+            return self._per_sample(sign if self.act_type in NONNEG else sign.abs_()).double().sum(0)
+        return self._get("nonzero", count)
+
+    def at_most(self, lo: float) -> torch.Tensor:
+        """Per-unit count of entries ``<= lo``."""
+        if lo == 0.0 and self.act_type in ("relu", "relu6"):  # outputs >= 0: zero or positive
+            return self.count - self.nonzero()
+        # ceil(t - lo) <= 0 iff t <= lo (t - lo is exact near lo, Sterbenz); clamp to {0, 1}, count the zeros
+        return self._get(f"le{lo}", lambda: self.count - self._per_sample(
+            (self.t - lo).ceil_().clamp_(0, 1)).double().sum(0))
+
+    def at_least(self, hi: float) -> torch.Tensor:
+        """Per-unit count of entries ``>= hi``."""
+        if self.act_type == "relu6" and hi == 6.0:  # outputs <= 6: sign(h - 6) + 1 is 1 at 6, else 0
+            return self._get("ge6", lambda: self._per_sample(torch.sign(self.t - 6.0)).double().sum(0) + self.count)
+        return self._get(f"ge{hi}", lambda: self.count - self._per_sample(
+            (hi - self.t).ceil_().clamp_(0, 1)).double().sum(0))
+
+    def outside(self, lo: float, hi: float) -> torch.Tensor:
+        """Per-unit count of entries ``<= lo`` or ``>= hi`` (lo < hi)."""
+        out = torch.zeros(self.units, dtype=torch.float64, device=self.t.device)
+        if lo > -math.inf:
+            out = out + self.at_most(lo)
+        if hi < math.inf:
+            out = out + self.at_least(hi)
         return out
 
 
-def redo_scores(mean_abs: torch.Tensor) -> torch.Tensor:
-    """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` from per-unit mean absolute activations."""
-    return mean_abs / (mean_abs.mean() + REDO_EPS)
+@register_metric(
+    "dormant", family="activations", needs="activations", unit_level=True, defaults={"tau": DORMANT_TAU}, version=2,
+    definition="fraction of units with ReDo score s_i = E|h_i| / mean_k E|h_k| <= tau (tau = 0: exactly silent), "
+               "h = the real activation module's output (conv: E over batch and space, fp32 sums); units() gives s_i",
+)
+class Dormant(Accumulator):
+    def __init__(self, layer, device, *, tau: float) -> None:
+        super().__init__(layer, device)
+        self.tau = tau
+        self.abs_sum = torch.zeros(layer.units, dtype=torch.float32, device=device)
+        self.n = 0
 
+    def update(self, view: ActivationView) -> None:
+        self.abs_sum += view.abs_sum()
+        self.n += view.count
 
-class FeatureRank:
-    """Effective rank of pooled features, streamed: rows are kept until there are more than ``units``,
-    then folded into the ``units x units`` Gram matrix (memory never exceeds ``units^2`` floats)."""
-
-    def __init__(self, units: int, device: torch.device) -> None:
-        self.units = units
-        self.rows: list[torch.Tensor] = []
-        self.n_rows = 0
-        self.gram: torch.Tensor | None = None
-        self.device = device
-
-    def update(self, out: torch.Tensor, unit_dim: int) -> None:
-        feats = pool(out, unit_dim).float()
-        if self.gram is not None:
-            self.gram += feats.T @ feats
-            return
-        self.rows.append(feats)
-        self.n_rows += feats.shape[0]
-        if self.n_rows > self.units:
-            stacked = torch.cat(self.rows)
-            self.gram = stacked.T @ stacked
-            self.rows.clear()
-
-    def finish(self) -> torch.Tensor | None:
-        if self.gram is not None:
-            g = self.gram.double()
-        elif self.rows:
-            x = torch.cat(self.rows).double()
-            g = x @ x.T  # N x N, N <= units: the same nonzero spectrum
-        else:
+    def finish(self, bad):
+        if not self.n:
             return None
-        lam = torch.linalg.eigvalsh(g)
-        # eigenvalues under the fp32 rounding floor of the features are zeros, not tiny singular values
-        floor = lam[-1] * g.shape[-1] * torch.finfo(torch.float32).eps
-        return effective_rank(torch.where(lam > floor, lam, torch.zeros_like(lam)).sqrt())
+        score = redo_scores(self.abs_sum / self.n, bad)
+        return masked_fraction(dormant_mask(score, self.tau), bad), score
 
 
-def pool(out: torch.Tensor, unit_dim: int) -> torch.Tensor:
-    """(batch, units) features: the mean over every axis but batch (axis 0) and the unit axis."""
-    u = unit_dim % out.dim()
-    if u == 0:
-        raise ValueError("the unit axis cannot be the batch axis")
-    dims = tuple(d for d in range(1, out.dim()) if d != u)
-    return out.mean(dims) if dims else out
+@register_metric(
+    "dead", family="activations", needs="activations", unit_level=True, defaults={"min_fraction": DEAD_FRACTION},
+    version=2,
+    definition="fraction of units whose activation output is nonzero on fewer than min_fraction (1 %) of inputs "
+               "(conv: inputs = batch x positions; Dohare et al.); units() gives each unit's nonzero fraction",
+)
+class Dead(Accumulator):
+    def __init__(self, layer, device, *, min_fraction: float) -> None:
+        super().__init__(layer, device)
+        self.min_fraction = min_fraction
+        self.nonzero = torch.zeros(layer.units, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def update(self, view: ActivationView) -> None:
+        self.nonzero += view.nonzero()
+        self.n += view.count
+
+    def finish(self, bad):
+        if not self.n:
+            return None
+        frac = with_nan(self.nonzero / self.n, bad)
+        return masked_fraction(frac < self.min_fraction, bad), frac
 
 
-def effective_rank(sigma: torch.Tensor) -> torch.Tensor:
-    """``exp(-sum p log p)``, ``p = sigma / sum sigma`` (0 log 0 = 0; all-zero spectrum: 0)."""
-    total = sigma.sum()
-    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
-    ent = -(p * torch.log(p.clamp_min(torch.finfo(sigma.dtype).tiny))).sum()
-    return torch.where(total > 0, ent.exp(), torch.zeros_like(ent))
+@register_metric(
+    "saturation", family="activations", needs="activations", unit_level=True, defaults={"eps": SATURATION_EPS},
+    version=2,
+    definition="fraction of (input, unit) pairs whose pre-activation z (the activation module's input) lies in a "
+               "tail where phi'(z) < eps * max phi' (eps = 0.01: ReLU z<=0, ReLU6 also z>=6, GELU z<-3.02, SiLU "
+               "z<-6.14, tanh |z|>2.99, sigmoid |z|>5.99, hard-swish z<=-3); units() gives the per-unit fraction",
+)
+class Saturation(Accumulator):
+    def __init__(self, layer, device, *, eps: float) -> None:
+        super().__init__(layer, device)
+        self.lo, self.hi = flat_region(layer.act_type, float(eps))
+        # ReLU / ReLU6 are monotone clamps: z <= 0 iff h == 0, z >= 6 iff h == 6, so the output suffices
+        self.on_output = layer.act_type in ("relu", "relu6")
+        self.count = torch.zeros(layer.units, dtype=torch.float64, device=device)
+        self.n = 0
+
+    @classmethod
+    def applies(cls, layer) -> bool:
+        return layer.act is not None and layer.act_type in ACT_FNS
+
+    def hooks(self) -> tuple[str, ...]:
+        return ("post",) if self.on_output else ("pre",)
+
+    def _add(self, view: ActivationView) -> None:
+        self.count += view.outside(self.lo, self.hi)
+        self.n += view.count
+
+    update = update_pre = _add
+
+    def finish(self, bad):
+        if not self.n:
+            return None
+        frac = with_nan(self.count / self.n, bad)
+        value = torch.where(bad, torch.zeros_like(frac), frac).sum() / (~bad).sum().clamp_min(1) if bad is not None \
+            else frac.mean()
+        if bad is not None:
+            value = torch.where((~bad).any(), value, torch.full_like(value, float("nan")))
+        return value, frac

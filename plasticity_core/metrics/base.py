@@ -1,29 +1,42 @@
-"""The metrics registry: every diagnostic is registered under a name with its definition, defaults and version.
+"""The metrics registry: each diagnostic registers its name, definition, defaults, version and implementation.
 
-Exports (parquet files, the dashboard's legend, configs) carry the versions, so numbers computed under an
-older definition are never silently compared with newer ones. Bump ``version`` when a definition changes.
+A metric is one of two kinds:
+- a weight metric: a function ``fn(view: WeightView, **params) -> 0-d tensor | None`` of one layer's weight
+  (``None``: does not apply, e.g. ``sfe`` without a reference);
+- a data metric: an ``Accumulator`` subclass, one instance per layer, fed on the device batch by batch and
+  turned into (layer value, per-unit scores) once at the end.
+``diagnose`` loops over what is registered and passes each metric exactly its declared parameters, so adding a
+metric is one file with one decorated function or class. Exports carry the versions: bump ``version`` when a
+definition changes, so numbers computed under an older definition are never silently compared with newer ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import torch
 
 from plasticity_core.registry import Registry
 
+if TYPE_CHECKING:
+    from plasticity_core.layers import LayerInfo
+
 NEEDS = ("weights", "activations", "gradients")
+Result = tuple[torch.Tensor, "torch.Tensor | None"]  # (0-d layer value, per-unit scores or None)
 
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A registered metric: what it measures (one line), its default parameters and what it needs to run."""
+    """A registered metric: what it measures (one line), defaults, version, what it needs and its implementation."""
 
     name: str
-    family: str  # weights | activations | features | gradients
+    family: str  # weights | activations | features | gradients | checks
     definition: str
     defaults: dict[str, Any] = field(default_factory=dict)
     version: int = 1
     needs: str = "weights"  # weights | activations | gradients
     unit_level: bool = False  # Diagnosis.units(layer, name) gives one value per unit
+    impl: Any = field(default=None, compare=False, repr=False)  # weight function or Accumulator subclass
 
     def __post_init__(self) -> None:
         if self.needs not in NEEDS:
@@ -33,6 +46,78 @@ class MetricInfo:
 METRICS: Registry[MetricInfo] = Registry("metric")
 
 
-def register_metric(**kwargs: Any) -> MetricInfo:
-    """Register a metric (keyword arguments of ``MetricInfo``) and return its entry."""
-    return METRICS.add(MetricInfo(**kwargs))
+def register_metric(name: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """Decorator: register the decorated weight function or ``Accumulator`` class under ``name``.
+
+    Keyword arguments are the other ``MetricInfo`` fields. Returns the implementation unchanged.
+    """
+    def wrap(impl: Any) -> Any:
+        METRICS.add(MetricInfo(name=name, impl=impl, **kwargs))
+        return impl
+
+    return wrap
+
+
+class Accumulator:
+    """One layer's streaming statistic for a data metric.
+
+    ``reads`` names the hooks it needs: "post" (the activation module's output), "pre" (its input), "out" (the
+    weight layer's output), "grad" (the gradient of that output), "wgrad" (the weight's gradient). Updates run
+    on the device and never synchronise with the host; ``finish`` runs once after the last batch.
+    """
+
+    reads: ClassVar[tuple[str, ...]] = ("post",)
+
+    def __init__(self, layer: "LayerInfo", device: torch.device, **params: Any) -> None:
+        self.layer, self.device, self.params = layer, device, params
+
+    @classmethod
+    def applies(cls, layer: "LayerInfo") -> bool:
+        """Whether the metric is defined for this layer (e.g. activation metrics need an activation module)."""
+        return layer.act is not None
+
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks this instance needs (may depend on the layer, e.g. saturation of ReLU reads only "post")."""
+        return self.reads
+
+    def update(self, view: Any) -> None:  # "post": an ActivationView of the activation output
+        raise NotImplementedError
+
+    def update_pre(self, view: Any) -> None:  # "pre": an ActivationView of the activation input
+        raise NotImplementedError
+
+    def update_out(self, out: torch.Tensor) -> None:  # "out": the layer's output (its rows of a fused qkv)
+        raise NotImplementedError
+
+    def update_grad(self, grad: torch.Tensor) -> None:  # "grad": dL/d(output), per-sample losses summed
+        raise NotImplementedError
+
+    def update_wgrad(self, grad: torch.Tensor, samples: int) -> None:  # "wgrad": dL/dW of one batch
+        raise NotImplementedError
+
+    def finish(self, bad: torch.Tensor | None) -> Result | None:
+        """(layer value, per-unit scores) as device tensors. ``bad``: per-unit mask of units whose probe data
+        held non-finite values (their scores are NaN, the layer value is over the other units)."""
+        raise NotImplementedError
+
+    @classmethod
+    def finish_all(cls, accs: Sequence["Accumulator"], bad: Sequence[torch.Tensor | None]) -> list[Result | None]:
+        """Finish every layer's instance; override to batch the last step across layers (one decomposition)."""
+        return [a.finish(b) for a, b in zip(accs, bad)]
+
+
+def masked_fraction(flags: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
+    """Fraction of units flagged among those with finite statistics (NaN when no unit has any)."""
+    if bad is None:
+        return flags.float().mean()
+    good = ~bad
+    n = good.sum()
+    frac = (flags & good).sum().float() / n.clamp_min(1).float()
+    return torch.where(n > 0, frac, torch.full_like(frac, float("nan")))
+
+
+def with_nan(scores: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
+    """Per-unit scores with the units fed non-finite values set to NaN (undefined, never a silent number)."""
+    if bad is None:
+        return scores
+    return torch.where(bad, torch.full_like(scores, float("nan")), scores)

@@ -1,17 +1,27 @@
 """The diagnostics engine: every registered metric for every layer in one pass over a few probe batches.
 
-Per batch: one forward with hooks on the activation modules (pre-activation in, post-activation out) and
-on the weight layers (their outputs), plus one backward only when a gradient metric is asked for. All
-statistics are streaming sums on the device; the only device-to-host transfer is one concatenated tensor
-at the end. The model's train/eval mode, ``requires_grad`` flags and device are restored afterwards, and
-every hook is removed, also when the forward raises.
+``diagnose`` loops over ``METRICS``: weight metrics are functions of a ``WeightView`` (cached per parameter
+version, see ``weight_values``), data metrics are ``Accumulator`` instances fed from hooks. Per batch: one
+forward with hooks on the activation modules (pre-activation in, post-activation out) and on the weight
+layers (their outputs), plus one backward only when a gradient metric is asked for. All statistics are
+streaming sums on the device; nothing in the batch loop waits for the device (no ``.item()``, no host copy);
+the only device-to-host transfer is one concatenated tensor at the end. The model's train/eval mode,
+``requires_grad`` flags, device and the TF32 switches are restored afterwards, and every hook is removed,
+also when the forward raises.
+
+Precision: ``precision="exact"`` (default) turns TF32 off for the diagnosis' own work (matmul and cuDNN), so a
+CPU and a CUDA diagnosis of the same model and data agree to float32 rounding; ``"fast"`` allows TF32 and runs
+the forward under bfloat16 autocast on CUDA (no effect on CPU). ``meta["precision"]`` records which.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +32,17 @@ import plasticity_core
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet
 from plasticity_core.layers import LayerInfo, layer_map
-from plasticity_core.metrics.activations import ActivationStats, FeatureRank
-from plasticity_core.metrics.base import METRICS
+from plasticity_core.metrics.activations import ActivationView
+from plasticity_core.metrics.base import METRICS, Accumulator
+from plasticity_core.metrics.checks import NonFiniteWarning
 from plasticity_core.metrics.diagnosis import Diagnosis
-from plasticity_core.metrics.gradients import GradStats
-from plasticity_core.metrics.weights import weight_metrics
+from plasticity_core.metrics.weights import SpectraBatch, WeightView
 
 DATASET_BATCH = 32
-ACT_METRICS = {"dormant", "dead", "saturation"}
+PRECISIONS = ("exact", "fast")
+REFERENCE_METRICS = {"sfe", "sfe_rel"}  # depend on the reference too: never cached
+
+Pending = list[tuple[str, str, torch.Tensor, "torch.Tensor | None"]]
 
 
 def diagnose(
@@ -41,6 +54,7 @@ def diagnose(
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    precision: str = "exact",
 ) -> Diagnosis:
     """Per-layer diagnostics of ``model`` on up to ``max_batches`` batches of ``data``.
 
@@ -49,11 +63,14 @@ def diagnose(
     of (images, labels). ``metrics`` are names from ``METRICS`` (None: all). Without a reference, ``sfe``
     and ``sfe_rel`` are absent. ``params`` overrides metric defaults, e.g. ``{"dormant": {"tau": 0.1}}``.
     The model runs on ``device`` (default: where its parameters are) and is moved back afterwards.
+    ``precision``: "exact" (default, TF32 off: the same numbers on every device) or "fast" (TF32 / bf16 on CUDA).
     """
     module, reference = _unwrap(model, reference)
     names = _resolve_metrics(metrics)
     if max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     opts = _options(names, params)
     home = _model_device(module)
     dev = torch.device(device) if device is not None else home
@@ -61,89 +78,189 @@ def diagnose(
     start = time.perf_counter()
     was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
-    pending: list[tuple[str, str, torch.Tensor, torch.Tensor | None]] = []
     batches = samples = 0
+    bad_inputs: torch.Tensor | None = None
     try:
-        if dev != home:
-            module.to(dev)
-        module.eval()
-        for layer in layers:
-            w0 = _reference_weight(reference, layer)
-            for m, v in weight_metrics(layer.weight(module), w0, names).items():
-                pending.append((layer.name, m, v, None))
-        if names - {m for m in names if METRICS[m].needs == "weights"}:
-            probe = _Probe(module, layers, names, opts, dev)
-            batches, samples = probe.run(_batches(data), _total(data, max_batches), max_batches, progress)
-            pending += probe.finish()
+        with precision_policy(precision):
+            if dev != home:
+                module.to(dev)
+            module.eval()
+            pending = weight_values(module, layers, reference, names, opts, precision)
+            if any(METRICS[m].needs != "weights" for m in names):
+                probe = _Probe(module, layers, names, opts, dev, precision)
+                batches, samples = probe.run(_batches(data), _total(data, max_batches), max_batches, progress)
+                pending += probe.finish()
+                bad_inputs = probe.bad_inputs
+                pending = _add_bad_units(pending, probe.bad)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
         module.train(was_training)
         if dev != home:
             module.to(home)
-    return _assemble(pending, layers, names, opts, module, dev, batches, samples, start, reference is not None)
+    meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
+            "device": str(dev), "precision": precision, "reference": reference is not None,
+            "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__}
+    return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
+
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """TF32 off ("exact") or on ("fast") for matmuls and cuDNN inside the block; the user's settings come back after."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    fast = precision == "fast"
+    try:
+        torch.set_float32_matmul_precision("high" if fast else "highest")
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cuda.matmul.allow_tf32 = saved[1]
+        torch.backends.cudnn.allow_tf32 = saved[2]
+
+
+# ---- weight metrics, cached per parameter version ----
+
+# parameter -> (state, {(metric, params): value}); state = (version counter, storage, device, dtype, precision).
+# In-place updates (optimiser steps, load_state_dict, re-init under no_grad) bump the version counter; writes
+# through ``param.data`` do not and are not seen (they bypass autograd's bookkeeping too).
+# Keyed by id() with a weak reference checked on lookup (tensors cannot be WeakKeyDictionary keys: their
+# ``==`` is elementwise); an entry goes away with its parameter.
+_WEIGHT_CACHE: dict[int, tuple[weakref.ref, tuple, dict]] = {}
+
+
+def _cache_for(param: torch.Tensor, state: tuple) -> dict:
+    entry = _WEIGHT_CACHE.get(id(param))
+    if entry is None or entry[0]() is not param or entry[1] != state:
+        key = id(param)
+        ref = weakref.ref(param, lambda _, key=key: _WEIGHT_CACHE.pop(key, None))
+        entry = (ref, state, {})
+        _WEIGHT_CACHE[key] = entry
+    return entry[2]
+
+
+def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping | None, names: set[str],
+                  opts: dict, precision: str) -> Pending:
+    """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged."""
+    wanted = [m for m in METRICS.names() if METRICS[m].needs == "weights" and (m in names or m == "nonfinite")]
+    spectra = SpectraBatch()
+    out: Pending = []
+    for layer in layers:
+        param = module.get_submodule(layer.module_name).weight
+        state = (param._version, param.data_ptr(), param.device, param.dtype, precision)
+        store = _cache_for(param, state)
+        view = None
+        values: dict[str, torch.Tensor] = {}
+        for m in wanted:
+            kw = opts[m]
+            key = (m, layer.rows, tuple(sorted(kw.items())))
+            if m not in REFERENCE_METRICS and key in store:
+                values[m] = store[key]
+                continue
+            if view is None:
+                view = WeightView(layer.weight(module), _reference_weight(reference, layer), spectra)
+            v = METRICS[m].impl(view, **kw)
+            if v is None:
+                continue
+            values[m] = v
+            if m not in REFERENCE_METRICS:
+                store[key] = v
+        broken = values["nonfinite"] > 0
+        for m, v in values.items():
+            if m != "nonfinite":
+                v = torch.where(broken, torch.full_like(v, float("nan")), v)
+            out.append((layer.name, m, v, None))
+    return out
+
+
+def _add_bad_units(pending: Pending, bad: dict[str, torch.Tensor]) -> Pending:
+    """``nonfinite`` = non-finite weight entries + units whose probe statistics were non-finite."""
+    return [(l, m, v + bad[l].sum() if m == "nonfinite" and l in bad else v, u) for l, m, v, u in pending]
+
+
+# ---- data metrics ----
 
 class _Probe:
-    """Hooks and accumulators of one diagnosis pass."""
+    """Accumulators and hooks of one diagnosis pass."""
 
-    def __init__(self, module: nn.Module, layers: list[LayerInfo], names: set[str], opts: dict, dev: torch.device):
-        self.module, self.layers, self.opts, self.dev = module, layers, opts, dev
-        want_act = names & ACT_METRICS
-        self.want_saturation = "saturation" in want_act
-        self.grads = bool(names & {"grad_norm", "grad_dormant"})
-        self.act = {l.name: ActivationStats(l.units, l.act_type, dev, want_act)
-                    for l in layers if want_act and l.act is not None}
-        self.rank = {l.name: FeatureRank(l.units, dev) for l in layers} if "feature_erank" in names else {}
-        self.gstats = {l.name: GradStats(l.units, dev) for l in layers} if "grad_dormant" in names else {}
-        self.want_grad_norm = "grad_norm" in names
-        self.by_call: dict[tuple[str, int], list[LayerInfo]] = defaultdict(list)
+    def __init__(self, module: nn.Module, layers: list[LayerInfo], names: set[str], opts: dict, dev: torch.device,
+                 precision: str):
+        self.module, self.layers, self.dev = module, layers, dev
+        self.autocast = precision == "fast" and dev.type == "cuda"
+        self.metrics = [m for m in METRICS.names() if m in names and METRICS[m].needs != "weights"]
+        self.acc: dict[str, dict[str, Accumulator]] = {}
         for l in layers:
-            if l.name in self.act:
-                self.by_call[(l.act, l.act_call)].append(l)
+            accs = {m: METRICS[m].impl(l, dev, **opts[m]) for m in self.metrics if METRICS[m].impl.applies(l)}
+            if accs:
+                self.acc[l.name] = accs
+        reads = {l: {h for a in accs.values() for h in a.hooks()} for l, accs in self.acc.items()}
+        self.pre = {l: [a for a in accs.values() if "pre" in a.hooks()] for l, accs in self.acc.items()}
+        self.post = {l: [a for a in accs.values() if "post" in a.hooks()] for l, accs in self.acc.items()}
+        self.out = {l: [a for a in accs.values() if "out" in a.hooks()] for l, accs in self.acc.items()}
+        self.grad = {l: [a for a in accs.values() if "grad" in a.hooks()] for l, accs in self.acc.items()}
+        self.wgrad = {l: [a for a in accs.values() if "wgrad" in a.hooks()] for l, accs in self.acc.items()}
+        self.grads = any(self.grad.values()) or any(self.wgrad.values())
+        self.check: dict[str, torch.Tensor] = {}  # per-unit |.| sums of what the layer's statistics read
+        self.by_call: dict[tuple[str, int], list[LayerInfo]] = defaultdict(list)
         self.by_module: dict[str, list[LayerInfo]] = defaultdict(list)
         for l in layers:
-            self.by_module[l.module_name].append(l)
+            r = reads.get(l.name, set())
+            if r & {"pre", "post"}:
+                self.by_call[(l.act, l.act_call)].append(l)
+            if r & {"out", "grad"}:
+                self.by_module[l.module_name].append(l)
         self.calls: dict[str, int] = {}
-        self.weights = {l.module_name: module.get_submodule(l.module_name).weight for l in layers}
-        self.grad_sums: dict[str, torch.Tensor] = {}
+        # output-gradient hooks need the backward to reach every layer: differentiate w.r.t. every weight
+        self.weights = {l.module_name: module.get_submodule(l.module_name).weight for l in layers} if self.grads else {}
+        self.bad_inputs = torch.zeros((), dtype=torch.int64, device=dev)
 
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
             mod = self.module.get_submodule(act)
-            if self.want_saturation:
+            if any(self.pre[l.name] for ls in self.by_call.values() for l in ls):
                 hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
             hooks.forward(mod, lambda m, args, out, act=act: self._post(act, out))
-        if self.rank or self.gstats:
-            for name, members in self.by_module.items():
-                hooks.forward(self.module.get_submodule(name),
-                              lambda m, args, out, members=members: self._layer_out(members, out, hooks))
+        for name, members in self.by_module.items():
+            hooks.forward(self.module.get_submodule(name),
+                          lambda m, args, out, members=members: self._layer_out(members, out, hooks))
+
+    def _check(self, l: LayerInfo, view: ActivationView) -> None:
+        s = view.abs_sum()
+        self.check[l.name] = s.clone() if l.name not in self.check else self.check[l.name].add_(s)
 
     def _pre(self, act: str, args: tuple) -> None:
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
-            if _fits(args[0], l):
-                self.act[l.name].update_pre(args[0].detach(), l.unit_dim)
+            if self.pre[l.name] and _fits(args[0], l):
+                view = ActivationView(args[0].detach(), l.unit_dim, l.act_type)
+                for a in self.pre[l.name]:
+                    a.update_pre(view)
+                if not self.post[l.name]:
+                    self._check(l, view)
 
     def _post(self, act: str, out: torch.Tensor) -> None:
         k = self.calls.get(act, 0)
         for l in self.by_call.get((act, k), ()):
-            if _fits(out, l):
-                self.act[l.name].update_post(out.detach(), l.unit_dim)
+            if self.post[l.name] and _fits(out, l):
+                view = ActivationView(out.detach(), l.unit_dim, l.act_type)
+                for a in self.post[l.name]:
+                    a.update(view)
+                self._check(l, view)
         self.calls[act] = k + 1
 
     def _layer_out(self, members: list[LayerInfo], out: torch.Tensor, hooks: HookSet) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
         for l in members:
-            if l.name in self.rank:
-                self.rank[l.name].update(_rows(out, l).detach(), l.unit_dim)
-            if l.name in self.gstats:
-                self.gstats[l.name].count(out, l.unit_dim)
-        if self.gstats and out.requires_grad and any(l.name in self.gstats for l in members):
+            for a in self.out[l.name]:
+                a.update_out(_rows(out, l).detach())
+        if out.requires_grad and any(self.grad[l.name] for l in members):
             hooks.tensor(out, lambda g, members=members: self._grad_out(members, g))
 
     def _grad_out(self, members: list[LayerInfo], g: torch.Tensor) -> None:
         for l in members:
-            if l.name in self.gstats:
-                self.gstats[l.name].add(_rows(g, l), l.unit_dim)
+            for a in self.grad[l.name]:
+                a.update_grad(_rows(g, l))
 
     def run(self, batches: Iterable, total: int, max_batches: int, progress) -> tuple[int, int]:
         done = samples = 0
@@ -156,19 +273,21 @@ class _Probe:
                 if done >= max_batches:
                     break
                 x = x.to(self.dev, non_blocking=True)
+                if x.is_floating_point():
+                    self.bad_inputs += torch.count_nonzero(~torch.isfinite(x))
                 self.calls.clear()
-                if self.grads:
-                    self._forward_backward(x, y)
-                else:
-                    with torch.no_grad():
-                        self.module(x)
+                with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
+                    if self.grads:
+                        self._forward_backward(x, y)
+                    else:
+                        with torch.no_grad():
+                            self.module(x)
                 done += 1
                 samples += x.shape[0]
                 if progress is not None:
                     progress(done, total)
         if done == 0:
             raise ValueError("diagnose: the data yielded no batches")
-        self.samples = samples
         return done, samples
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -180,33 +299,28 @@ class _Probe:
                 raise ValueError("gradient metrics need a model that returns (batch, classes) logits")
             y = y.to(self.dev, non_blocking=True).long()
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            params = list(self.weights.values())
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        if self.want_grad_norm:
-            for name, g in zip(self.weights, grads):
-                if g is None:
-                    continue
-                if name in self.grad_sums:
-                    self.grad_sums[name] += g.float()
-                else:
-                    self.grad_sums[name] = g.float().clone()
-
-    def finish(self) -> list[tuple[str, str, torch.Tensor, torch.Tensor | None]]:
-        out = []
-        tau, min_frac, gtau = self.opts["dormant"]["tau"], self.opts["dead"]["min_fraction"], self.opts["grad_dormant"]["tau"]
+            grads = dict(zip(self.weights, torch.autograd.grad(loss, list(self.weights.values()), allow_unused=True)))
         for l in self.layers:
-            if l.name in self.act:
-                for m, (v, u) in self.act[l.name].finish(tau, min_frac).items():
-                    out.append((l.name, m, v, u))
-            if l.name in self.rank and (r := self.rank[l.name].finish()) is not None:
-                out.append((l.name, "feature_erank", r, None))
-            if self.want_grad_norm:
-                g = self.grad_sums.get(l.module_name)
-                w = self.weights[l.module_name]
-                norm = (_weight_rows(g, l) / self.samples).norm() if g is not None else w.new_zeros((), dtype=torch.float32)
-                out.append((l.name, "grad_norm", norm, None))
-            if l.name in self.gstats and (r := self.gstats[l.name].finish(gtau)) is not None:
-                out.append((l.name, "grad_dormant", r[0], r[1]))
+            for a in self.wgrad.get(l.name, ()):
+                g = grads.get(l.module_name)
+                a.update_wgrad(None if g is None else _weight_rows(g, l), x.shape[0])
+
+    @property
+    def bad(self) -> dict[str, torch.Tensor]:
+        return {name: ~torch.isfinite(s) for name, s in self.check.items()}
+
+    def finish(self) -> Pending:
+        out: Pending = []
+        bad = self.bad
+        for m in self.metrics:
+            layers = [l for l in self.layers if m in self.acc.get(l.name, {})]
+            accs = [self.acc[l.name][m] for l in layers]
+            if not accs:
+                continue
+            results = type(accs[0]).finish_all(accs, [bad.get(l.name) for l in layers])
+            for l, r in zip(layers, results):
+                if r is not None:
+                    out.append((l.name, m, r[0], r[1]))
         return out
 
 
@@ -291,37 +405,40 @@ def _total(data: Any, max_batches: int) -> int:
         return max_batches
 
 
-def _assemble(pending, layers, names, opts, module, dev, batches, samples, start, has_ref) -> Diagnosis:
-    """One device-to-host transfer of every value and unit score, then the long table."""
-    parts = []
+def _assemble(pending: Pending, layers: list[LayerInfo], names: set[str], opts: dict, meta: dict,
+              bad_inputs: torch.Tensor | None, start: float) -> Diagnosis:
+    """One device-to-host transfer of every value and unit score, then the long table, the meta and the warning."""
+    parts = [torch.zeros(1, dtype=torch.float64) if bad_inputs is None else bad_inputs.reshape(1).double().cpu()]
     for _, _, v, u in pending:
-        parts.append(v.reshape(1).to(torch.float64))
+        parts.append(v.reshape(1).to(torch.float64).cpu())
         if u is not None:
-            parts.append(u.reshape(-1).to(torch.float64))
-    flat = torch.cat(parts).cpu().numpy() if parts else None
-    values, units, i = {}, {}, 0
+            parts.append(u.reshape(-1).to(torch.float64).cpu())
+    flat = torch.cat(parts).numpy() if len(parts) > 1 else parts[0].numpy()
+    n_inputs = int(flat[0])
+    values, units, i = {}, {}, 1
     for layer, m, _, u in pending:
         values[(layer, m)] = float(flat[i])
         i += 1
         if u is not None:
             units[(layer, m)] = flat[i:i + u.numel()].copy()
             i += u.numel()
-    computed = [m for m in METRICS.names() if any(k[1] == m for k in values)]
+    bad_layers = [l.name for l in layers if values.get((l.name, "nonfinite"), 0) > 0]
+    show_nonfinite = "nonfinite" in names or bad_layers
+    computed = [m for m in METRICS.names() if any(k[1] == m for k in values) and (m != "nonfinite" or show_nonfinite)]
     rows = [(l.name, m, values[(l.name, m)]) for l in layers for m in computed if (l.name, m) in values]
-    meta = {
+    weight_bad = sum(values[(l, m)] for (l, m) in values if m == "nonfinite")
+    meta.update({
         "metric_versions": {m: METRICS[m].version for m in computed},
         "metric_params": {m: opts[m] for m in computed if opts[m]},
-        "requested": sorted(names),
-        "model": type(module).__name__,
-        "batches": batches,
-        "samples": samples,
-        "device": str(dev),
+        "nonfinite": {"inputs": n_inputs, "layers": bad_layers, "per_layer_total": float(weight_bad)},
         "seconds": time.perf_counter() - start,
-        "reference": has_ref,
-        "plasticity_version": plasticity_core.__version__,
-        "torch_version": torch.__version__,
         "layers": [_layer_meta(l) for l in layers],
-    }
+    })
+    if n_inputs or bad_layers:
+        shown = ", ".join(bad_layers[:8]) + (f" and {len(bad_layers) - 8} more" if len(bad_layers) > 8 else "")
+        warnings.warn(f"diagnose: {n_inputs} non-finite input values; non-finite weights or statistics in "
+                      f"{len(bad_layers)} layer(s): {shown or 'none'}. Their metrics are partial or NaN (column "
+                      f"'nonfinite'); no recommendation is made from this diagnosis.", NonFiniteWarning, stacklevel=3)
     return Diagnosis.from_rows(rows, units, meta)
 
 

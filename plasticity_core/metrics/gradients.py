@@ -11,36 +11,70 @@ from __future__ import annotations
 
 import torch
 
-from plasticity_core.metrics.activations import DORMANT_TAU, reduce_dims, redo_scores
-from plasticity_core.metrics.base import register_metric
+from plasticity_core.metrics.activations import DORMANT_TAU, dormant_mask, reduce_dims, redo_scores
+from plasticity_core.metrics.base import Accumulator, masked_fraction, register_metric
 
-register_metric(
-    name="grad_norm", family="gradients", needs="gradients",
-    definition="||dL/dW||_F of the mean cross-entropy over the probe samples, current head (q/k/v: row block)",
+
+@register_metric(
+    "grad_norm", family="gradients", needs="gradients",
+    definition="||dL/dW||_F of the mean cross-entropy over the probe samples, current head (q/k/v: row block); "
+               "fp32 sums",
 )
-register_metric(
-    name="grad_dormant", family="gradients", needs="gradients", unit_level=True, defaults={"tau": DORMANT_TAU},
+class GradNorm(Accumulator):
+    reads = ("wgrad",)
+
+    def __init__(self, layer, device) -> None:
+        super().__init__(layer, device)
+        self.sum: torch.Tensor | None = None
+        self.samples = 0
+
+    @classmethod
+    def applies(cls, layer) -> bool:
+        return True
+
+    def update_wgrad(self, grad: torch.Tensor | None, samples: int) -> None:
+        self.samples += samples
+        if grad is None:  # no gradient reaches this layer: it stays 0, not absent
+            return
+        self.sum = grad.float().clone() if self.sum is None else self.sum.add_(grad.float())
+
+    def finish(self, bad):
+        if not self.samples:
+            return None
+        if self.sum is None:
+            return torch.zeros((), device=self.device), None
+        return (self.sum / self.samples).norm(), None
+
+
+@register_metric(
+    "grad_dormant", family="gradients", needs="gradients", unit_level=True, defaults={"tau": DORMANT_TAU}, version=2,
     definition="fraction of units with ReDo score of |dL/dh| <= tau, h = the layer's output, L = per-sample "
                "cross-entropy (conv: E over batch and space); units() gives the scores",
 )
+class GradDormant(Accumulator):
+    reads = ("out", "grad")
 
-
-class GradStats:
-    """Per-unit streaming sum of |dL/dh| for one layer (fp32 on the device)."""
-
-    def __init__(self, units: int, device: torch.device) -> None:
-        self.abs_sum = torch.zeros(units, dtype=torch.float32, device=device)
+    def __init__(self, layer, device, *, tau: float) -> None:
+        super().__init__(layer, device)
+        self.tau = tau
+        self.abs_sum = torch.zeros(layer.units, dtype=torch.float32, device=device)
         self.n = 0
 
-    def count(self, out: torch.Tensor, unit_dim: int) -> None:
+    @classmethod
+    def applies(cls, layer) -> bool:
+        return True
+
+    def update_out(self, out: torch.Tensor) -> None:
         """Count the inputs per unit at the forward, so a layer no gradient reaches scores 0, not nothing."""
-        self.n += out.numel() // out.shape[unit_dim]
+        self.n += out.numel() // out.shape[self.layer.unit_dim]
 
-    def add(self, g: torch.Tensor, unit_dim: int) -> None:
-        self.abs_sum += torch.linalg.vector_norm(g.detach().float(), ord=1, dim=reduce_dims(g, unit_dim))
+    def update_grad(self, grad: torch.Tensor) -> None:
+        self.abs_sum += torch.linalg.vector_norm(grad.detach().float(), ord=1, dim=reduce_dims(grad, self.layer.unit_dim))
 
-    def finish(self, tau: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def finish(self, bad):
         if not self.n:
             return None
-        score = redo_scores(self.abs_sum / self.n)
-        return (score <= tau).float().mean(), score
+        own = ~torch.isfinite(self.abs_sum)
+        bad = own if bad is None else bad | own
+        score = redo_scores(self.abs_sum / self.n, bad)
+        return masked_fraction(dormant_mask(score, self.tau), bad), score

@@ -1,15 +1,14 @@
 """ReDo (Sokar et al. 2023): recycle tau-dormant units, scored on the target data.
 
 A unit is tau-dormant when its ReDo score ``s_i = E|h_i| / mean_k E|h_k|`` (``diagnose`` metric "dormant") is
-``<= tau``. Each dormant unit gets fresh incoming weights (rescaled to the surviving rows' mean norm by
+``<= tau``: ``metrics.dormant_mask``, the one rule shared with the metric (tau = 0: score <= 0, dopamine's rule). Each dormant unit gets fresh incoming weights (rescaled to the surviving rows' mean norm by
 default), a zero incoming bias, a reset BatchNorm entry, and zero outgoing weights in its one consumer layer.
 Only layers with an explicit (in, out) unit pair inside a block are recycled; the residual stream,
 downsample convs, attention q/k/v and the head are skipped with the reason.
 """
 from __future__ import annotations
 
-import torch
-
+from plasticity_core.metrics.activations import dormant_mask
 from plasticity_core.reinit.base import Change, Context, Param, register
 from plasticity_core.reinit.fresh import consumer
 from plasticity_core.reinit.units import MAX_BATCHES_PARAM, SCALE_PARAM, diagnose_units, recycle, unit_scores
@@ -22,7 +21,7 @@ NO_PAIR = ("no explicit (in, out) unit pair: its output reaches the residual str
     "redo",
     "ReDo: units with score E|h_i|/mean_k E|h_k| <= tau on target data get fresh incoming and zero outgoing weights",
     (
-        Param("tau", "float", 0.025, "dormancy threshold on the ReDo score (paper default 0.025; 0 = exactly silent)", min=0.0),
+        Param("tau", "float", 0.025, "dormancy threshold: units with ReDo score <= tau (paper default 0.025; 0 = exactly silent, score <= 0)", min=0.0),
         SCALE_PARAM,
         MAX_BATCHES_PARAM,
     ),
@@ -40,8 +39,7 @@ def redo(ctx: Context) -> list[Change]:
             changes.append(Change(layer, skip=f"redo: {NO_PAIR}"))
             continue
         s = unit_scores(d, layer, "dormant")
-        dormant = torch.isclose(s, torch.zeros_like(s)) if p["tau"] == 0 else s <= p["tau"]
-        units = dormant.nonzero().flatten()
+        units = dormant_mask(s, p["tau"]).nonzero().flatten()
         if len(units) == 0:
             changes.append(Change(layer))
             continue

@@ -7,7 +7,6 @@ readers say ``failed``).
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -148,16 +147,16 @@ def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _St
 
         try:
             sinks.extend(_open_sinks(run, cfg))
-            kwargs: dict[str, Any] = {}
-            params = inspect.signature(finetune).parameters
-            if resuming and "checkpoint_dir" in params and "resume" in params:
-                kwargs.update(checkpoint_dir=run.path, resume=True)  # continue from the interrupted attempt's checkpoint
-            if resuming:
-                step = _checkpoint_step(run) if kwargs else 0
-                write({"type": "resume", "step": step, "time": None, "attempt": base["attempt"],
-                       "reason": "requeued; " + ("continuing from the checkpoint" if kwargs else "restarting from step 0")})
+            from plasticity_core.finetune import STATE_FILE
+
+            from_checkpoint = resuming and (run.path / STATE_FILE).exists()
+            if resuming and not from_checkpoint:  # the training loop emits its own resume event at the checkpoint's step
+                write({"type": "resume", "step": 0, "time": None, "attempt": base["attempt"],
+                       "reason": f"requeued; no checkpoint ({STATE_FILE}) in the folder, restarting from step 0 "
+                                 f"(finetune.checkpoint_every > 0 makes a requeued run continue instead)"})
             bb, data = load_inputs(cfg)
-            result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=write, stop=stopper, **kwargs)
+            result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=write, stop=stopper,
+                              checkpoint_dir=run.path, resume=from_checkpoint)
             summary = {**base, **result.summary()}
             if cfg.save_model and result.status == "finished":
                 save_checkpoint(bb.model, run.path / "model.safetensors")
@@ -187,18 +186,6 @@ def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _St
     summary["ended_at"] = time.time()
     _write_json(run.path / "summary.json", summary)
     return summary
-
-
-def _checkpoint_step(run: Run) -> int:
-    """The step the folder's checkpoint was taken at (0 when it has none)."""
-    for name in ("trainer_state.json", "checkpoint.json", "state.json"):
-        path = run.path / name
-        if path.is_file():
-            try:
-                return int(json.loads(path.read_text()).get("step", 0))
-            except (OSError, ValueError, AttributeError):
-                return 0
-    return 0
 
 
 def _floats(values: Iterable[float]) -> tuple[float, ...]:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from plasticity_core.config import ExperimentConfig, LaunchConfig
 from plasticity_core.registry import Registry
 from plasticity_core.runs.execute import execute_run
+from plasticity_core.runs.spec import LaunchError, MissingExtraError
 from plasticity_core.runs.store import ACTIVE, FINAL, Heartbeat, Run, RunStore, _read_json, _write_json, check_name
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
@@ -45,7 +46,7 @@ class ExecutorInfo:
     def check(self) -> None:
         """One-line error naming the extra when the backend is not installed."""
         if self.module and importlib.util.find_spec(self.module) is None:
-            raise ImportError(f"the {self.name} executor needs {self.module}: pip install 'plasticity-lab[{self.extra}]'")
+            raise MissingExtraError(f"the {self.name} executor needs {self.module}: pip install 'plasticity-lab[{self.extra}]'")
 
 
 EXECUTORS: Registry[ExecutorInfo] = Registry("executor")
@@ -332,7 +333,7 @@ def _prepare(config: ExperimentConfig | str | os.PathLike, executor: str | None,
 
         noops = noop_arms(config)
         if noops:
-            raise ValueError("refusing to launch arms that would do nothing (pass allow_noop=True / --allow-noop to "
+            raise LaunchError("refusing to launch arms that would do nothing (pass allow_noop=True / --allow-noop to "
                              "run them anyway): " + "; ".join(f"{arm}: {why}" for arm, why in noops.items()))
     return config
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from plasticity_core.registry import Registry
+from plasticity_core.runs.spec import MissingExtraError
 
 # event type -> {field: scalar tag}; the tags a reader finds in TensorBoard / MLflow
 SCALARS = {"step": {"loss": "train/loss", "lr": "train/lr"}, "eval": {"val_acc": "val/acc", "val_loss": "val/loss"}}
@@ -34,7 +35,7 @@ class SinkInfo:
         """One-line error naming the extra when the tracker's package is missing."""
         if importlib.util.find_spec(self.module) is None:
             what = f"'plasticity-lab[{self.extra}]'" if self.extra else self.module
-            raise ImportError(f"the {self.name} sink needs {self.module}: pip install {what}")
+            raise MissingExtraError(f"the {self.name} sink needs {self.module}: pip install {what}")
 
 
 SINKS: Registry[SinkInfo] = Registry("tracker sink")

@@ -9,6 +9,19 @@ from typing import Any, Sequence
 import yaml
 
 from plasticity_core.config import ConfigError, ExperimentConfig
+from plasticity_core.errors import UserError
+
+
+class LaunchError(UserError):
+    """A launch the tool refuses: its message names the input and what to do instead."""
+
+
+class MissingExtraError(LaunchError):
+    """An executor or tracker sink whose optional package is not installed (the message names the pip extra)."""
+
+
+class RunExistsError(LaunchError):
+    """The run or experiment folder is owned by another launch."""
 
 
 def slug(text: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
-from plasticity_core.runs.spec import check_experiment, expand_experiment, run_name, slug
+from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
 
 ROOT_ENV = "PLASTICITY_RUNS"  # overrides the default store root ./runs
 ACTIVE = ("queued", "running")
@@ -40,7 +40,7 @@ def default_root() -> Path:
 def check_name(kind: str, value: str) -> str:
     """A tag or folder name that stays inside the store: letters, digits, ``.``, ``_``, ``-``; no ``..``."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
-        raise ValueError(f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 128, "
+        raise LaunchError(f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 128, "
                          f"no '/' or '..'), since it names a folder inside the run store")
     return value
 
@@ -267,7 +267,7 @@ class RunStore:
         if only is not None:
             bad = [i for i in only if not 0 <= i < len(singles)]
             if bad:
-                raise IndexError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
+                raise LaunchError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
             singles = [singles[i] for i in only]
         self.root.mkdir(parents=True, exist_ok=True)
         base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
@@ -283,7 +283,7 @@ class RunStore:
                     if resume and self._same_config(folder, single):
                         runs.append(Run(folder))
                         continue
-                    raise FileExistsError(f"run folder {folder} exists already (another launch owns it); use another "
+                    raise RunExistsError(f"run folder {folder} exists already (another launch owns it); use another "
                                           f"tag{'' if resume else ', or resume it'}") from None
                 made.append(folder)
                 single.save(folder / ".config.yaml.tmp")
@@ -302,7 +302,7 @@ class RunStore:
     def _inside(self, path: Path) -> Path:
         root = self.root.resolve()
         if not path.resolve().is_relative_to(root):
-            raise ValueError(f"{path} would leave the run store {root}")
+            raise LaunchError(f"{path} would leave the run store {root}")
         return path
 
     def _claim_experiment(self, base: str, whole: bool, explicit: bool) -> Path:
@@ -318,9 +318,9 @@ class RunStore:
                 return exp_dir
             except FileExistsError:
                 if explicit:
-                    raise FileExistsError(f"experiment folder {exp_dir} exists already (another launch owns it); "
+                    raise RunExistsError(f"experiment folder {exp_dir} exists already (another launch owns it); "
                                           f"use another --tag") from None
-        raise FileExistsError(f"no free experiment folder for {base} under {self.root}")
+        raise RunExistsError(f"no free experiment folder for {base} under {self.root}")
 
     @staticmethod
     def _same_config(folder: Path, single: ExperimentConfig) -> bool:
