@@ -226,3 +226,17 @@ def test_low_data_run_saves_weights_that_load_back_as_a_file_backbone(tmp_path):
                               train_per_class=None, save_model=False)
     (cont,) = run_experiment(nxt, tmp_path / "runs", tag="p2")
     assert cont.status == "finished" and not (cont.path / "model.safetensors").exists()
+
+
+def test_compare_skips_a_corrupt_folder_and_names_it(tmp_path, capsys):
+    from plasticity_core.cli import main
+
+    runs = [_fake_run(tmp_path, "baseline", 0, [0.5, 0.8]), _fake_run(tmp_path, "fire", 0, [0.6, 0.9]),
+            _fake_run(tmp_path, "fire", 1, [0.7, 0.7])]
+    (runs[2].path / "config.yaml").write_text("arms: [not, a, mapping\n")  # a half-written or damaged config
+    t = compare_runs(runs)
+    assert list(t["arm"]) == ["baseline", "fire"] and list(t["n_seeds"]) == [1, 1]
+    assert list(t.attrs["skipped"]) == [str(runs[2].path)] and "ConfigError" in t.attrs["skipped"][str(runs[2].path)]
+    assert main(["compare", "--store", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "baseline" in captured.out and f"skipped {runs[2].path}: ConfigError" in captured.err
