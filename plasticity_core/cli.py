@@ -128,6 +128,8 @@ def cmd_diagnose(args) -> int:
     if bb.num_classes != data.num_classes:
         from plasticity_core.models import load_backbone
 
+        print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
+              f"diagnosing with a fresh {data.num_classes}-class head (gradient metrics use it)", file=sys.stderr)
         bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
