@@ -38,9 +38,9 @@ def test_arms_that_would_do_nothing_are_named_and_refused(tmp_path):
             "cbp": ReinitConfig(strategy="cbp", layers=["layer4*"], params={"maturity": 1, "replacement_rate": 0.5})}
     noops = noop_arms(_exp(arms))
     assert set(noops) == {"nothing", "late_cbp"}
-    assert "touches no unit or weight" in noops["nothing"] and "timm:test_resnet" in noops["nothing"]
+    assert noops["nothing"].startswith("fire on timm:test_resnet: ") and "no_such_layer" in noops["nothing"]
     assert "maturity 4 >= the run's 4 steps" in noops["late_cbp"]
-    with pytest.raises(LaunchError, match="refusing to launch arms that would do nothing.*nothing: fire touches no unit"):
+    with pytest.raises(LaunchError, match="refusing to launch arms that would do nothing.*nothing: fire on timm:test_resnet"):
         run_experiment(_exp(arms), RunStore(tmp_path), tag="x")
     assert not (tmp_path / "n-x").exists()  # refused before any folder was claimed
     (run,) = run_experiment(_exp({"late_cbp": arms["late_cbp"]}), RunStore(tmp_path), tag="y", allow_noop=True)

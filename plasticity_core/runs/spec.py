@@ -106,9 +106,10 @@ def total_steps(config: ExperimentConfig, n_train: int) -> int:
 def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None) -> dict[str, str]:
     """Arms that would do nothing, each with the reason: ``{arm: reason}`` (empty when every arm acts).
 
-    An arm does nothing when its re-init touches no unit or weight of the loaded backbone (previewed on a copy with
-    the real data, once per arm), or when it is ``cbp`` with a ``maturity`` at or beyond the run's total steps (no
-    unit ever becomes eligible for replacement). The baseline (no re-init) is never a no-op: it is the control.
+    An arm does nothing when its patterns reach no layer its strategy acts on, or it is ``cbp`` that can never
+    replace a unit (``maturity`` at or beyond the run's total steps, or a zero rate): ``reinit.noop_reason`` on the
+    layer map; or when its re-init, previewed on a copy of the loaded backbone with the real data (once per arm),
+    touches no unit or weight (e.g. ``redo`` finding no dormant unit). The baseline (no re-init) is never a no-op: it is the control.
     ``backbone``/``data``: already loaded inputs (else loaded as a run would load them).
     """
     arms = {a: r for a, r in config.arms.items() if r is not None}
@@ -118,23 +119,17 @@ def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None) 
         from plasticity_core.runs.execute import load_inputs
 
         backbone, data = load_inputs(config)
-    from plasticity_core.reinit import preview_reinit
+    from plasticity_core.reinit import noop_reason, preview_reinit
 
     model = getattr(backbone, "model", backbone)
     steps = total_steps(config, len(data.train))
     out: dict[str, str] = {}
     for arm, reinit in arms.items():
-        if reinit.strategy == "cbp" and int(reinit.params.get("maturity", 0)) >= steps:
-            out[arm] = (f"cbp maturity {reinit.params['maturity']} >= the run's {steps} steps: no unit ever becomes "
-                        f"eligible, so nothing is replaced; lower params.maturity or train longer")
-            continue
-        report = preview_reinit(model, dataclasses.replace(reinit, recalibrate_bn=False), data=data.train)
-        totals = report.summary()
-        if reinit.strategy != "cbp" and totals["units"] == 0 and totals["weights"] == 0:
-            skipped = report.skipped.head(3).to_dict("records")
-            why = "; ".join(f"{r.get('layer')}: {r.get('reason')}" for r in skipped) if skipped else \
-                f"layers {reinit.layers} select nothing it acts on"
-            out[arm] = f"{reinit.strategy} touches no unit or weight on {config.backbone} ({why})"
-        elif reinit.strategy == "cbp" and totals["layers"] == 0 and not report.resolved_layers:
-            out[arm] = f"cbp arms no layer on {config.backbone} (layers {reinit.layers})"
+        why = noop_reason(model, reinit, steps)  # from the layer map: nothing selected, cbp that never replaces
+        if why is None and reinit.strategy != "cbp":  # on the real data: e.g. redo/targeted scoring no unit
+            totals = preview_reinit(model, dataclasses.replace(reinit, recalibrate_bn=False), data=data.train).summary()
+            if totals["units"] == 0 and totals["weights"] == 0:
+                why = "its preview on the loaded backbone and data touches no unit or weight"
+        if why:
+            out[arm] = f"{reinit.strategy} on {config.backbone}: {why}"
     return out
