@@ -30,9 +30,14 @@ PAGES = [
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(PAGES)
+if error := st.session_state.pop("restore_error", None):
+    st.warning(error)
 page.run()
+state.save()
 with st.sidebar:  # after the page, so that it shows what the page just loaded or selected
     loaded = st.session_state.get("loaded_setup")
     st.caption(f"Backbone: `{loaded['backbone']}`  \nData: `{loaded['data']}` at {loaded['image_size']} px"
                if loaded else "Nothing loaded yet")
     st.caption(f"Selected layers: {len(st.session_state['selected_layers'])}")
+    st.caption(f"Workspace `{st.session_state['ws_restored']}`: saved under the runs folder; reloading this URL "
+               "restores it.")

@@ -24,6 +24,9 @@ ENTRY_SPELLINGS: dict[str, dict[str, str]] = {
         "image_size=": "--image-size ",
         "device='cpu'": "--device cpu",
         "arch=": "--arch ",
+        "val_fraction must": "--val-fraction must",
+        "image_size must": "--image-size must",
+        "max_batches must": "--batches must",
     },
     "dashboard": {
         "pretrained=False": "untick 'Pretrained weights' in Setup",

@@ -218,6 +218,9 @@ def test_dashboard_and_python_spellings_of_the_same_error():
     assert "--random-init" in user_message(e, "cli") and "--arch 'timm:x'" in user_message(e, "cli")
     assert "untick 'Pretrained weights'" in user_message(e, "dashboard")
     assert for_entry("use image_size=224", "cli") == "use --image-size 224"
+    assert for_entry("max_batches must be >= 1, got 0", "cli") == "--batches must be >= 1, got 0"
+    assert for_entry("ReinitConfig.params.max_batches (strategy 'redo')", "cli") == \
+        "ReinitConfig.params.max_batches (strategy 'redo')"  # a config field keeps its name
 
 
 def test_bugs_are_not_dressed_up_as_user_errors():
@@ -231,3 +234,14 @@ def test_bugs_are_not_dressed_up_as_user_errors():
         assert user_message(e) is None  # a ValueError from a dependency's guts
     assert user_message(FileNotFoundError(2, "No such file or directory", "/x/y.yaml")) == \
         "/x/y.yaml: no such file or folder; check the path"
+
+
+def test_dashboard_spelling_names_the_real_checkbox():
+    """The dashboard hint must name the checkbox the Setup page really shows."""
+    from pathlib import Path
+
+    from plasticity_core.errors import ENTRY_SPELLINGS
+
+    label = ENTRY_SPELLINGS["dashboard"]["pretrained=False"].split("'")[1]
+    setup = (Path(__file__).resolve().parents[1] / "dashboard" / "app_pages" / "setup.py").read_text()
+    assert f'st.checkbox("{label}"' in setup

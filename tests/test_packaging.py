@@ -71,6 +71,17 @@ def test_wheel_carries_the_dashboard_and_the_version(venv, tmp_path):
     assert app.is_relative_to(venv) and app.name == "app.py" and (app.parent / "app_pages" / "setup.py").is_file()
 
 
+def test_installed_dashboard_renders_its_first_page(venv, tmp_path):
+    """Health alone does not run the app: run the installed app.py (Setup page, tiny preset) with AppTest."""
+    code = ("from plasticity_core.dashboard.testing import APP, tiny_app, no_exception; "
+            "at = tiny_app(); no_exception(at); print(APP); print(len(at.dataframe))")
+    proc = subprocess.run([venv / "bin" / "python", "-c", code], capture_output=True, text=True, env=_env(),
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    app, tables = proc.stdout.split()[-2:]
+    assert Path(app).is_relative_to(venv) and int(tables) >= 1  # the loaded model's layer table is shown
+
+
 def test_plasticity_layers_from_an_empty_folder(venv, tmp_path):
     proc = subprocess.run([venv / "bin" / "plasticity", "layers", "--model", "timm:test_resnet", "--random-init"],
                           capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
@@ -96,11 +107,16 @@ def _listeners(port: int) -> list[str]:
     return found
 
 
-def _descendants(pid: int) -> list[int]:
+def _group(pgid: int) -> list[int]:
+    """Processes of the process group ``pgid`` (the dashboard was started in its own session)."""
     out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            out += [int(child), *_descendants(int(child))]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    out.append(int(entry.name))
+            except ProcessLookupError:
+                pass
     return out
 
 
@@ -124,7 +140,7 @@ def test_plasticity_dashboard_serves_on_localhost_only_from_any_folder(venv, tmp
         listening = _listeners(port)
         assert listening and set(listening) == {"0100007F"}, listening  # 127.0.0.1, and no IPv4/IPv6 wildcard
         cmdlines = []
-        for pid in _descendants(proc.pid):
+        for pid in _group(proc.pid):
             try:
                 cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
             except FileNotFoundError:
