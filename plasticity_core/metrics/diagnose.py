@@ -223,7 +223,7 @@ class _Probe:
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
             mod = self.module.get_submodule(act)
-            if any(self.pre[l.name] for ls in self.by_call.values() for l in ls):
+            if any(self.pre[l.name] for (a, _), ls in self.by_call.items() if a == act for l in ls):
                 hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
             hooks.forward(mod, lambda m, args, out, act=act: self._post(act, out))
         for name, members in self.by_module.items():
