@@ -134,3 +134,36 @@ def test_sigkill_leaves_no_run_in_a_non_final_state(tmp_path):
             os.killpg(handle.pid, signal.SIGKILL)
     assert second.status == "failed" and "no heartbeat from its worker" in second.summary()["reason"]
     assert third.status == "cancelled" and "its launcher" in third.summary()["reason"]
+
+
+def test_a_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    import submitit
+
+    from plasticity_core.runs import read_events
+    from plasticity_core.runs.executors import SlurmTask
+
+    cfg = _exp(seeds=(0,), steps=100_000, arms={"baseline": None})
+    cfg.finetune.checkpoint_every, cfg.finetune.save_optimizer, cfg.finetune.eval_every = 5, True, 1000
+    (run,) = RunStore(tmp_path).create(cfg, tag="pre")
+    executor = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster="local")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(SlurmTask(), str(run.path.resolve()))  # what the slurm executor submits per run
+    try:
+        _wait(lambda: any(e["step"] >= 12 for e in run.events("step")), 180, "checkpointed steps")
+        os.kill(_heartbeat_pid(run), signal.SIGUSR2)  # Slurm's preemption / time-limit signal to the task
+        _wait(lambda: run.events("resume"), 180, "the requeued attempt to resume")
+        _wait(lambda: len(run.events("step")) > run.events("resume")[0]["step"] + 2, 120, "steps after the resume")
+        run.request_stop()
+        job.result()
+    finally:
+        job.cancel(check=False)
+        if run.raw_summary()["status"] == "running":
+            os.kill(_heartbeat_pid(run), signal.SIGKILL)
+    s = run.summary()
+    assert s["status"] == "stopped" and s["attempt"] == 2, s
+    raw = [e["type"] for e in read_events(run.path / "metrics.jsonl")]
+    assert raw.count("start") == 2 and "requeued" in raw and raw.index("requeued") < raw.index("resume")
+    resumed = run.events("resume")[0]["step"]
+    assert resumed >= 10 and resumed % 5 == 0  # from the last checkpoint, not from step 0
+    steps = [e["step"] for e in run.events("step")]
+    assert steps == list(range(1, len(steps) + 1))  # one curve: the interrupted attempt's extra steps are superseded

@@ -21,6 +21,15 @@ from plasticity_core.config import ExperimentConfig
 from plasticity_core.runs.store import FINAL, Heartbeat, Run, _write_json
 
 
+_REQUEUE: dict[str, bool] = {"pending": False}  # set by a cluster task's checkpoint hook just before it exits
+
+
+def requeue_pending() -> None:
+    """Called by a preempted cluster task (submitit's ``checkpoint``) before its process exits to be requeued: the
+    run's folder then says ``queued`` (requeued) instead of ``failed``, and the next attempt resumes it."""
+    _REQUEUE["pending"] = True
+
+
 class Terminated(BaseException):
     """Raised in a worker by SIGTERM (a scheduler or ``RunHandle.stop`` ending it), so the folder says so."""
 
@@ -93,6 +102,7 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     previous = run.raw_summary()
     if previous.get("status") in FINAL:
         return previous
+    _REQUEUE["pending"] = False
     if previous.get("status") == "running" and not resume and not previous.get("stale") and run.status == "running":
         raise RuntimeError(f"{run.path} is already running ({previous.get('host')} pid {previous.get('pid')}); "
                            f"pass resume=True to take it over")
@@ -117,8 +127,8 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
         _write_json(run.path / "summary.json", summary)
         return summary
     with Heartbeat(run.path / "heartbeat.json", cfg.launch.heartbeat_s, attempt=attempt) as heartbeat:
-        return _execute(run, cfg, base, stopper, heartbeat, on_event, resume and previous.get("status") == "running",
-                        finetune, save_checkpoint)
+        resuming = resume and (previous.get("status") == "running" or bool(previous.get("requeued")))
+        return _execute(run, cfg, base, stopper, heartbeat, on_event, resuming, finetune, save_checkpoint)
 
 
 def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _StopFile, heartbeat: Heartbeat,
@@ -161,6 +171,13 @@ def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _St
             if cfg.save_model and result.status == "finished":
                 save_checkpoint(bb.model, run.path / "model.safetensors")
         except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
+            if isinstance(e, SystemExit) and _REQUEUE["pending"]:  # preempted: the scheduler runs it again
+                step = heartbeat.fields.get("step")
+                reason = f"preempted or timed out at step {step}; requeued, the next attempt resumes from the folder"
+                log.write(json.dumps({"type": "requeued", "step": step, "time": None, "reason": reason}) + "\n")
+                _write_json(run.path / "summary.json", {**base, "status": "queued", "requeued": True, "reason": reason,
+                                                        "launcher": None})
+                raise
             tb = traceback.format_exc()
             interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, Terminated) and stopper.is_set())
             reason = ("stop requested; " + str(e) if isinstance(e, Terminated) else "interrupted (SIGINT / Ctrl-C)") \

@@ -274,6 +274,9 @@ class SlurmTask:
     def checkpoint(self, folder: str) -> Any:
         import submitit
 
+        from plasticity_core.runs.execute import requeue_pending
+
+        requeue_pending()
         return submitit.helpers.DelayedSubmission(SlurmTask(), folder)
 
 
