@@ -1,9 +1,10 @@
 """Shared plumbing of the studies: run an ``ExperimentConfig``, summarise the runs, write tables and plots.
 
-Every study builds a ``plasticity_core.ExperimentConfig`` and hands it to ``run_experiment`` here, which goes
-through the same library calls as the dashboard (``load_backbone`` -> ``load_dataset`` -> ``finetune`` with the
-arm's ``ReinitConfig``), one run per arm x seed. For a given seed every arm gets the same head init, the same data
-split and the same batch order, so arms differ only by the intervention (reference/calibration.md).
+Every study builds ``plasticity_core.ExperimentConfig`` objects and runs them with ``run`` here, i.e. through
+``plasticity_core.runs.run_experiment``: the same run folders the dashboard and ``plasticity finetune --config`` write.
+For a given seed every arm gets the same head init, the same data split and the same batch order, so arms differ
+only by the intervention (docs/methods.md, Study protocol). ``paired`` gives the per-seed difference to the baseline,
+``scale_flags`` the shared command-line flags that size a study (image size, steps, batch, data, device).
 """
 from __future__ import annotations
 
@@ -42,75 +43,62 @@ class Run:
     wall_s: float
     reinit: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    folder: str = ""  # the run folder it was read from
 
     def steps_to(self, threshold: float) -> int | None:
         return next((s for s, a in self.curve if a >= threshold), None)
 
 
 def load_data(exp: ExperimentConfig, data_config: dict | None = None) -> DataBundle:
-    """The experiment's dataset at its image size, split with ``SPLIT_SEED`` (same split for every seed)."""
+    """The experiment's data exactly as its runs see it: split seed ``SPLIT_SEED``, limit, per-class train subset."""
     return pc.load_dataset(exp.data, image_size=exp.finetune.image_size, val_fraction=exp.val_fraction,
-                           seed=SPLIT_SEED, limit=exp.data_limit, data_config=data_config)
+                           seed=SPLIT_SEED, limit=exp.data_limit, data_config=data_config,
+                           train_per_class=exp.train_per_class)
 
 
-def run_experiment(exp: ExperimentConfig, arch: str | None = None, data: DataBundle | None = None,
-                   after: Callable[[torch.nn.Module, DataBundle, str, int], dict] | None = None,
-                   log: Callable[[str], None] = print) -> list[Run]:
-    """Every arm x seed of ``exp``: load the backbone (head init seeded), fine-tune with the arm's re-init.
-
-    ``arch`` (default: the config's ``arch``) is passed to ``load_backbone`` for ``file:`` backbones; ``data`` replaces the experiment's dataset
-    (used by phase 1 of the warm-start study, a subset no data spec can name). ``after(model, data, arm, seed)``
-    may return extra numbers measured on the trained model (e.g. a diagnosis), stored in ``Run.extra``.
-    """
-    arch = arch or getattr(exp, "arch", None)
-    if data is None:
-        probe = pc.load_backbone(exp.backbone, pretrained=exp.pretrained, arch=arch)
-        data = load_data(exp, probe.data_config)
-        del probe
-    runs = []
-    for seed in exp.seeds:
-        for arm, reinit in exp.arms.items():
-            torch.manual_seed(seed)  # the fresh head (or the fresh network) is the same in every arm of a seed
-            bb = pc.load_backbone(exp.backbone, pretrained=exp.pretrained, arch=arch, num_classes=data.num_classes)
-            cfg = dataclasses.replace(exp.finetune, seed=seed)
-            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed)
-            t0 = time.perf_counter()
-            result = pc.finetune(bb.model, data, cfg, reinit=arm_cfg)
-            if result.status != "finished":
-                raise RuntimeError(f"{exp.name} arm {arm!r} seed {seed} ended {result.status}: {result.reason}")
-            run = Run(arm=arm, seed=seed, status=result.status, final_acc=float(result.final_val_acc),
-                      best_acc=float(result.best_val_acc), curve=[(e["step"], e["val_acc"]) for e in result.evals],
-                      wall_s=time.perf_counter() - t0,
-                      reinit=None if result.reinit is None else result.reinit.summary())
-            if after is not None:
-                run.extra = after(bb.model, data, arm, seed) or {}
-            log(f"  {exp.name} {arm:>14s} seed {seed}: final {run.final_acc:.3f} best {run.best_acc:.3f} "
-                f"({run.wall_s:.0f} s)")
-            runs.append(run)
-    return runs
-
-
-def run_with_store(exp: ExperimentConfig, out: Path, log: Callable[[str], None] = print) -> list[Run]:
-    """Every arm x seed through ``plasticity_core.runs.run_experiment`` (the dashboard's and the CLI's path),
-    writing run folders under ``out/runs``; returns the runs read back from their folders."""
+def run(exp: ExperimentConfig, out: Path, log: Callable[[str], None] = print) -> list[Run]:
+    """Every arm x seed of ``exp`` through ``plasticity_core.runs.run_experiment`` (the dashboard's and the CLI's
+    path), run folders under ``out/runs``; returns the runs read back from their folders (``Run.folder``)."""
     from plasticity_core import runs as pc_runs
 
     folders = pc_runs.run_experiment(exp, store=out / "runs", tag=time.strftime("%Y%m%d-%H%M%S"))
     runs = []
     for f in folders:
         summary, evals = f.summary(), f.events("eval")
-        if summary.get("status") != "finished":
-            raise RuntimeError(f"{exp.name} run {f.name} ended {summary.get('status')}: {summary.get('reason')}")
+        if summary.get("status") != "finished" or not evals:
+            raise RuntimeError(f"{exp.name} run {f.path} ended {summary.get('status')}: {summary.get('reason')}")
         reinit = next((e["summary"] for e in f.events("reinit")), None)
         diag = [e["rows"] for e in f.events("diagnosis")]
-        run = Run(arm=f.arm, seed=f.seed, status=summary["status"], final_acc=float(evals[-1]["val_acc"]),
-                  best_acc=max(float(e["val_acc"]) for e in evals), curve=[(e["step"], e["val_acc"]) for e in evals],
-                  wall_s=float(summary.get("wall_time_s") or math.nan), reinit=reinit,
-                  extra={"last_diagnosis": diag[-1] if diag else []})
-        log(f"  {exp.name} {run.arm:>22s} seed {run.seed}: final {run.final_acc:.3f} best {run.best_acc:.3f} "
-            f"({run.wall_s:.0f} s)")
-        runs.append(run)
+        r = Run(arm=f.arm, seed=f.seed, status=summary["status"], final_acc=float(evals[-1]["val_acc"]),
+                best_acc=max(float(e["val_acc"]) for e in evals), curve=[(e["step"], e["val_acc"]) for e in evals],
+                wall_s=float(summary.get("wall_time_s") or math.nan), reinit=reinit,
+                extra={"last_diagnosis": diag[-1] if diag else []}, folder=str(f.path))
+        log(f"  {exp.name} {r.arm:>22s} seed {r.seed}: final {r.final_acc:.3f} best {r.best_acc:.3f} ({r.wall_s:.0f} s)")
+        runs.append(r)
     return runs
+
+
+def paired(runs: list[Run], arm: str, baseline: str) -> tuple[float, float, list[float]]:
+    """Per-seed differences of final accuracy (arm - baseline, same seed), their mean and standard error."""
+    base = {r.seed: r.final_acc for r in runs if r.arm == baseline}
+    diffs = [r.final_acc - base[r.seed] for r in sorted(runs, key=lambda r: r.seed) if r.arm == arm and r.seed in base]
+    if not diffs:
+        return math.nan, math.nan, []
+    d = np.array(diffs)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan, diffs
+
+
+def paired_markdown(runs: list[Run], baseline: str) -> str:
+    """One row per arm: mean paired difference to the baseline ± its SE (points), the per-seed differences, and
+    whether it is beyond 2 SE."""
+    lines = ["| arm | paired diff vs baseline (points, mean ± SE) | per-seed diffs | beyond 2 SE |", "|---|---|---|---|"]
+    for arm in dict.fromkeys(r.arm for r in runs):
+        if arm == baseline:
+            continue
+        d, se, diffs = paired(runs, arm, baseline)
+        beyond = "n/a (1 seed)" if math.isnan(se) else ("yes" if abs(d) > 2 * se else "no")
+        lines.append(f"| {arm} | {d * 100:+.1f} ± {se * 100:.1f} | {', '.join(f'{x * 100:+.1f}' for x in diffs)} | {beyond} |")
+    return "\n".join(lines)
 
 
 def summarise(runs: list[Run], baseline: str) -> pd.DataFrame:
@@ -270,12 +258,53 @@ def plot_bars(frame: pd.DataFrame, path: Path, title: str, ylabel: str) -> bool:
     return True
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, scale: bool = False, per_class: bool = False) -> argparse.ArgumentParser:
+    """--quick, --out, --seeds; with ``scale`` the flags that size a study (``apply_scale`` reads them)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="smoke test of the whole path in seconds (tiny scale)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default experiments/results/<study>[-quick])")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    if scale:
+        p.add_argument("--data", help="dataset spec, e.g. 'torchvision:DTD?root=~/data&download=1'")
+        p.add_argument("--backbone", help="backbone spec, e.g. timm:resnet18 or bundled:mobilenetv2_100")
+        p.add_argument("--image-size", type=int, help="input side in pixels (native: 224)")
+        p.add_argument("--steps", type=int, help="SGD/AdamW steps (warm-up 10 %%, eval every 1/10 of the run)")
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--data-limit", type=int, help="images kept before the train/val split (0: all)")
+        p.add_argument("--val-fraction", type=float, help="fraction of the kept images in the val split")
+        p.add_argument("--eval-batches", type=int, help="val batches per eval during training (0: the whole val split)")
+        p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    if per_class:
+        p.add_argument("--per-class", type=int, help="labelled train images per class (low-data mode; val unchanged)")
     return p
+
+
+def apply_scale(s: dict, args: argparse.Namespace) -> dict:
+    """The mode's settings (``data``, ``backbone``, ``data_limit``, ``val_fraction``, ``train_per_class``, ``seeds``,
+    ``finetune``) with the command line's overrides; ``--steps`` also resets warm-up (10 %) and eval spacing."""
+    s = dict(s)
+    if args.seeds:
+        s["seeds"] = args.seeds
+    for key in ("data", "backbone", "val_fraction"):
+        if getattr(args, key, None) is not None:
+            s[key] = getattr(args, key)
+    if getattr(args, "data_limit", None) is not None:
+        s["data_limit"] = args.data_limit or None
+    if getattr(args, "per_class", None) is not None:
+        s["train_per_class"] = args.per_class
+    ft = {}
+    if getattr(args, "steps", None):
+        ft.update(steps=args.steps, warmup_steps=max(1, args.steps // 10), eval_every=max(1, args.steps // 10))
+        if s["finetune"].diagnose_every:
+            ft["diagnose_every"] = args.steps
+    for key in ("batch_size", "image_size", "lr", "device"):
+        if getattr(args, key, None) is not None:
+            ft[key] = getattr(args, key)
+    if getattr(args, "eval_batches", None) is not None:
+        ft["eval_batches"] = args.eval_batches or None
+    s["finetune"] = dataclasses.replace(s["finetune"], **ft)
+    return s
 
 
 def out_dir(args: argparse.Namespace, study: str) -> Path:

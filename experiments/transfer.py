@@ -9,10 +9,14 @@ model is diagnosed again on the val split (study 3 reads those numbers).
 
     python experiments/transfer.py            # full CPU scale (see experiments/README.md for the time)
     python experiments/transfer.py --quick    # smoke test of the whole path
+    python experiments/transfer.py --image-size 224 --data-limit 3000 --steps 200 --batch-size 64 --lr 0.02
+                                              # native resolution (the issue's H100 protocol)
+    python experiments/transfer.py --per-class 10 --data-limit 3000 --val-fraction 0.5   # low-data mode
 """
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig  # noqa: E402
+from plasticity_core.finetune import resolve_device  # noqa: E402
 
 STUDY = "transfer"
 BASELINE = "baseline"
@@ -35,28 +40,33 @@ PAPER_TEXT = ("2603.20860 reports faster transfer after re-initialising saturate
 def settings(quick: bool) -> dict:
     """Scale of one mode (the full mode is sized for <= ~8 min on 2 free CPU cores)."""
     if quick:
-        return dict(data_limit=200, seeds=[0], probe_batches=1, cbp=dict(maturity=2),
+        return dict(data="bundled:animal-silhouettes", backbone="bundled:mobilenetv2_100", val_fraction=0.2,
+                    train_per_class=None, data_limit=200, seeds=[0], probe_batches=1, cbp=dict(maturity=2),
                     finetune=FinetuneConfig(steps=4, batch_size=16, optimizer="sgd", lr=0.02, weight_decay=5e-4,
                                             warmup_steps=1, image_size=32, eval_every=2, device="auto",
                                             diagnose_every=4, diagnose_metrics=AFTER_METRICS))
-    return dict(data_limit=2000, seeds=[0, 1, 2], probe_batches=8, cbp=dict(maturity=20),
+    return dict(data="bundled:animal-silhouettes", backbone="bundled:mobilenetv2_100", val_fraction=0.2,
+                train_per_class=None, data_limit=2000, seeds=[0, 1, 2], probe_batches=8, cbp=dict(maturity=20),
                 finetune=FinetuneConfig(steps=150, batch_size=32, optimizer="sgd", lr=0.02, weight_decay=5e-4,
                                         warmup_steps=15, image_size=64, eval_every=15, device="auto",
                                         diagnose_every=150, diagnose_metrics=AFTER_METRICS))
 
 
-def base_experiment(s: dict) -> ExperimentConfig:
-    return ExperimentConfig(name=STUDY, backbone="bundled:mobilenetv2_100", pretrained=True,
-                            data="bundled:animal-silhouettes", data_limit=s["data_limit"], finetune=s["finetune"],
-                            arms={BASELINE: None}, seeds=s["seeds"])
+def base_experiment(s: dict, name: str = STUDY) -> ExperimentConfig:
+    return ExperimentConfig(name=name, backbone=s.get("backbone", "bundled:mobilenetv2_100"), pretrained=True,
+                            data=s.get("data", "bundled:animal-silhouettes"), data_limit=s["data_limit"],
+                            val_fraction=s.get("val_fraction", 0.2), train_per_class=s.get("train_per_class"),
+                            finetune=s["finetune"], arms={BASELINE: None}, seeds=s["seeds"])
 
 
 def recommend(exp: ExperimentConfig, s: dict, out: Path | None = None):
     """Diagnose the pretrained backbone (seed-0 head) on the target train split (saved under ``out``); advise."""
+    probe = common.pc.load_backbone(exp.backbone, pretrained=True)
+    data = common.load_data(exp, probe.data_config)
     torch.manual_seed(0)
-    bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=10)
-    data = common.load_data(exp, bb.data_config)
-    d = common.pc.diagnose(bb, data.train, max_batches=s["probe_batches"])
+    bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=data.num_classes)
+    d = common.pc.diagnose(bb, data.train, max_batches=s["probe_batches"],
+                         device=resolve_device(exp.finetune.device))
     if out is not None:
         d.save(out / "diagnosis_pretrained.parquet")
     return d.recommend(), data
@@ -95,48 +105,56 @@ def after_means(run: common.Run, layers: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = common.parser(__doc__.splitlines()[0], scale=True, per_class=True).parse_args(argv)
+    args.command = shlex.join(["python", "experiments/transfer.py", *argv])
     out = common.out_dir(args, STUDY)
-    s = settings(args.quick)
-    if args.seeds:
-        s["seeds"] = args.seeds
+    s = common.apply_scale(settings(args.quick), args)
     t0 = time.perf_counter()
     exp = base_experiment(s)
     rec, data = recommend(exp, s, out)
     print(f"{STUDY}: recommend -> {rec.strategy} {rec.params} on {len(rec.layers)} layers: {rec.reason}")
     exp.arms = arms(rec, s)
     exp.save(out / "config.yaml")
-    runs = common.run_with_store(exp, out)
+    runs = common.run(exp, out)
     for r in runs:
         r.extra = after_means(r, rec.layers)
-    write(out, args, exp, rec, runs, time.perf_counter() - t0)
+    write(out, args, exp, rec, runs, time.perf_counter() - t0, s["probe_batches"], data.num_classes)
     return out
 
 
-def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float) -> None:
+def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float, probe_batches: int,
+          num_classes: int) -> None:
     table = common.summarise(runs, BASELINE)
     common.save_runs(runs, out)
     (out / "recommendation.json").write_text(json.dumps(rec.to_dict(), indent=2, default=str))
     after = pd.DataFrame([{"arm": r.arm, "seed": r.seed, **r.extra} for r in runs]).groupby("arm", sort=False).mean(numeric_only=True)
     after = after.drop(columns="seed")
     after.to_csv(out / "diagnosis_after.csv")
-    plotted = common.plot_curves(runs, out / "curves.png", "MobileNetV2 (ImageNet) -> animal silhouettes, 64 px"
-                                 if not args.quick else "transfer --quick", table.attrs["threshold"])
     ft = exp.finetune
+    plotted = common.plot_curves(runs, out / "curves.png", f"{exp.backbone} -> {exp.data}, {ft.image_size} px"
+                                 if not args.quick else "transfer --quick", table.attrs["threshold"])
+    per_class = f", {exp.train_per_class} train images per class" if exp.train_per_class else ""
+    evals = (f"val accuracy every {ft.eval_every} steps on the whole val split" if ft.eval_batches is None else
+             f"val accuracy every {ft.eval_every} steps on the first {ft.eval_batches} val batches, final eval on the "
+             "whole val split")
     lines = [
         "# Study 2: transfer to an atypical target", "",
-        f"Command: `python experiments/transfer.py{' --quick' if args.quick else ''}`. {common.scale_note(args, seconds)}",
-        f"`{exp.backbone}` (real ImageNet weights, fresh 10-class head) on `{exp.data}` limited to {exp.data_limit} "
-        f"images (80/20 split) at {ft.image_size} px; {ft.steps} steps, batch {ft.batch_size}, SGD momentum "
-        f"{ft.momentum} lr {ft.lr:g} wd {ft.weight_decay:g}, warm-up {ft.warmup_steps} + cosine to 0; seeds {exp.seeds}.",
+        f"Command: `{args.command}`. {common.scale_note(args, seconds)}",
+        f"`{exp.backbone}` (pretrained, fresh {num_classes}-class head) on `{exp.data}` limited to "
+        f"{exp.data_limit or 'all'} images ({1 - exp.val_fraction:.0%}/{exp.val_fraction:.0%} train/val split{per_class}) "
+        f"at {ft.image_size} px; {ft.steps} steps, batch {ft.batch_size}, {ft.optimizer} (momentum {ft.momentum}) lr "
+        f"{ft.lr:g} wd {ft.weight_decay:g}, warm-up {ft.warmup_steps} + cosine to 0; {evals}; seeds {exp.seeds}.",
         "", "## What the diagnosis recommended", "",
-        f"`Diagnosis.recommend()` on the pretrained backbone ({s_batches(args)} probe batches of the target train "
+        f"`Diagnosis.recommend()` on the pretrained backbone ({probe_batches} probe batches of the target train "
         f"split): **{rec.strategy}** {rec.params} on {len(rec.layers)} layer(s): {', '.join(f'`{l}`' for l in rec.layers)}.",
         f"Reason given: {rec.reason}", "",
         "## Val accuracy after the step budget", "", common.markdown_table(table), "",
         f"Steps to reach: first eval step with val accuracy >= {common.REACH:.0%} of the baseline's mean best "
         f"({table.attrs['threshold'] * 100:.1f} %).", "", "## Against the paper", "",
         *[common.verdict(table, arm, BASELINE, 1, PAPER_TEXT) for arm in table["arm"] if arm != BASELINE], "",
+        "Paired by seed (each arm minus the baseline of the same seed: same head init, data and batch order):", "",
+        common.paired_markdown(runs, BASELINE), "",
         "## Diagnosis after fine-tuning (mean over the recommended layers `sel_` / all layers `all_`)", "",
         "From the snapshot `finetune` takes at the last step (`diagnose_every`): its probe is the first 2 batches of "
         "the val split (a seeded random, stratified order: all classes appear); the same images for every arm.", "",
@@ -145,10 +163,6 @@ def write(out: Path, args, exp: ExperimentConfig, rec, runs, seconds: float) -> 
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print((out / "results.md").read_text())
-
-
-def s_batches(args) -> int:
-    return settings(args.quick)["probe_batches"]
 
 
 if __name__ == "__main__":

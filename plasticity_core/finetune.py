@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from plasticity_core.config import FinetuneConfig, ReinitConfig
+from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
 from plasticity_core.data import DeviceSplit, TrainBatches, eval_batches, plan_data_path
 
 Event = dict[str, Any]
@@ -162,6 +162,13 @@ def _memory_format(device: torch.device, cfg: FinetuneConfig) -> torch.memory_fo
     return torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
 
 
+def check_batch_size(model: nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot train on batches of one image (its batch statistics are that image): refuse, naming the fix."""
+    if batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}); "
+                          f"use batch_size >= 2, 16 or more is usual")
+
+
 def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitConfig | None = None,
              on_event: Callable[[Event], None] | None = None, stop: StopFlag | None = None,
              log_every: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RunResult:
@@ -180,6 +187,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         raise TypeError(f"cfg must be a FinetuneConfig, got {type(cfg).__name__}")
     if reinit is not None and not isinstance(reinit, ReinitConfig):
         raise TypeError(f"reinit must be a ReinitConfig or None, got {type(reinit).__name__}")
+    check_batch_size(model, cfg.batch_size)
     if checkpoint_dir is None and (cfg.checkpoint != "none" or cfg.checkpoint_every or resume):
         raise ValueError(f"checkpoint={cfg.checkpoint!r}, checkpoint_every={cfg.checkpoint_every} and resume={resume} "
                          "need checkpoint_dir= (the folder for model.safetensors and state.pt)")

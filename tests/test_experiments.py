@@ -55,6 +55,14 @@ def test_warm_start_quick(tmp_path):
     assert "fresh vs warm" in text
     for name in ("phase1", "phase2", "fresh"):
         assert (out / f"config-{name}.yaml").exists()
+    # both phases are run folders; phase 2 starts from the weights the phase-1 run of its seed saved
+    from plasticity_core.runs import Run
+
+    p1, warm = Run(by_arm["phase1"]["folder"]), Run(by_arm["warm"]["folder"])
+    assert p1.config.save_model and p1.config.train_per_class == 2  # 10 % of the 24 train images per class
+    assert p1.events("start")[0]["batches_per_epoch"] == 1  # 20 images, batch 16
+    assert warm.config.backbone == f"file:{p1.path / 'model.safetensors'}" and warm.config.arch == "timm:test_resnet"
+    assert (p1.path / "model.safetensors").is_file()
     _png(out / "curves.png")
 
 
@@ -62,7 +70,7 @@ def test_warm_start_quick(tmp_path):
 def test_transfer_quick(tmp_path):
     import transfer
 
-    out = transfer.main(["--quick", "--out", str(tmp_path)])
+    out = transfer.main(["--quick", "--out", str(tmp_path), "--per-class", "8", "--eval-batches", "1"])
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["layers"] and rec["strategy"] in {"fire", "reset", "redo", "targeted"}
     runs = _runs(out)
@@ -76,7 +84,30 @@ def test_transfer_quick(tmp_path):
     after = pd.read_csv(out / "diagnosis_after.csv", index_col=0)
     assert set(after.index) == arms
     assert (out / "diagnosis_pretrained.parquet").exists()
+    from plasticity_core.runs import Run
+
+    run = Run(fire["folder"])  # the low-data flags reach every run's config and data
+    assert run.config.train_per_class == 8 and run.config.finetune.eval_batches == 1
+    assert run.events("start")[0]["batches_per_epoch"] == 80 // 16
+    assert "--per-class 8" in (out / "results.md").read_text()
     _png(out / "curves.png")
+
+
+@pytest.mark.assets
+def test_where_it_helps_quick(tmp_path):
+    import where_it_helps
+
+    out = where_it_helps.main(["--quick", "--out", str(tmp_path)])
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and set(runs.arm) == {"baseline", "fire"} and set(runs.per_class) == {3}
+    piv = runs.pivot(index="seed", columns="arm", values="final_acc")
+    diff = piv["fire"] - piv["baseline"]  # paired by seed, computed here independently
+    row = pd.read_csv(out / "table.csv").iloc[0]
+    assert row["fire_diff"] == pytest.approx(diff.mean())
+    assert row["fire_se"] == pytest.approx(diff.std(ddof=1) / math.sqrt(2))
+    assert row["baseline_mean"] == pytest.approx(piv["baseline"].mean())
+    assert "| 32 | 3 | 2 |" in (out / "results.md").read_text()
+    _png(out / "paired_diff.png")
 
 
 @pytest.mark.assets
@@ -114,6 +145,28 @@ def test_summarise_by_hand():
     assert d == pytest.approx(0.0) and se == pytest.approx(math.sqrt(0.02 / 2 + 0.08 / 2))
 
 
+def test_paired_difference_by_hand():
+    runs = [_run("base", 0, [(5, 0.50)]), _run("base", 1, [(5, 0.70)]), _run("base", 2, [(5, 0.60)]),
+            _run("x", 0, [(5, 0.55)]), _run("x", 1, [(5, 0.70)]), _run("x", 2, [(5, 0.70)])]
+    d, se, diffs = common.paired(runs, "x", "base")
+    assert diffs == pytest.approx([0.05, 0.0, 0.10]) and d == pytest.approx(0.05)
+    assert se == pytest.approx(0.05 / math.sqrt(3))  # sample std of (0.05, 0, 0.1) is 0.05
+    assert "| x | +5.0 ± 2.9 | +5.0, +0.0, +10.0 | no |" in common.paired_markdown(runs, "base")
+
+
+def test_scale_flags_override_the_mode():
+    from plasticity_core.config import FinetuneConfig
+
+    args = common.parser("t", scale=True, per_class=True).parse_args(
+        ["--image-size", "224", "--steps", "200", "--batch-size", "64", "--lr", "0.02", "--data-limit", "0",
+         "--per-class", "5", "--eval-batches", "4", "--device", "cpu", "--seeds", "3", "4"])
+    s = common.apply_scale({"data_limit": 2000, "seeds": [0], "finetune": FinetuneConfig(diagnose_every=150)}, args)
+    ft = s["finetune"]
+    assert (ft.image_size, ft.steps, ft.batch_size, ft.lr, ft.device) == (224, 200, 64, 0.02, "cpu")
+    assert (ft.warmup_steps, ft.eval_every, ft.eval_batches, ft.diagnose_every) == (20, 20, 4, 200)
+    assert s["data_limit"] is None and s["train_per_class"] == 5 and s["seeds"] == [3, 4]
+
+
 def test_verdict_calls_noise_and_sign():
     t = pd.DataFrame([{"arm": "b", "n": 3, "final_mean": 0.70, "final_std": 0.01},
                       {"arm": "up", "n": 3, "final_mean": 0.80, "final_std": 0.01},
@@ -122,23 +175,3 @@ def test_verdict_calls_noise_and_sign():
     assert "same sign" in common.verdict(t, "up", "b", 1, "p")
     assert "OPPOSITE" in common.verdict(t, "down", "b", 1, "p")
     assert "within noise" in common.verdict(t, "same", "b", 1, "p")
-
-
-def test_own_runner_matches_the_run_store_path(tmp_path):
-    """The warm-start study runs phase 2 with ``common.run_experiment`` (``runs.py`` cannot load a ``file:`` backbone
-    without ``arch``); on an experiment both can run it must give bit-identical accuracies to the dashboard's path.
-    ``runs.execute_run`` normalises with the backbone's statistics (test_resnet: mean = std = 0.5), so the data is
-    given that way."""
-    from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
-
-    exp = ExperimentConfig(name="eq", backbone="timm:test_resnet", pretrained=False,
-                           data="synthetic:classes=4,n=96,size=32", finetune=FinetuneConfig(
-                               steps=4, batch_size=16, lr=0.05, warmup_steps=1, image_size=32, eval_every=2, device="cpu"),
-                           arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer*"])}, seeds=[0, 1])
-    data = common.pc.load_dataset(exp.data, image_size=32, seed=common.SPLIT_SEED, mean=(0.5,) * 3, std=(0.5,) * 3)
-    mine = {(r.arm, r.seed): r.curve for r in common.run_experiment(exp, data=data, log=lambda _: None)}
-    store = {(r.arm, r.seed): r.curve for r in common.run_with_store(exp, tmp_path, log=lambda _: None)}
-    assert mine.keys() == store.keys() == {(a, s) for a in ("baseline", "fire") for s in (0, 1)}
-    for key in mine:
-        assert [tuple(p) for p in store[key]] == [tuple(p) for p in mine[key]]
-    assert mine[("fire", 0)] != mine[("baseline", 0)]  # the arms really differ
