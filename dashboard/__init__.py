@@ -1,1 +1,2 @@
-"""The Streamlit dashboard of Plasticity Lab: ``streamlit run dashboard/app.py``. All computation is in plasticity_core."""
+"""The Streamlit dashboard of Plasticity Lab: ``streamlit run dashboard/app.py`` from a checkout, ``plasticity dashboard``
+anywhere (the wheel ships this folder as ``plasticity_core.dashboard``). All computation is in plasticity_core."""

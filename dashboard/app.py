@@ -3,12 +3,17 @@
 Backbone and data (Setup) -> per-layer diagnosis (Diagnose) -> re-init preview (Re-init) -> background
 fine-tunes with live curves (Fine-tune) -> the exported config (Export). Pages only call plasticity_core.
 """
+import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, the pages import dashboard.*
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+if (HERE.parent / "plasticity_core").is_dir() and str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # a checkout: plasticity_core sits next to dashboard/
+if "dashboard" not in sys.modules:  # the pages import dashboard.*: this folder, in a checkout or inside the wheel
+    _spec = importlib.util.spec_from_file_location("dashboard", HERE / "__init__.py", submodule_search_locations=[str(HERE)])
+    sys.modules["dashboard"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["dashboard"])
 
 import streamlit as st  # noqa: E402
 
@@ -25,9 +30,14 @@ PAGES = [
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(PAGES)
+if error := st.session_state.pop("restore_error", None):
+    st.warning(error)
 page.run()
+state.save()
 with st.sidebar:  # after the page, so that it shows what the page just loaded or selected
     loaded = st.session_state.get("loaded_setup")
     st.caption(f"Backbone: `{loaded['backbone']}`  \nData: `{loaded['data']}` at {loaded['image_size']} px"
                if loaded else "Nothing loaded yet")
     st.caption(f"Selected layers: {len(st.session_state['selected_layers'])}")
+    st.caption(f"Workspace `{st.session_state['ws_restored']}`: saved under the runs folder; reloading this URL "
+               "restores it.")

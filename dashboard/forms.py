@@ -89,6 +89,18 @@ def dataset_picker(setup: dict[str, Any]) -> str:
     return "synthetic:" + st.text_input("Synthetic options", value=keep or "classes=4,n=256,size=32", key="w_data_syn")
 
 
+def strategy_picker(key: str, label: str = "Strategy") -> str:
+    """A strategy selectbox bound to the session's one chosen strategy (shared by Diagnose and Re-init)."""
+    names = pc.STRATEGIES.names()
+    current = st.session_state.get("strategy")
+    if current not in names:
+        current = names[0]
+    st.session_state["strategy"] = current
+    if st.session_state.get(key) != current:  # another page (or a recommendation) changed it
+        st.session_state[key] = current
+    return st.selectbox(label, names, key=key, on_change=lambda: st.session_state.update(strategy=st.session_state[key]))
+
+
 def strategy_params(info: Any, current: dict[str, Any], key: str) -> dict[str, Any]:
     """One widget per declared parameter of a strategy (type, range, choices, help and default from the registry)."""
     values = {}
@@ -120,6 +132,22 @@ def _step(value: float) -> float:
     """A tenth of the value's order of magnitude (0.01 for zero): sensible +/- steps for any parameter."""
     v = abs(float(value))
     return 0.01 if v == 0 else 10.0 ** (math.floor(math.log10(v)) - 1)
+
+
+def kept(key: str, default: Any) -> Any:
+    """The value widget ``key`` had when this workspace last drew it (``state.save`` records them), else ``default``."""
+    value = st.session_state.get("form", {}).get(key, default)
+    return type(default)(value) if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None else value
+
+
+def executors() -> dict[str, str]:
+    """Where runs can execute: name -> label (only what is installed here)."""
+    return {"process": "this machine (background process)"}
+
+
+def launch(experiment: pc.ExperimentConfig, store: pc.RunStore, executor: str, allow_noop: bool = False) -> Any:
+    """Start the experiment's runs in the background on ``executor``; returns the run handle."""
+    return pc.start_run(experiment, store, executor=executor, allow_noop=allow_noop)
 
 
 def errors() -> tuple[type[BaseException], ...]:

@@ -4,11 +4,18 @@ Pretrained weights are loaded once per process and shared read-only (``st.cache_
 session works on its own copy (a session-scoped resource, freed when the session ends). Datasets are cached
 once per (spec, size, limit, normalisation). Page results (diagnosis, selection, re-init config, runs) live in
 ``st.session_state`` under plain keys, never under widget keys, so they survive page switches.
+
+The workspace (setup, diagnosis, selection, strategy, preview, form values) is also written under the runs root,
+``<runs>/.workspaces/<id>/``, after every script run; ``?ws=<id>`` in the URL names it, so a browser reload
+(a new session) restores it instead of starting over.
 """
 from __future__ import annotations
 
 import gc
+import json
 import os
+import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,12 @@ DEFAULT_SETUP: dict[str, Any] = {
     "device": "cpu",
 }
 RUNS_ENV = "PLASTICITY_RUNS"
+WS_PARAM = "ws"
+FORM_PREFIXES = ("w_ft_",)  # widget keys whose values are kept in the workspace's "form"
+NOT_KEPT = ("w_ft_anyway", "w_ft_experiment")
+# plain session keys that make up the workspace (JSON-able); diagnosis, preview and re-init config have own files
+PERSISTED = ("setup", "loaded_setup", "selected_layers", "diag_metrics", "diag_batches", "strategy", "strategy_params",
+             "form", "experiment")
 
 
 @dataclass
@@ -48,10 +61,89 @@ class Loaded:
 
 
 def init() -> None:
-    """Default session keys (called by the entry script before any page)."""
+    """Default session keys, and the workspace named in the URL restored once per session (called by the entry
+    script before any page)."""
+    ws = workspace_id()
+    if st.session_state.get("ws_restored") != ws:
+        restore(ws)
+        st.session_state["ws_restored"] = ws
     st.session_state.setdefault("setup", dict(DEFAULT_SETUP))
     st.session_state.setdefault("selected_layers", [])
-    st.session_state.setdefault("exclude_patterns", [])
+    st.session_state.setdefault("form", {})
+
+
+def workspace_id() -> str:
+    """The workspace named by ``?ws=`` (a new one when absent or malformed); always written back into the URL."""
+    ws = st.query_params.get(WS_PARAM) or st.session_state.get("ws_restored") or ""
+    if not re.fullmatch(r"[0-9a-f]{8,32}", ws):
+        ws = uuid.uuid4().hex[:12]
+    if st.query_params.get(WS_PARAM) != ws:
+        st.query_params[WS_PARAM] = ws
+    return ws
+
+
+def workspace_dir(ws: str) -> Path:
+    return runs_root() / ".workspaces" / ws
+
+
+def restore(ws: str) -> bool:
+    """Load a saved workspace into this session (True if one was found). A broken file is reported, not fatal."""
+    folder = workspace_dir(ws)
+    path = folder / "workspace.json"
+    if not path.exists():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+        for key in PERSISTED:
+            if key in saved:
+                st.session_state[key] = saved[key]
+        if (folder / "diagnosis.parquet").exists():
+            st.session_state["diagnosis"] = pc.Diagnosis.load(folder / "diagnosis.parquet")
+            st.session_state["saved_diagnosis"] = id(st.session_state["diagnosis"])
+        if (folder / "reinit_config.yaml").exists():
+            st.session_state["reinit_cfg"] = pc.ReinitConfig.from_yaml((folder / "reinit_config.yaml").read_text())
+        if (folder / "preview.json").exists():
+            st.session_state["preview"] = pc.ReinitReport.from_dict(json.loads((folder / "preview.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, pc.ConfigError) as e:
+        st.session_state["restore_error"] = f"Workspace {ws} could not be restored ({type(e).__name__}: {e}); starting fresh."
+        return False
+    return True
+
+
+def save() -> None:
+    """Write the session's workspace (called at the end of every script run; files only rewritten when changed)."""
+    folder = workspace_dir(st.session_state.get("ws_restored") or workspace_id())
+    folder.mkdir(parents=True, exist_ok=True)
+    form = st.session_state.setdefault("form", {})
+    for key, value in st.session_state.items():  # widget values of the forms that must survive leaving the page
+        if isinstance(key, str) and key.startswith(FORM_PREFIXES) and key not in NOT_KEPT and _plain(value):
+            form[key] = value
+    data = {k: st.session_state[k] for k in PERSISTED if k in st.session_state}
+    _write_if_changed(folder / "workspace.json", json.dumps(data, indent=1, sort_keys=True, default=str))
+    diagnosis = st.session_state.get("diagnosis")
+    if diagnosis is None:
+        (folder / "diagnosis.parquet").unlink(missing_ok=True)
+    elif st.session_state.get("saved_diagnosis") != id(diagnosis):
+        diagnosis.save(folder / "diagnosis.parquet")
+        st.session_state["saved_diagnosis"] = id(diagnosis)
+    cfg, preview = st.session_state.get("reinit_cfg"), st.session_state.get("preview")
+    for name, text in (("reinit_config.yaml", cfg.to_yaml() if cfg is not None else None),
+                       ("preview.json", json.dumps(preview.to_dict(), default=str) if preview is not None else None)):
+        if text is None:
+            (folder / name).unlink(missing_ok=True)
+        else:
+            _write_if_changed(folder / name, text)
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str)) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def devices() -> list[str]:
@@ -107,9 +199,25 @@ def load(setup: dict[str, Any], step=lambda msg: None) -> Loaded:
 
 
 def loaded() -> Loaded | None:
-    """The session's loaded setup (cache hits after the first load), or None before Setup succeeded."""
+    """The session's loaded setup (cache hits after the first load), or None before Setup succeeded.
+
+    A restored setup that no longer loads (a moved checkpoint, a deleted folder) is dropped with the reason,
+    which Setup shows; it is never silently replaced by another model.
+    """
     setup = st.session_state.get("loaded_setup")
-    return None if setup is None else load(setup)
+    if setup is None:
+        return None
+    try:
+        return load(setup)
+    except Exception as e:  # noqa: BLE001 - shown on Setup as the library's one-line message
+        st.session_state.pop("loaded_setup", None)
+        st.session_state["setup_error"] = f"Could not reload {setup['backbone']} on {setup['data']}: {message(e)}"
+        return None
+
+
+def message(e: BaseException) -> str:
+    """The one-line message a user sees for an expected failure (the library's wording, dashboard spellings)."""
+    return pc.user_message(e, "dashboard") or f"{type(e).__name__}: {e}"
 
 
 def require_loaded() -> Loaded:
@@ -125,7 +233,7 @@ def require_loaded() -> Loaded:
 def commit_loaded(result: Loaded) -> None:
     """Make ``result`` the session's setup; results computed on another setup are dropped."""
     if st.session_state.get("loaded_setup") != result.setup:
-        for key in ("diagnosis", "preview", "reinit_cfg", "recommendation"):
+        for key in ("diagnosis", "preview", "reinit_cfg", "recommendation", "strategy_params"):
             st.session_state.pop(key, None)
         st.session_state["selected_layers"] = []
     st.session_state["loaded_setup"] = result.setup

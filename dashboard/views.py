@@ -7,6 +7,8 @@ scatter's ``point_index`` and ``cells[i]`` says which (layer, metric) that is.
 from __future__ import annotations
 
 import re
+import shlex
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,8 +17,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-ARM_COLOURS = ["#636e72", "#2f6f4f", "#c0392b", "#2c7fb8", "#d68910", "#8e44ad", "#16a085"]
-CELL_PX = 15
+# Okabe-Ito, colour-blind safe; the baseline is always grey and each strategy keeps its colour everywhere
+BASELINE_COLOUR = "#7f7f7f"
+STRATEGY_COLOURS = {"fire": "#0072B2", "reset": "#D55E00", "shrink_perturb": "#009E73", "redo": "#E69F00",
+                    "cbp": "#CC79A7", "targeted": "#56B4E9"}
+SPARE_COLOURS = ["#000000", "#F0E442", "#882255", "#44AA99"]
+CELL_PX = 20  # one heatmap row: fits a 12 px label with room to spare
+LABEL_PX = 12
+CELLS_TRACE = 3  # index of the selectable scatter trace (after the three heatmap traces)
+WORSE_SCALE = [[0.0, "#f7f7f7"], [0.5, "#f4a582"], [1.0, "#b2182b"]]  # light = better, dark red = worse
+NEUTRAL_SCALE = [[0.0, "#f7fbff"], [1.0, "#2166ac"]]  # neither better nor worse: low -> high in blue
 
 
 def stage_of(group: str) -> str:
@@ -36,44 +46,95 @@ def normalise_columns(wide: pd.DataFrame) -> pd.DataFrame:
     return (wide - lo) / span
 
 
-def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[str, str],
-            selected: Sequence[str] = ()) -> tuple[go.Figure, list[tuple[str, str]]]:
-    """Layers (rows, network order, stage bands) x metrics (columns), coloured per-metric normalised.
-
-    Returns the figure and ``cells``: the (layer, metric) of each point of the selectable scatter trace.
-    Selected layers get an outline.
-    """
-    layers, metrics = list(wide.index), list(wide.columns)
+def badness(wide: pd.DataFrame, worse: Mapping[str, str | None]) -> pd.DataFrame:
+    """Per metric, 0 = the best layer and 1 = the worst ("high" metrics as is, "low" metrics flipped); metrics with
+    no direction keep low -> high."""
     norm = normalise_columns(wide)
+    for m in norm.columns:
+        if worse.get(m) == "low":
+            norm[m] = 1 - norm[m]
+    return norm
+
+
+def constant_columns(wide: pd.DataFrame) -> dict[str, str]:
+    """Metrics with the same value in every layer (or no value at all): metric -> what that value is."""
+    out = {}
+    for m in wide.columns:
+        col = wide[m].dropna()
+        if col.empty:
+            out[m] = "n/a for every layer"
+        elif col.nunique() == 1:
+            out[m] = f"{_fmt(col.iloc[0])} in every layer" + (f" ({wide[m].isna().sum()} n/a)" if wide[m].isna().any() else "")
+    return out
+
+
+def _wrap(text: str, width: int = 56) -> str:
+    return "<br>".join(textwrap.wrap(text, width)) if text else ""
+
+
+def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[str, str],
+            selected: Sequence[str] = (), worse: Mapping[str, str | None] | None = None,
+            plain: Mapping[str, str] | None = None) -> tuple[go.Figure, list[tuple[str, str]]]:
+    """Layers (rows, network order, stage bands) x metrics (columns), coloured so that worse is always darker red.
+
+    Metrics with a direction (``worse[m]`` "high" or "low") share one red scale: per metric the best layer is
+    white, the worst dark red. Metrics without one (norms, movement from pretrained) use a blue low -> high scale.
+    n/a cells (a metric that does not apply to a layer) are grey and say n/a. Returns the figure and ``cells``:
+    the (layer, metric) of each point of the selectable scatter trace. Selected layers get an outline.
+    """
+    worse, plain = dict(worse or {}), dict(plain or {})
+    layers, metrics = list(wide.index), list(wide.columns)
+    norm = badness(wide, worse)
     cells, xs, ys, custom = [], [], [], []
     for i, layer in enumerate(layers):
         for j, metric in enumerate(metrics):
             cells.append((layer, metric))
             xs.append(j)
             ys.append(i)
-            raw, scaled = wide.iat[i, j], norm.iat[i, j]
-            custom.append([layer, stages.get(layer, ""), metric, _fmt(raw), _fmt(scaled), definitions.get(metric, "")])
+            raw = wide.iat[i, j]
+            direction = {"high": "higher is worse", "low": "lower is worse"}.get(worse.get(metric), "neither good nor bad")
+            note = "n/a: this metric does not apply to this layer" if _fmt(raw) == "n/a" else direction
+            custom.append([layer, stages.get(layer, ""), metric, _fmt(raw), note,
+                           _wrap(plain.get(metric) or definitions.get(metric, ""))])
+    directed = [j for j, m in enumerate(metrics) if worse.get(m) in ("high", "low")]
+    neutral = [j for j, m in enumerate(metrics) if worse.get(m) not in ("high", "low")]
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(z=norm.to_numpy(float), x=list(range(len(metrics))), y=list(range(len(layers))),
-                             colorscale="Viridis", zmin=0, zmax=1, hoverinfo="skip", xgap=1, ygap=1,
-                             colorbar=dict(title="per-metric<br>min→max", thickness=12)))
+    for cols, scale, title, bar_y in ((directed, WORSE_SCALE, "worse →<br>(per metric)", 0.75),
+                                      (neutral, NEUTRAL_SCALE, "low → high<br>(no direction)", 0.25)):
+        z = np.full(norm.shape, np.nan)
+        z[:, cols] = norm.to_numpy(float)[:, cols]
+        fig.add_trace(go.Heatmap(z=z, x=list(range(len(metrics))), y=list(range(len(layers))), colorscale=scale,
+                                 zmin=0, zmax=1, hoverinfo="skip", xgap=1, ygap=1, showscale=bool(cols),
+                                 colorbar=dict(title=dict(text=title, font=dict(size=11)), thickness=10, len=0.45,
+                                               y=bar_y, tickvals=[0, 1], ticktext=["best", "worst"] if scale is WORSE_SCALE else ["low", "high"])))
+    missing = np.where(np.isnan(norm.to_numpy(float)), 1.0, np.nan)
+    fig.add_trace(go.Heatmap(z=missing, x=list(range(len(metrics))), y=list(range(len(layers))), zmin=0, zmax=1,
+                             colorscale=[[0, "#d9d9d9"], [1, "#d9d9d9"]], showscale=False, hoverinfo="skip", xgap=1, ygap=1))
     fig.add_trace(go.Scatter(
         x=xs, y=ys, mode="markers", customdata=custom, showlegend=False, name="cells",
-        marker=dict(symbol="square", size=CELL_PX - 3, opacity=0), selected=dict(marker=dict(opacity=0)),
+        marker=dict(symbol="square", size=CELL_PX, opacity=0), selected=dict(marker=dict(opacity=0)),
         unselected=dict(marker=dict(opacity=0)),
-        hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} = %{customdata[3]}"
-                      " (normalised %{customdata[4]})<br><i>%{customdata[5]}</i><extra></extra>"))
+        hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]} = <b>%{customdata[3]}</b>"
+                      " · %{customdata[4]}<br><i>%{customdata[5]}</i><extra></extra>"))
+    na = [(j, i) for i in range(len(layers)) for j in range(len(metrics)) if np.isnan(norm.iat[i, j])]
+    if na:
+        fig.add_trace(go.Scatter(x=[j for j, _ in na], y=[i for _, i in na], mode="text", text=["n/a"] * len(na),
+                                 textfont=dict(size=10, color="#555"), hoverinfo="skip", showlegend=False, name="n/a"))
     _stage_bands(fig, layers, stages, len(metrics))
     for name in selected:
         if name in layers:
             i = layers.index(name)
             fig.add_shape(type="rect", x0=-0.5, x1=len(metrics) - 0.5, y0=i - 0.5, y1=i + 0.5,
-                          line=dict(color="#e74c3c", width=2))
+                          line=dict(color="#000000", width=2))
     fig.update_layout(
-        height=max(320, CELL_PX * len(layers) + 170), margin=dict(l=10, r=10, t=90, b=10), dragmode="select",
-        clickmode="event+select", hovermode="closest",
-        xaxis=dict(tickvals=list(range(len(metrics))), ticktext=metrics, side="top", tickangle=-30),
-        yaxis=dict(tickvals=list(range(len(layers))), ticktext=layers, autorange="reversed", tickfont=dict(size=10)),
+        height=max(360, CELL_PX * len(layers) + 150), margin=dict(l=10, r=10, t=110, b=10),
+        dragmode="zoom",  # Streamlit turns click-to-select off while dragmode is select or lasso; the toolbar has both
+        clickmode="event+select", hovermode="closest", plot_bgcolor="white",
+        hoverlabel=dict(font=dict(size=12), align="left", namelength=-1),
+        xaxis=dict(tickvals=list(range(len(metrics))), ticktext=metrics, side="top", tickangle=-35,
+                   tickfont=dict(size=LABEL_PX), showgrid=False, zeroline=False),
+        yaxis=dict(tickvals=list(range(len(layers))), ticktext=layers, autorange="reversed",
+                   tickfont=dict(size=LABEL_PX), showgrid=False, zeroline=False),
     )
     return fig, cells
 
@@ -98,14 +159,24 @@ def _fmt(v: Any) -> str:
 
 def layers_from_selection(selection: Mapping[str, Any] | None, cells: Sequence[tuple[str, str]],
                           order: Sequence[str]) -> list[str]:
-    """The layers touched by a Plotly selection event (clicked points, a box or a lasso), in network order."""
+    """The layers touched by a Plotly selection event (clicked points, a box or a lasso), in network order.
+
+    A box or lasso reports the scatter points inside it; a click reports the clicked point, and depending on
+    where it lands it names the cell by its customdata, by its index in the cells trace, or only by its (x, y)
+    position (rows are layers): each form is read.
+    """
     if not selection:
         return []
     picked = set()
     for point in selection.get("points", []):
+        custom = point.get("customdata")
         idx = point.get("point_index", point.get("point_number"))
-        if point.get("curve_number", 1) == 1 and idx is not None and 0 <= idx < len(cells):
+        if isinstance(custom, (list, tuple)) and custom and custom[0] in order:
+            picked.add(custom[0])
+        elif point.get("curve_number") == CELLS_TRACE and isinstance(idx, int) and 0 <= idx < len(cells):
             picked.add(cells[idx][0])
+        elif isinstance(point.get("y"), (int, float)) and float(point["y"]).is_integer() and 0 <= point["y"] < len(order):
+            picked.add(order[int(point["y"])])
     return [name for name in order if name in picked]
 
 
@@ -133,25 +204,94 @@ def preview_chart(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def curves(points: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """One line per arm (mean over seeds) with a min-max band over seeds; ``points``: arm, seed, step, metric, value."""
+def arm_colours(arms: Sequence[str], strategies: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A fixed colour per arm: grey for a plain fine-tune, the strategy's own colour otherwise (Okabe-Ito)."""
+    strategies = dict(strategies or {})
+    out, spare = {}, iter(SPARE_COLOURS * 4)
+    for arm in arms:
+        strategy = strategies.get(arm, arm)
+        if strategy in ("none", "baseline", None):
+            out[arm] = BASELINE_COLOUR
+        elif strategy in STRATEGY_COLOURS and STRATEGY_COLOURS[strategy] not in out.values():
+            out[arm] = STRATEGY_COLOURS[strategy]
+        else:
+            out[arm] = next(spare)
+    return out
+
+
+def curves(points: pd.DataFrame, metric: str, title: str, colours: Mapping[str, str] | None = None,
+           percent: bool = False, total_steps: int | None = None) -> go.Figure:
+    """One line per arm (mean over seeds) with a min-max band over seeds; ``points``: arm, seed, step, metric, value.
+
+    ``percent``: values are fractions, drawn in % on a fixed 0-100 axis so that runs compare at a glance.
+    """
     fig = go.Figure()
     data = points[points["metric"] == metric]
-    for k, (arm, g) in enumerate(data.groupby("arm", sort=False)):
-        colour = ARM_COLOURS[k % len(ARM_COLOURS)]
+    colours = dict(colours or arm_colours(list(dict.fromkeys(data["arm"]))))
+    scale = 100.0 if percent else 1.0
+    for arm, g in data.groupby("arm", sort=False):
+        colour = colours.get(arm, BASELINE_COLOUR)
         stats = g.groupby("step")["value"].agg(["mean", "min", "max", "count"]).reset_index()
-        if g["seed"].nunique() > 1:
+        n_seeds = g["seed"].nunique()
+        if n_seeds > 1:
             fig.add_trace(go.Scatter(x=list(stats["step"]) + list(stats["step"][::-1]),
-                                     y=list(stats["max"]) + list(stats["min"][::-1]), fill="toself",
-                                     fillcolor=_rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=arm))
-        fig.add_trace(go.Scatter(x=stats["step"], y=stats["mean"], mode="lines+markers", name=str(arm),
-                                 line=dict(color=colour), marker=dict(size=4), legendgroup=arm))
-    fig.update_layout(height=300, title=title, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
-                      yaxis_title=metric, legend=dict(orientation="h", y=-0.25))
+                                     y=list(stats["max"] * scale) + list(stats["min"][::-1] * scale), fill="toself",
+                                     mode="lines", fillcolor=_rgba(colour, 0.18), line=dict(width=0, color=colour),
+                                     hoverinfo="skip", showlegend=False, legendgroup=str(arm), name=f"{arm} range"))
+        label = f"{arm} (mean of {n_seeds} seeds)" if n_seeds > 1 else str(arm)
+        fig.add_trace(go.Scatter(x=stats["step"], y=stats["mean"] * scale, mode="lines+markers", name=label,
+                                 line=dict(color=colour, width=2), marker=dict(size=5, color=colour), legendgroup=str(arm),
+                                 hovertemplate=f"{arm}<br>step %{{x}}: %{{y:.{1 if percent else 3}f}}{'%' if percent else ''}"
+                                               "<extra></extra>"))
+    fig.update_layout(height=330, title=title, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
+                      yaxis_title=f"{metric} (%)" if percent else metric, legend=dict(orientation="h", y=-0.25),
+                      plot_bgcolor="white")
+    fig.update_xaxes(gridcolor="#eee", rangemode="tozero", range=[0, total_steps] if total_steps else None)
+    fig.update_yaxes(gridcolor="#eee")
+    if percent:
+        fig.update_yaxes(range=[0, 100], ticksuffix="%")
     return fig
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def reinit_argv(setup: Mapping[str, Any], num_classes: int | str) -> list[str]:
+    """The ``plasticity reinit`` command line that applies the exported config to this setup's model."""
+    argv = ["plasticity", "reinit", "--config", "reinit_config.yaml", "--model", str(setup["backbone"])]
+    if setup.get("arch"):
+        argv += ["--arch", str(setup["arch"])]
+    if not setup.get("pretrained", True):
+        argv.append("--random-init")
+    argv += ["--num-classes", str(num_classes), "--data", str(setup["data"]), "--image-size", str(setup["image_size"])]
+    if setup.get("limit"):
+        argv += ["--limit", str(setup["limit"])]
+    return argv + ["--out", "reinit_weights.safetensors"]
+
+
+def shell(argv: Sequence[str]) -> str:
+    """``argv`` as one shell line, every word quoted where needed (pasting it never runs anything else)."""
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def python_snippet(setup: Mapping[str, Any], num_classes: int | str) -> str:
+    """Python that rebuilds exactly this setup (weights source, random init, arch, data, size, limit) and applies
+    the exported config; every value is a Python literal (repr), never pasted text."""
+    bb_args = [repr(setup["backbone"])]
+    if not setup.get("pretrained", True):
+        bb_args.append("pretrained=False")
+    if setup.get("arch"):
+        bb_args.append(f"arch={setup['arch']!r}")
+    bb_args.append(f"num_classes={num_classes}")
+    data_args = [repr(setup["data"]), f"image_size={int(setup['image_size'])}"]
+    if setup.get("limit"):
+        data_args.append(f"limit={int(setup['limit'])}")
+    data_args.append("data_config=bb.data_config")
+    return (f"import plasticity_core as pc\n\n"
+            f"cfg = pc.ReinitConfig.load(\"reinit_config.yaml\")\n"
+            f"bb = pc.load_backbone({', '.join(bb_args)})\n"
+            f"data = pc.load_dataset({', '.join(data_args)})\n"
+            f"report = pc.apply_reinit(bb.model, cfg, data=data.train)  # recalibrates BatchNorm on your data\n"
+            f"print(report.table)")

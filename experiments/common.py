@@ -3,8 +3,8 @@
 Every study builds ``plasticity_core.ExperimentConfig`` objects and runs them with ``run`` here, i.e. through
 ``plasticity_core.runs.run_experiment``: the same run folders the dashboard and ``plasticity finetune --config`` write.
 For a given seed every arm gets the same head init, the same data split and the same batch order, so arms differ
-only by the intervention. ``paired`` gives the per-seed difference to the baseline, ``scale_flags`` the shared
-command-line flags that size a study (image size, steps, batch, data, device).
+only by the intervention (docs/methods.md, Study protocol). ``paired`` gives the per-seed difference to the baseline,
+``scale_flags`` the shared command-line flags that size a study (image size, steps, batch, data, device).
 """
 from __future__ import annotations
 

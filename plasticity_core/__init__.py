@@ -1,6 +1,6 @@
 """Plasticity Lab: per-layer loss-of-plasticity diagnostics and re-initialisation for pretrained backbones.
 
-The public API (see DESIGN.md) is importable from here; submodules load on first use so that
+The public API (see docs/design.md and the README) is importable from here; submodules load on first use so that
 ``import plasticity_core`` stays cheap.
 """
 from __future__ import annotations
@@ -14,10 +14,12 @@ _EXPORTS = {
     "load_backbone": "models", "Backbone": "models", "BackboneError": "models",
     "load_dataset": "data", "DataBundle": "data", "DatasetError": "data",
     "fetch_assets": "assets", "AssetMissingError": "assets",
+    # one-line messages for expected failures (the CLI and the dashboard show the same)
+    "user_message": "errors", "UserError": "errors",
     # layer map
     "layer_table": "layers", "layer_map": "layers", "select_layers": "layers", "Selection": "layers", "LayerInfo": "layers",
     # configs
-    "ReinitConfig": "config", "FinetuneConfig": "config", "ExperimentConfig": "config", "ConfigError": "config",
+    "ReinitConfig": "config", "FinetuneConfig": "config", "ExperimentConfig": "config", "LaunchConfig": "config", "ConfigError": "config",
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
@@ -27,7 +29,7 @@ _EXPORTS = {
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
     "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
-    "default_root": "runs",
+    "default_root": "runs", "noop_arms": "runs", "apply_overrides": "runs", "EXECUTORS": "runs", "SINKS": "runs",
 }
 
 # ``finetune`` is both a submodule and its main function: importing the submodule anywhere would rebind

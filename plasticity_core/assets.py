@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from plasticity_core.errors import UnknownNameError
+
 FETCH_COMMAND = "plasticity assets fetch"
 
 
@@ -73,7 +75,7 @@ def cache_dir() -> Path:
 def asset_path(key: str) -> Path:
     """Path of a fetched asset; raises ``AssetMissingError`` naming the fetch command when it is absent."""
     if key not in ASSETS:
-        raise KeyError(f"unknown asset {key!r}; known: {', '.join(ASSETS)}")
+        raise UnknownNameError(f"unknown asset {key!r}; known: {', '.join(ASSETS)}")
     path = cache_dir() / ASSETS[key].filename
     if not path.is_file():
         raise AssetMissingError(
@@ -108,7 +110,7 @@ def fetch_assets(keys: list[str] | None = None, force: bool = False,
     keys = list(ASSETS) if keys is None else keys
     for k in keys:
         if k not in ASSETS:
-            raise KeyError(f"unknown asset {k!r}; known: {', '.join(ASSETS)}")
+            raise UnknownNameError(f"unknown asset {k!r}; known: {', '.join(ASSETS)}")
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [k for k in keys if force or not _valid(out_dir / ASSETS[k].filename, ASSETS[k].sha256)]

@@ -4,10 +4,12 @@
     plasticity layers   --model SPEC
     plasticity diagnose --model SPEC --data SPEC [--metrics M ...] --out FILE.parquet
     plasticity reinit   --config reinit.yaml --model SPEC [--data SPEC] --out model.safetensors
-    plasticity finetune --config experiment.yaml [--store runs]
+    plasticity finetune --config experiment.yaml [KEY=VALUE ...] [--executor process|ray|slurm] [--store runs]
     plasticity runs     [--store runs]
     plasticity compare  RUN_DIR ...
-    plasticity dashboard
+    plasticity dashboard [streamlit options, e.g. --server.port 8600]
+
+A user error (a bad spec, a missing file, an unwritable --out, ...) is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -35,10 +37,64 @@ def _backbone(args, num_classes: int | None = None):
 
 
 def _data(args, backbone):
-    from plasticity_core.data import load_dataset
+    import warnings
 
-    return load_dataset(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed,
-                        limit=args.limit, data_config=backbone.data_config if backbone else None)
+    from plasticity_core.data import SkippedFilesWarning, load_dataset
+    from plasticity_core.models import check_image_size
+
+    if backbone is not None:
+        check_image_size(backbone, args.image_size)
+    with warnings.catch_warnings():  # said once below, as a note, instead of a Python warning
+        warnings.simplefilter("ignore", SkippedFilesWarning)
+        data = load_dataset(args.data, image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed,
+                            limit=args.limit, data_config=backbone.data_config if backbone else None)
+    skipped = data.info.get("skipped")
+    if skipped:
+        print(f"note: {skipped}", file=sys.stderr)
+    return data
+
+
+def _writable(path: str, flag: str = "--out") -> Path:
+    """``path`` as a Path once it is known to be writable: checked before any computation, not after it."""
+    from plasticity_core.errors import UserError
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        existed = p.exists()
+        with open(p, "ab"):
+            pass
+        if not existed:
+            p.unlink()
+    except OSError as e:
+        raise UserError(f"{flag} {p} cannot be written ({e.strerror or type(e).__name__}); choose a path you can write") from None
+    return p
+
+
+def _device(name: str | None) -> str | None:
+    """``--device`` checked before any work: a known device type, and one this machine has."""
+    import torch
+
+    from plasticity_core.errors import UserError
+
+    if name is None:
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 ...")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return name
 
 
 def cmd_assets(args) -> int:
@@ -65,16 +121,18 @@ def cmd_layers(args) -> int:
 def cmd_diagnose(args) -> int:
     from plasticity_core.metrics import diagnose
 
+    out = _writable(args.out)
+    device = _device(args.device)
     bb = _backbone(args)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
         from plasticity_core.models import load_backbone
 
+        print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
+              f"diagnosing with a fresh {data.num_classes}-class head (gradient metrics use it)", file=sys.stderr)
         bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
-    d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=args.device,
+    d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     d.save(out)
     print(d.wide().round(4).to_string())
     print(f"saved {out}", file=sys.stderr)
@@ -83,51 +141,86 @@ def cmd_diagnose(args) -> int:
 
 def cmd_reinit(args) -> int:
     from plasticity_core.config import ReinitConfig
-    from plasticity_core.models import save_checkpoint
+    from plasticity_core.models import check_head, save_checkpoint
     from plasticity_core.reinit import apply_reinit
 
+    out = _writable(args.out)
     cfg = ReinitConfig.load(args.config)
     bb = _backbone(args, num_classes=args.num_classes)
-    data = _data(args, bb).train if args.data else None
+    data = None
+    if args.data:
+        bundle = _data(args, bb)
+        check_head(bb, bundle, fix="num_classes=")
+        data = bundle.train
     report = apply_reinit(bb.model, cfg, data=data)
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
         print(f"note: {note}", file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(bb.model, out)
     print(f"saved re-initialised weights to {out}", file=sys.stderr)
     return 0
 
 
+class _RunBars:
+    """One tqdm bar per run, fed from the run folders' event streams (whatever executor runs them)."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, run, event: dict) -> None:
+        from tqdm import tqdm
+
+        kind, key = event.get("type"), f"{run.experiment}/{run.name}"
+        if kind == "start":
+            self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
+                                  position=len(self.bars), leave=True, file=sys.stderr, dynamic_ncols=True)
+        bar = self.bars.get(key)
+        if bar is not None and kind in ("step", "eval") and isinstance(event.get("step"), int):
+            bar.update(max(0, event["step"] - bar.n))
+            if kind == "eval":
+                bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
+        if kind in ("finished", "stopped", "failed"):
+            if bar is not None:
+                bar.close()
+            tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
+
+
+def _preflight(config) -> None:
+    """Refuse a config that cannot run before any run folder is made: unreadable or out of range (ConfigError),
+    or batch_size 1 on a model with BatchNorm."""
+    from plasticity_core.finetune import check_batch_size
+    from plasticity_core.models import load_backbone
+
+    if config.finetune.batch_size < 2:
+        check_batch_size(load_backbone(config.backbone, pretrained=False, arch=config.arch).model, config.finetune.batch_size)
+
+
 def cmd_finetune(args) -> int:
     import os
 
-    from plasticity_core.runs import compare_runs, run_experiment
+    from plasticity_core.config import ExperimentConfig
+    from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
 
-    index = args.index
+    index, resume = args.index, False
     if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
         index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-    totals: dict[str, int] = {}
-    last_acc: dict[str, float] = {}
+        resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
+    config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+    _preflight(config)
+    runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
+                          executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
+    _print_comparison(compare_runs(runs))
+    for run in runs:
+        s = run.summary()
+        if s.get("status") != "finished":
+            print(f"{run.name}: {s.get('status')}: {s.get('reason')}", file=sys.stderr)
+    return 0 if all(r.status == "finished" for r in runs) else 1
 
-    def progress(run, event: dict) -> None:
-        kind = event["type"]
-        if kind == "start":
-            totals[run.name] = int(event.get("total_steps", 0))
-        elif kind == "eval":
-            last_acc[run.name] = event["val_acc"]
-        if kind in ("step", "eval") and totals.get(run.name):
-            done, total = event["step"], totals[run.name]
-            bar = "#" * int(30 * done / total) + "." * (30 - int(30 * done / total))
-            acc = f" val_acc {last_acc[run.name]:.4f}" if run.name in last_acc else ""
-            print(f"\r{run.name:<28} [{bar}] {done}/{total}{acc}", end="", file=sys.stderr, flush=True)
-        elif kind in ("finished", "stopped", "failed"):
-            print(f"\r{run.name:<28} {kind} at step {event['step']}: {event.get('reason', '')}", file=sys.stderr, flush=True)
 
-    runs = run_experiment(args.config, args.store, on_event=progress, tag=args.tag, only=None if index is None else [index])
-    print(compare_runs(runs).to_string(index=False))
-    return 0 if all(r.status != "failed" for r in runs) else 1
+def _print_comparison(table) -> None:
+    print(table.to_string(index=False) if len(table) else "no readable runs to compare")
+    for folder, why in table.attrs.get("skipped", {}).items():
+        print(f"skipped {folder}: {why}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -143,18 +236,60 @@ def cmd_compare(args) -> int:
 
     store = RunStore(args.store)
     runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    print(compare_runs(runs).to_string(index=False))
+    _print_comparison(compare_runs(runs))
     return 0
+
+
+# The project's dashboard settings, passed on the command line so that they hold from any folder (Streamlit reads
+# .streamlit/config.toml only from the current one); the same values as the checkout's .streamlit/config.toml
+# (a test compares them). Options the user adds come later and win, e.g. --server.port 8600.
+STREAMLIT_OPTIONS = {
+    "server.address": "127.0.0.1",  # local only; --server.address 0.0.0.0 exposes it
+    "server.headless": "true",
+    "server.fileWatcherType": "none",  # the watcher crashes on torch.classes (streamlit#10992)
+    "server.runOnSave": "false",
+    "server.maxUploadSize": "1024",
+    "browser.gatherUsageStats": "false",
+    "runner.fastReruns": "true",
+    "client.toolbarMode": "minimal",
+    "theme.base": "light",
+    "theme.primaryColor": "#2f6f4f",
+    "theme.backgroundColor": "#fbfbf8",
+    "theme.secondaryBackgroundColor": "#eef1ea",
+    "theme.textColor": "#1d2420",
+    "theme.font": "sans serif",
+}
+
+
+def dashboard_app() -> Path:
+    """The dashboard's ``app.py``: inside the installed package, or the checkout's ``dashboard/`` folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plasticity_core.dashboard")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            if (Path(folder) / "app.py").is_file():
+                return Path(folder) / "app.py"
+    return Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def dashboard_command(extra: list[str]) -> list[str]:
+    """The ``streamlit run`` command line ``plasticity dashboard`` executes."""
+    options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
+    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app()), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    if not app.is_file():
-        print(f"dashboard not found at {app} (it ships with the source checkout)", file=sys.stderr)
-        return 1
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_args])
+    from plasticity_core.errors import UserError
+
+    if not dashboard_app().is_file():
+        raise UserError(f"the dashboard is not installed at {dashboard_app()}; reinstall plasticity-lab")
+    try:
+        return subprocess.call(dashboard_command(args.streamlit_args))
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,11 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_reinit)
 
-    sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds), writing run folders")
-    sp.add_argument("--config", required=True)
+    sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds) through an executor, writing run folders")
+    sp.add_argument("--config", required=True, help="ExperimentConfig YAML/JSON")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="dotted overrides of the config, e.g. finetune.lr=0.02 seeds=[0,1,2] launch.parallel=2")
+    sp.add_argument("--executor", default=None, help="process (default), ray or slurm (overrides launch.executor)")
+    sp.add_argument("--parallel", type=int, default=None, help="runs at once (overrides launch.parallel)")
     sp.add_argument("--store", "--root", dest="store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
-    sp.add_argument("--tag", default=None, help="experiment folder suffix shared by cluster array tasks")
-    sp.add_argument("--index", type=int, default=None, help="run only this expanded run (a cluster array task)")
+    sp.add_argument("--tag", default=None, help="experiment folder suffix, shared by cluster array tasks (default: a timestamp)")
+    sp.add_argument("--index", type=int, default=None,
+                    help="run only this expanded run (a cluster array task; default $SLURM_ARRAY_TASK_ID with --tag)")
+    sp.add_argument("--allow-noop", action="store_true", help="launch arms whose re-init would do nothing")
     sp.set_defaults(fn=cmd_finetune)
 
     sp = sub.add_parser("runs", help="list run folders")
@@ -212,18 +353,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
     sp.set_defaults(fn=cmd_compare)
 
-    sp = sub.add_parser("dashboard", help="start the Streamlit dashboard")
-    sp.add_argument("streamlit_args", nargs=argparse.REMAINDER)
+    sp = sub.add_parser("dashboard", help="start the Streamlit dashboard (extra options go to streamlit run)",
+                        description="Start the dashboard on http://127.0.0.1:8501. Streamlit options such as "
+                                    "--server.port 8600 are passed on to `streamlit run`.")
     sp.set_defaults(fn=cmd_dashboard)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; an expected failure is one line ``error: ...`` on stderr and exit code 2."""
+    from plasticity_core.errors import user_message
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "dashboard":
+        args.streamlit_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e, entry="cli")
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from plasticity_core.errors import UserError
 from plasticity_core.models import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset spec that cannot be honoured (unknown name, empty folder, unreadable files, bad options)."""
 
 
@@ -83,12 +84,53 @@ class FolderDataset(_ImageDataset):
         return self.finish(self.decode(i).float().div_(255)), self.labels[i]
 
     def decode(self, i: int) -> torch.Tensor:
-        """Image ``i`` as uint8 ``(3, size, size)``: what ``__getitem__`` normalises (the device path stores it)."""
-        from PIL import Image
+        """Image ``i`` as uint8 ``(3, size, size)``: what ``__getitem__`` normalises (the device path stores it).
+        Decoded with its real range (``decode_image``), then quantised to 8 bits."""
+        return decode_image(self.files[i], self.size).mul_(255).round_().to(torch.uint8)
 
-        with Image.open(self.files[i]) as im:
-            arr = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+class SkippedFilesWarning(UserWarning):
+    """Some image files of a folder could not be used (unreadable, or over PIL's decompression limit)."""
+
+
+def _to_unit_range(im) -> np.ndarray:
+    """A PIL image as float32 ``(H, W, 3)`` in [0, 1], read with its real range.
+
+    8-bit modes (L, P, RGB, RGBA, CMYK, YCbCr, ...) become RGB / 255; 16-bit integer images / 65535; 32-bit integer
+    images / 65535 when their values fit 16 bits (PIL reads 16-bit PNGs as 32-bit), else / (2^31 - 1); float
+    images as they are when they lie in [0, 1], else min-max scaled to it (a float image has no fixed white).
+    """
+    mode = im.mode
+    if mode.startswith("I;16"):
+        x = np.asarray(im, dtype=np.float32) / 65535.0
+    elif mode == "I":
+        raw = np.asarray(im)
+        x = raw.astype(np.float32) / (65535.0 if raw.min() >= 0 and raw.max() <= 65535 else 2147483647.0)
+    elif mode == "F":
+        x = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    else:
+        if mode in ("LA", "PA", "La") or (mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    x = np.clip(x, 0.0, 1.0)
+    return np.repeat(x[:, :, None], 3, axis=2)
+
+
+def decode_image(path: Path | str, size: int | None = None) -> torch.Tensor:
+    """One image file as float ``(3, H, W)`` in [0, 1] with its real range (16-bit, float, palette, CMYK), turned
+    upright by its EXIF orientation, and resized to ``size`` x ``size`` (bilinear, antialiased) when given."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        x = torch.from_numpy(np.ascontiguousarray(_to_unit_range(im))).permute(2, 0, 1)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = x.clamp_(0, 1)
+    return x
 
 
 class WrappedDataset(_ImageDataset):
@@ -200,6 +242,7 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
     scheme, _, rest = spec.partition(":")
     name, _, query = rest.partition("?")
     opts = dict(parse_qsl(query))
+    skipped = ""  # what a folder scan left out, said in info["skipped"]
     if scheme == "bundled":
         images, labels, classes = _bundled(name)
         base: Dataset = ImageTensorDataset(_resize_uint8(images, image_size), labels, mean, std)
@@ -207,13 +250,19 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
         images, labels, classes = synthetic_images(**_synthetic_opts(name))
         base = ImageTensorDataset(_resize_uint8(images, image_size), labels, mean, std)
     elif scheme == "folder":
-        files, file_labels, classes = _scan_folder(Path(name).expanduser())
+        if not name.strip():
+            raise DatasetError("folder: needs the path of an image folder, e.g. folder:/data/my-images "
+                               "(one sub-folder per class)")
+        files, file_labels, classes, skipped = _scan_folder(Path(name).expanduser())
         base, labels = FolderDataset(files, file_labels, image_size, mean, std), torch.tensor(file_labels)
     elif scheme == "torchvision":
         tv, labels, classes = _torchvision(name, opts)
         base = WrappedDataset(tv, image_size, mean, std)
     else:
         raise DatasetError(f"unknown dataset scheme {scheme!r} in {spec!r}; use bundled:, folder:, torchvision: or synthetic:")
+    if len(classes) < 2:
+        raise DatasetError(f"{spec} has {len(classes)} class ({', '.join(classes) or 'none'}): classification needs at "
+                           f"least 2 classes; add one sub-folder of images per class")
     idx = np.arange(len(labels))
     if limit is not None:
         if limit < 2 * len(classes):
@@ -228,7 +277,8 @@ def load_dataset(spec: str, image_size: int = 64, val_fraction: float = 0.2, see
                       classes=classes, image_size=image_size, mean=mean, std=std,
                       info=dict(total=len(idx), train=len(train_idx), val=len(val_idx), seed=seed,
                                 train_per_class=train_per_class,
-                                train_counts=np.bincount(labels.numpy()[idx][train_idx], minlength=len(classes)).tolist()))
+                                train_counts=np.bincount(labels.numpy()[idx][train_idx], minlength=len(classes)).tolist(),
+                                **({"skipped": skipped} if skipped else {})))
 
 
 def _per_class(labels: np.ndarray, train_idx: np.ndarray, n: int, classes: list[str], spec: str) -> np.ndarray:
@@ -345,37 +395,69 @@ def synthetic_images(classes: int = 4, n: int = 256, size: int = 32, seed: int =
     return images, labels, [f"class{c}" for c in range(classes)]
 
 
-def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
+def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], str]:
+    """Image files per class sub-folder, each opened and decoded once so that a damaged file is skipped now, not
+    met in the middle of training. Returns files, labels, class names and a sentence on what was skipped."""
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist or is not a directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image files>)")
-    files, labels, bad = [], [], []
+    files, labels = [], []
+    bad: dict[str, list[Path]] = {"unreadable": [], "too large": []}
     for c, d in enumerate(class_dirs):
         for p in sorted(d.rglob("*")):
             if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
                 continue
-            try:
-                with Image.open(p) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                bad.append(p)
+            problem = _check_image(p)
+            if problem:
+                bad[problem].append(p)
                 continue
             files.append(p)
             labels.append(c)
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {root}, e.g. {bad[0]}", stacklevel=3)
+    skipped = _skipped_sentence(root, bad, len(files))
+    if skipped:
+        warnings.warn(skipped, SkippedFilesWarning, stacklevel=3)
     if not files:
         raise DatasetError(f"image folder {root} has no readable images in its class sub-folders "
-                           f"({', '.join(d.name for d in class_dirs[:5])}); supported: {', '.join(sorted(IMAGE_SUFFIXES))}")
+                           f"({', '.join(d.name for d in class_dirs[:5])}); supported: {', '.join(sorted(IMAGE_SUFFIXES))}"
+                           + (f"; {skipped}" if skipped else ""))
     counts = np.bincount(labels, minlength=len(class_dirs))
     empty = [class_dirs[i].name for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise DatasetError(f"class folder(s) without readable images in {root}: {', '.join(empty)}")
-    return files, labels, [d.name for d in class_dirs]
+        raise DatasetError(f"class folder(s) without readable images in {root}: {', '.join(empty)}"
+                           + (f"; {skipped}" if skipped else ""))
+    return files, labels, [d.name for d in class_dirs], skipped
+
+
+def _check_image(path: Path) -> str | None:
+    """``None`` when the file decodes; else "too large" (over PIL's decompression-bomb limit) or "unreadable"."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.draft(im.mode, (64, 64))  # JPEG: decode at reduced scale, enough to find a damaged file
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too large"
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for damaged files
+        return "unreadable"
+    return None
+
+
+def _skipped_sentence(root: Path, bad: dict[str, list[Path]], kept: int) -> str:
+    from PIL import Image
+
+    parts = []
+    if bad["unreadable"]:
+        parts.append(f"{len(bad['unreadable'])} unreadable (e.g. {bad['unreadable'][0].relative_to(root)})")
+    if bad["too large"]:
+        parts.append(f"{len(bad['too large'])} over PIL's decompression limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                     f"(e.g. {bad['too large'][0].relative_to(root)})")
+    total = kept + sum(map(len, bad.values()))
+    return f"skipped {total - kept} of {total} image files in {root}: {', '.join(parts)}" if parts else ""
 
 
 TORCHVISION_DATASETS = {
@@ -446,21 +528,12 @@ def epoch_augments(n: int, size: int, seed: int) -> Iterator[tuple[torch.Tensor,
         yield torch.rand(n, generator=g) < 0.5, torch.randint(0, span, (n, 2), generator=g)
 
 
-def crop_indices(flips: torch.Tensor, offsets: torch.Tensor, h: int, w: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source rows ``(B, h)`` and columns ``(B, w)`` of ``flip_crop`` for a batch: flip, reflect-pad, crop as indices."""
-    def reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-        i = i.abs()
-        return torch.where(i >= n, 2 * (n - 1) - i, i)
-
-    rows = reflect(offsets[:, :1] + torch.arange(h, device=offsets.device) - pad, h)
-    cols = reflect(offsets[:, 1:] + torch.arange(w, device=offsets.device) - pad, w)
-    return rows, torch.where(flips[:, None], w - 1 - cols, cols)
-
-
-def gather_crops(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``images[index[b]]`` at ``rows[b]`` x ``cols[b]`` for every b: a batch of crops in one gather, any dtype."""
-    c = torch.arange(images.shape[1], device=images.device)
-    return images[index[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+def flip_crop_batch(x: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """``flip_crop`` for a batch ``(B, C, H, W)``: per image its flip and crop offset, as a few batched tensor ops."""
+    h, w = x.shape[-2:]
+    x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+    windows = F.pad(x, (pad, pad, pad, pad), mode="reflect").unfold(2, h, 1).unfold(3, w, 1)  # (B, C, I, J, h, w)
+    return windows[torch.arange(len(x), device=x.device), :, offsets[:, 0], offsets[:, 1]]
 
 
 class DeviceSplit:
@@ -493,13 +566,10 @@ class DeviceSplit:
     def batch(self, index: torch.Tensor, flips: torch.Tensor | None = None,
               offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images and labels at ``index`` (on the device), flipped and cropped when params are given."""
-        if flips is None:
-            x = self.images[index]
-        else:
-            h, w = self.images.shape[-2:]
-            rows, cols = crop_indices(flips, offsets, h, w, augment_pad(w))
-            x = gather_crops(self.images, index, rows, cols)
-        return self.normalise(x), self.labels[index]
+        x = self.normalise(self.images[index])
+        if flips is not None:  # after normalising: a per-channel affine map commutes with flips, padding and crops
+            x = flip_crop_batch(x, flips, offsets, augment_pad(x.shape[-1]))
+        return x, self.labels[index]
 
 
 @dataclass
@@ -666,8 +736,7 @@ class TrainBatches:
             x, y = next(self._loader_iter)  # type: ignore[arg-type]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if flips is not None:
-                rows, cols = crop_indices(flips, offsets, x.shape[-2], x.shape[-1], augment_pad(x.shape[-1]))
-                x = gather_crops(x, torch.arange(len(x), device=x.device), rows, cols)
+                x = flip_crop_batch(x, flips, offsets, augment_pad(x.shape[-1]))
         self.consumed += 1
         return x, y
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from plasticity_core.config import FinetuneConfig, ReinitConfig
+from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
 from plasticity_core.data import DeviceSplit, TrainBatches, eval_batches, plan_data_path
 
 Event = dict[str, Any]
@@ -57,7 +57,7 @@ class RunResult:
     reason: str
     steps: int
     total_steps: int
-    best_val_acc: float | None = None
+    best_val_acc: float | None = None  # over every eval, step 0 included
     final_val_acc: float | None = None
     final_val_loss: float | None = None
     train_loss: float | None = None
@@ -162,6 +162,13 @@ def _memory_format(device: torch.device, cfg: FinetuneConfig) -> torch.memory_fo
     return torch.channels_last if device.type == "cuda" and cfg.channels_last else torch.contiguous_format
 
 
+def check_batch_size(model: nn.Module, batch_size: int) -> None:
+    """BatchNorm cannot train on batches of one image (its batch statistics are that image): refuse, naming the fix."""
+    if batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"FinetuneConfig.batch_size: 1 cannot train a model with BatchNorm ({type(model).__name__}); "
+                          f"use batch_size >= 2, 16 or more is usual")
+
+
 def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitConfig | None = None,
              on_event: Callable[[Event], None] | None = None, stop: StopFlag | None = None,
              log_every: int | None = None, checkpoint_dir: str | Path | None = None, resume: bool = False) -> RunResult:
@@ -180,6 +187,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
         raise TypeError(f"cfg must be a FinetuneConfig, got {type(cfg).__name__}")
     if reinit is not None and not isinstance(reinit, ReinitConfig):
         raise TypeError(f"reinit must be a ReinitConfig or None, got {type(reinit).__name__}")
+    check_batch_size(model, cfg.batch_size)
     if checkpoint_dir is None and (cfg.checkpoint != "none" or cfg.checkpoint_every or resume):
         raise ValueError(f"checkpoint={cfg.checkpoint!r}, checkpoint_every={cfg.checkpoint_every} and resume={resume} "
                          "need checkpoint_dir= (the folder for model.safetensors and state.pt)")
@@ -189,7 +197,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)
     run: _Run | None = None
     try:
-        state = load_checkpoint(ckpt)[1] if resume and ckpt is not None and (ckpt / STATE_FILE).exists() else None
+        saved, state = load_checkpoint(ckpt) if resume and ckpt is not None and (ckpt / STATE_FILE).exists() else (None, None)
         if state is not None and reinit is not None and reinit.strategy == "cbp":
             raise ValueError("resume is not supported for cbp arms: continual backprop's unit utilities and ages are "
                              "not checkpointed; rerun the arm from step 0 (resume=False)")
@@ -229,7 +237,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
             reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
         callback = None
         if state is not None:
-            model.load_state_dict(load_checkpoint(ckpt)[0])
+            model.load_state_dict(saved)
             emit("resume", start, from_step=start, checkpoint=str(ckpt),
                  note="weights, schedule, RNG and batch order restored; the re-init (if any) is in the weights")
         elif reinit is not None:

@@ -8,6 +8,7 @@ copy of the weights as loaded: the reference that SFE measures movement from.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -15,6 +16,8 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from plasticity_core.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,7 +31,7 @@ BUNDLED = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """A backbone spec that cannot be honoured: unknown name, unreachable weights, checkpoint that does not fit."""
 
 
@@ -95,17 +98,86 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, overlay: dict | 
     if not timm.is_model(name):
         raise BackboneError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if pretrained and overlay is None:
+        cached = _timm_weights_offline(name)
+        overlay = None if cached is None else {"file": cached}  # offline but cached: load the file, skip the hub
     try:
         model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as e:  # hub unreachable, no pretrained tag, ...
         if not pretrained:
             raise
         raise BackboneError(
-            f"could not load pretrained weights for timm:{name} ({type(e).__name__}: {e}). Offline? Use "
-            f"bundled:{' / bundled:'.join(BUNDLED)} (real ImageNet weights from the offline cache), "
-            f"file:PATH with arch='timm:{name}', or pretrained=False"
+            f"could not load pretrained weights for timm:{name} ({type(e).__name__}: {' '.join(str(e).split())[:200]}). "
+            f"{_OFFLINE_HINT.format(spec=f'timm:{name}')}"
         ) from None
     return model, _data_config(model)
+
+
+_OFFLINE_HINT = ("Use bundled:" + " or bundled:".join(BUNDLED) + " (real ImageNet weights from the offline cache), "
+                 "file:PATH with arch='{spec}', or load without pretrained weights (pretrained=False)")
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(url).hostname or url
+
+
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds (DNS included).
+
+    Weight downloads retry for about a minute when offline; this answers in seconds. Run in a daemon thread
+    because name resolution has no timeout of its own.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _timm_weights_offline(name: str) -> str | None:
+    """For pretrained timm weights: the cached file when the hub cannot be reached (load it directly); ``None`` when
+    the hub is reachable (or the user chose the hub's offline mode); ``BackboneError`` at once when the weights are
+    neither cached nor reachable, instead of a minute of download retries."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if constants.HF_HUB_OFFLINE:
+            return None  # the hub library answers from its cache at once
+        if host_reachable(constants.ENDPOINT):
+            return None
+        files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+        for f in files:
+            cached = try_to_load_from_cache(hub_id, f)
+            if isinstance(cached, str):
+                return cached
+        raise BackboneError(f"timm:{name} pretrained weights ({hub_id}) are not cached and {_host(constants.ENDPOINT)} "
+                            f"cannot be reached: offline. {_OFFLINE_HINT.format(spec=f'timm:{name}')}")
+    url = getattr(cfg, "url", None)
+    if url and not (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file() and not host_reachable(url):
+        raise BackboneError(f"timm:{name} pretrained weights ({url}) are not cached and {_host(url)} cannot be reached: "
+                            f"offline. {_OFFLINE_HINT.format(spec=f'timm:{name}')}")
+    return None
 
 
 def _torchvision(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, dict]:
@@ -114,15 +186,22 @@ def _torchvision(name: str, pretrained: bool, num_classes: int | None) -> tuple[
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         raise BackboneError(f"unknown torchvision model {name!r}{_close(name, names)}")
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file() and not host_reachable(weights.url):
+            raise BackboneError(f"torchvision:{name} pretrained weights are not cached ({cached}) and "
+                                f"{_host(weights.url)} cannot be reached: offline. "
+                                f"{_OFFLINE_HINT.format(spec=f'torchvision:{name}')}")
     try:
         model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     except Exception as e:
         if not pretrained:
             raise
         raise BackboneError(
-            f"could not load pretrained weights for torchvision:{name} ({type(e).__name__}: {e}). Offline? Put the "
-            f"file torchvision expects in $TORCH_HOME/hub/checkpoints/, or use bundled:mobilenetv2_100, "
-            f"file:PATH with arch='torchvision:{name}', or pretrained=False"
+            f"could not load pretrained weights for torchvision:{name} ({type(e).__name__}: {' '.join(str(e).split())[:200]}). "
+            f"Put the file torchvision expects in $TORCH_HOME/hub/checkpoints/, or "
+            f"{_OFFLINE_HINT.format(spec=f'torchvision:{name}')[0].lower()}{_OFFLINE_HINT.format(spec=f'torchvision:{name}')[1:]}"
         ) from None
     if num_classes is not None:
         _set_num_classes(model, num_classes)
@@ -187,15 +266,25 @@ def _file(path: str, arch: str | None, pretrained: bool, num_classes: int | None
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pt/.pth`` file, loaded safely (``weights_only=True``)."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as e:
+            raise BackboneError(f"{path} is not a readable .safetensors file ({e}); it may be empty or truncated: "
+                                f"copy or save it again") from None
     elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise BackboneError(f"{path.name} cannot be loaded with weights_only=True (it holds more than tensors: "
-                                f"{type(e).__name__}); save a plain state_dict or a .safetensors file") from None
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            if found or "allowed global" in str(e):
+                what = f" ({found.group(1)})" if found else ""
+                raise BackboneError(f"{path} holds Python objects besides tensors{what}, which are not loaded for safety "
+                                    f"(weights_only=True); save model.state_dict() or a .safetensors file") from None
+            raise BackboneError(f"{path} is damaged or not a PyTorch checkpoint ({type(e).__name__}); it may be "
+                                f"truncated: copy or save it again") from None
         for key in ("state_dict", "model_state_dict", "model", "module"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
@@ -222,12 +311,53 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = 
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
+        prefixes = {k.split(".", 1)[0] + "." for k in unexpected if "." in k}
+        if missing and len(prefixes) == 1:
+            prefix = prefixes.pop()
+            if all(k.removeprefix(prefix) in own for k in unexpected):
+                raise BackboneError(
+                    f"{what} does not fit {type(model).__name__}: every key starts with {prefix!r} (saved from a "
+                    f"training wrapper such as a Lightning module); save the inner model's state_dict(), or strip the "
+                    f"prefix: {{k.removeprefix({prefix!r}): v for k, v in state.items()}}")
+
         def cut(items: list[str]) -> str:
             return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
         parts = [f"{len(missing)} missing keys: {cut(missing)}" if missing else "",
                  f"{len(unexpected)} unexpected keys: {cut(unexpected)}" if unexpected else "",
                  f"{len(shapes)} shape mismatches: {cut(shapes)}" if shapes else ""]
         raise BackboneError(f"{what} does not fit {type(model).__name__}: " + "; ".join(p for p in parts if p))
+
+
+def fixed_image_size(model: nn.Module) -> int | None:
+    """The one input side a model accepts (timm / torchvision ViTs without dynamic size), or ``None`` if any works."""
+    patch_embed = getattr(model, "patch_embed", None)
+    dynamic = getattr(model, "dynamic_img_size", False) or getattr(patch_embed, "dynamic_img_size", False)
+    if patch_embed is not None and not dynamic and getattr(patch_embed, "img_size", None):
+        return int(patch_embed.img_size[0])
+    if type(model).__name__ == "VisionTransformer" and isinstance(getattr(model, "image_size", None), int):
+        return int(model.image_size)  # torchvision's
+    return None
+
+
+def check_image_size(backbone: "Backbone | nn.Module", image_size: int) -> None:
+    """Refuse an image size the model was not built for (a ViT's patch grid is fixed), naming the size it takes."""
+    model = backbone.model if isinstance(backbone, Backbone) else backbone
+    size = fixed_image_size(model)
+    if size is not None and size != image_size:
+        name = backbone.name if isinstance(backbone, Backbone) else type(model).__name__
+        raise BackboneError(f"{name} was built for {size} px images, not {image_size} px: use image_size={size} "
+                            f"(or a model that takes any size, e.g. a CNN)")
+
+
+def check_head(backbone: "Backbone", data: Any, fix: str = "num_classes=") -> None:
+    """Refuse a classifier head whose number of classes differs from the data's, explaining both numbers."""
+    have, want = backbone.num_classes, getattr(data, "num_classes", None)
+    if have is None or want is None or have == want:
+        return
+    raise BackboneError(
+        f"the head of {backbone.name} has {have} classes but the data {getattr(data, 'name', '')} has {want}: "
+        f"{'labels beyond the head cannot be scored' if want > have else 'its extra outputs match no class'}; "
+        f"use {fix}{want} for a fresh {want}-class head, or data with the head's {have} classes")
 
 
 def _head(model: nn.Module) -> tuple[str, nn.Module] | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 from typing import Generic, Iterator, TypeVar
 
+from plasticity_core.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -31,7 +33,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self._entries)})") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self._entries)})") from None
 
     def names(self) -> list[str]:
         return list(self._entries)

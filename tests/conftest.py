@@ -40,3 +40,10 @@ def synthetic():
     from plasticity_core.data import load_dataset
 
     return load_dataset("synthetic:classes=4,n=128,size=32", image_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _dashboard_runs_root(request, tmp_path, monkeypatch):
+    """Dashboard tests write run folders and workspaces into their own temporary runs root, never ./runs."""
+    if request.module.__name__.rpartition(".")[2].startswith(("test_dashboard_", "test_browser")):
+        monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path / "runs"))

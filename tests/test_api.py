@@ -1,4 +1,4 @@
-"""The public names of DESIGN.md resolve to what they promise, whatever was imported before."""
+"""The public names of docs/design.md and the README resolve to what they promise, whatever was imported before."""
 import importlib
 
 import plasticity_core as pc

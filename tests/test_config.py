@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from plasticity_core.config import SCHEMA_VERSION, ConfigError, ExperimentConfig, FinetuneConfig, ReinitConfig
@@ -56,3 +58,28 @@ def test_yaml_is_never_evaluated():
     text = "steps: !!python/object/apply:os.system ['echo pwned']\n"
     with pytest.raises(ConfigError):
         FinetuneConfig.from_yaml(text)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("lr", float("nan"), "finite"), ("lr", float("inf"), "finite"), ("lr", 0.0, "> 0"),
+    ("momentum", -0.1, "[0, 1)"), ("momentum", 1.0, "[0, 1)"), ("weight_decay", -1e-4, ">= 0"),
+    ("weight_decay", float("nan"), "finite"), ("time_limit_s", 0, "> 0"), ("time_limit_s", -5.0, "> 0"),
+    ("eval_batches", 0, ">= 1"), ("grad_clip", 0.0, "> 0"), ("head_lr_scale", -1.0, ">= 0"),
+])
+def test_finetune_config_refuses_values_that_cannot_train(field, value, needle):
+    from plasticity_core.config import ConfigError, FinetuneConfig
+
+    with pytest.raises(ConfigError, match=rf"FinetuneConfig\.{field}: .*{re.escape(needle)}"):
+        FinetuneConfig(**{field: value})
+    with pytest.raises(ConfigError, match=rf"FinetuneConfig\.{field}"):  # the same from a file a user wrote
+        FinetuneConfig.from_yaml(f"{field}: {value}".replace("nan", ".nan").replace("inf", ".inf"))
+
+
+def test_batch_size_one_is_refused_only_with_batchnorm(tiny_resnet, tiny_vit):
+    from plasticity_core.config import ConfigError
+    from plasticity_core.finetune import check_batch_size
+
+    with pytest.raises(ConfigError, match="batch_size: 1 cannot train a model with BatchNorm"):
+        check_batch_size(tiny_resnet, 1)
+    check_batch_size(tiny_resnet, 2)
+    check_batch_size(tiny_vit, 1)  # LayerNorm trains on one image

@@ -34,7 +34,7 @@ def test_recommend_selects_the_recommended_layers_and_strategy():
     no_exception(at)
     expected = d.recommend(budget=0.25)
     assert at.session_state["selected_layers"] == expected.layers and expected.layers
-    assert at.session_state["reinit_strategy"] == expected.strategy
+    assert at.session_state["strategy"] == expected.strategy
     assert at.multiselect(key="w_diag_selected").value == expected.layers
     at.button(key="btn_clear").click().run()
     assert at.session_state["selected_layers"] == []
@@ -48,5 +48,5 @@ def test_selected_layer_panel_shows_its_unit_scores():
     assert at.session_state["selected_layers"] == [layer]
     at.selectbox(key="w_diag_focus").set_value(layer).run()
     no_exception(at)
-    shown = at.dataframe[0].value["value"]
+    shown = next(df.value for df in at.dataframe if list(df.value.columns) == ["value"])["value"]
     np.testing.assert_allclose(shown.to_numpy(float), d.wide().loc[layer].to_numpy(float))

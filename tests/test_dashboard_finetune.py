@@ -52,3 +52,34 @@ def test_a_new_session_reattaches_and_stop_ends_the_runs(tmp_path, monkeypatch):
     assert pc.RunHandle.attach(runs[0].path).wait(timeout=240)
     assert {r.status for r in runs} == {"stopped"}
     assert all(r.summary()["steps"] < 100_000 for r in runs)
+
+
+def test_an_arm_that_would_change_nothing_is_refused_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    at = previewed(tiny_app(), "cbp", "layer1.*")  # cbp's default maturity (1000) >= the run's 100 steps
+    at.switch_page("app_pages/finetune.py").run()
+    assert not at.exception
+    assert any("Arm **cbp** would change nothing" in e.value and "maturity 1000 >= the run's 100 steps" in e.value
+               for e in at.error)
+    assert at.button(key="btn_launch").disabled
+    at.number_input(key="w_ft_steps").set_value(2000).run()  # now units can mature: the arm is allowed
+    assert not any("would change nothing" in e.value for e in at.error) and not at.button(key="btn_launch").disabled
+    at.number_input(key="w_ft_steps").set_value(100).run()
+    at.checkbox(key="w_ft_anyway").check().run()  # explicit: launch anyway
+    assert not at.button(key="btn_launch").disabled
+
+
+def test_experiment_name_progress_and_flags(tmp_path, monkeypatch):
+    at = _previewed(tmp_path, monkeypatch)
+    at.text_input(key="w_ft_name").set_value("my study").run()
+    experiment = _launch(at, steps=3, eval_every=1)
+    assert experiment.startswith("my-study")
+    runs = pc.RunStore(tmp_path).runs(experiment)
+    assert pc.RunHandle.attach(runs[0].path).wait(timeout=240)
+    at.run()
+    no_exception(at)
+    progress = next(df.value for df in at.dataframe if "ETA" in df.value.columns)
+    assert progress["step"].tolist() == ["3/3", "3/3"] and (progress["progress"] == 1.0).all()
+    assert progress["val_acc"].tolist() == [100 * r.events("eval")[-1]["val_acc"] for r in runs]
+    compare = at.dataframe[-1].value
+    assert compare["runs"].tolist() == ["1 finished", "1 finished"]

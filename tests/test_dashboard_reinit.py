@@ -45,3 +45,29 @@ def test_patterns_matching_nothing_disable_preview():
     at.text_area[0].set_value("no_such_layer*").run()
     assert at.button(key="btn_preview").disabled
     assert "preview" not in at.session_state
+
+
+def test_unsupported_selected_layers_are_named_with_reasons_and_proposals():
+    at = _reinit_page()
+    at.selectbox(key="w_strategy").set_value("redo").run()
+    # layer1.0.conv2 feeds the residual stream: redo has no unit pair for it; conv1 of the block it can recycle
+    at.text_area[0].set_value("layer1.0.conv1\nlayer1.0.conv2\nfc").run()
+    no_exception(at)
+    shown = " ".join(w.value for w in at.warning)
+    assert "`layer1.0.conv2`: redo: no explicit (in, out) unit pair" in shown and "`fc`: classifier head" in shown
+    plan = next(df.value for df in at.dataframe if "proposal" in df.value.columns)
+    assert plan["layer"].tolist() == ["layer1.0.conv1", "layer1.0.conv2", "fc"]  # only the selected layers
+    assert plan.set_index("layer").loc["layer1.0.conv2", "proposal"].startswith("fire, reset, shrink_perturb")
+    at.button(key="btn_preview").click().run()
+    report, cfg = at.session_state["preview"], at.session_state["reinit_cfg"]
+    assert sorted(report.skipped["layer"]) == ["fc", "layer1.0.conv2"]  # not the ~20 layers nobody selected
+    assert cfg.resolved_layers == ["layer1.0.conv1"] and set(cfg.skipped_layers) == {"fc", "layer1.0.conv2"}
+
+
+def test_a_strategy_that_acts_on_nothing_offers_one_that_does():
+    at = _reinit_page()
+    at.selectbox(key="w_strategy").set_value("redo").run()
+    at.text_area[0].set_value("layer1.0.conv2").run()
+    assert any("can act on none" in e.value for e in at.error) and at.button(key="btn_preview").disabled
+    at.button(key="btn_reinit_use_fire").click().run()
+    assert at.selectbox(key="w_strategy").value == "fire" and not at.button(key="btn_preview").disabled

@@ -1,9 +1,12 @@
 """The dashboard's figure helpers: normalisation, stage grouping, heatmap cells and selection, curves."""
 import numpy as np
 import pandas as pd
+import shlex
+
 import pytest
 
 from dashboard import views
+from plasticity_core.cli import build_parser
 
 
 def test_stage_of_groups_blocks_by_their_first_numbered_part():
@@ -22,45 +25,81 @@ def test_normalise_columns_is_min_max_per_metric():
 
 
 def _wide():
-    return pd.DataFrame({"dormant": [0.1, 0.5, 0.0, 0.2], "dfi": [3.0, 1.0, 2.0, 8.0]},
+    return pd.DataFrame({"dormant": [0.1, 0.5, 0.0, 0.2], "feature_erank": [3.0, 1.0, np.nan, 8.0], "fro_norm": [1.0, 2.0, 3.0, 4.0]},
                         index=["conv1", "layer1.0.conv1", "layer1.0.conv2", "fc"])
 
 
-def test_heatmap_cells_hover_and_stage_bands():
+WORSE = {"dormant": "high", "feature_erank": "low"}
+
+
+def test_heatmap_worse_is_always_the_dark_end_and_n_a_is_marked():
     wide = _wide()
     stages = {"conv1": "conv1", "layer1.0.conv1": "layer1", "layer1.0.conv2": "layer1", "fc": "head"}
-    fig, cells = views.heatmap(wide, stages, {"dormant": "def-d", "dfi": "def-f"}, selected=["fc"])
-    heat, points = fig.data
+    fig, cells = views.heatmap(wide, stages, {"dormant": "def-d", "feature_erank": "def-e", "fro_norm": "def-n"},
+                               selected=["fc"], worse=WORSE, plain={"dormant": "silent units"})
+    directed, neutral, missing, points, na_text = fig.data
     assert cells == [(l, m) for l in wide.index for m in wide.columns]
-    np.testing.assert_allclose(heat.z, views.normalise_columns(wide).to_numpy())
-    # hover of each point: layer, stage, metric, raw value, normalised value, definition
-    k = cells.index(("fc", "dfi"))
-    assert list(points.customdata[k]) == ["fc", "head", "dfi", "8", "1", "def-f"]
-    assert points.x[k] == 1 and points.y[k] == 3
+    z = np.array(directed.z, dtype=float)
+    # dormant: high is worse -> the most dormant layer (0.5) is 1; feature_erank: low is worse -> the lowest (1.0) is 1
+    assert z[1, 0] == 1.0 and z[2, 0] == 0.0
+    assert z[1, 1] == 1.0 and z[3, 1] == 0.0 and np.isnan(z[2, 1])
+    assert np.isnan(z[:, 2]).all() and np.array(neutral.z, dtype=float)[3, 2] == 1.0  # no direction: its own scale
+    assert np.array(missing.z, dtype=float)[2, 1] == 1 and list(na_text.text) == ["n/a"] and na_text.x == (1,) and na_text.y == (2,)
+    k = cells.index(("fc", "dormant"))
+    assert list(points.customdata[k]) == ["fc", "head", "dormant", "0.2", "higher is worse", "silent units"]
+    assert points.customdata[cells.index(("layer1.0.conv2", "feature_erank"))][4].startswith("n/a")
     assert [a.text for a in fig.layout.annotations] == ["conv1", "layer1", "head"]
     outlines = [s for s in fig.layout.shapes if s.type == "rect"]
     assert len(outlines) == 1 and outlines[0].y0 == 2.5 and outlines[0].y1 == 3.5
+    assert fig.layout.yaxis.tickfont.size >= 12 and fig.layout.height >= views.CELL_PX * 4
 
 
-def test_layers_from_selection_maps_points_back_in_network_order():
+def test_constant_columns_are_named_with_their_value():
+    wide = pd.DataFrame({"sfe": [0.0, 0.0], "dfi": [1.0, 2.0], "dead": [np.nan, np.nan]}, index=["a", "b"])
+    assert views.constant_columns(wide) == {"sfe": "0 in every layer", "dead": "n/a for every layer"}
+
+
+def test_layers_from_selection_reads_clicks_boxes_and_positions():
     wide = _wide()
     _, cells = views.heatmap(wide, {}, {})
     order = list(wide.index)
-    # a box over rows 1..3 of column 0, reported in any order; curve 0 (the heatmap) is ignored
-    sel = {"points": [{"curve_number": 1, "point_index": cells.index(("fc", "dormant"))},
-                      {"curve_number": 1, "point_index": cells.index(("layer1.0.conv1", "dfi"))},
-                      {"curve_number": 1, "point_index": cells.index(("layer1.0.conv1", "dormant"))},
-                      {"curve_number": 0, "point_index": 0}]}
+    # a box reports points of the cells trace, in any order
+    sel = {"points": [{"curve_number": views.CELLS_TRACE, "point_index": cells.index(("fc", "dormant"))},
+                      {"curve_number": views.CELLS_TRACE, "point_index": cells.index(("layer1.0.conv1", "fro_norm"))}]}
     assert views.layers_from_selection(sel, cells, order) == ["layer1.0.conv1", "fc"]
+    # a click as Streamlit delivers it (seen in Chromium): customdata names the layer
+    click = {"points": [{"curve_number": views.CELLS_TRACE, "point_index": 5, "x": 2, "y": 1,
+                         "customdata": ["layer1.0.conv1", "layer1", "fro_norm", "2", "", ""]}]}
+    assert views.layers_from_selection(click, cells, order) == ["layer1.0.conv1"]
+    assert views.layers_from_selection({"points": [{"curve_number": 0, "x": 0, "y": 3}]}, cells, order) == ["fc"]
     assert views.layers_from_selection({"points": []}, cells, order) == []
     assert views.layers_from_selection(None, cells, order) == []
 
 
-def test_curves_mean_line_and_min_max_band_over_seeds():
-    pts = pd.DataFrame({"arm": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0], "step": [10, 20, 10, 20, 10, 20],
-                        "metric": "val_acc", "value": [0.2, 0.4, 0.4, 0.8, 0.5, 0.6]})
-    fig = views.curves(pts, "val_acc", "acc")
-    band, line_a, line_b = fig.data  # arm a has two seeds: band + line; arm b one seed: line only
-    assert list(line_a.y) == pytest.approx([0.3, 0.6])
-    assert list(band.y) == pytest.approx([0.4, 0.8, 0.4, 0.2])  # max forward, min backward
-    assert list(line_b.y) == pytest.approx([0.5, 0.6]) and line_a.line.color != line_b.line.color
+def test_curves_percent_axis_fixed_colours_and_a_band_without_markers():
+    pts = pd.DataFrame({"arm": ["baseline"] * 6 + ["fire"] * 3, "seed": [0, 0, 0, 1, 1, 1, 0, 0, 0],
+                        "step": [0, 10, 20] * 3, "metric": "val_acc",
+                        "value": [0.1, 0.2, 0.4, 0.1, 0.4, 0.8, 0.1, 0.5, 0.6]})
+    colours = views.arm_colours(["baseline", "fire"], {"baseline": "none", "fire": "fire"})
+    assert colours == {"baseline": views.BASELINE_COLOUR, "fire": views.STRATEGY_COLOURS["fire"]}
+    fig = views.curves(pts, "val_acc", "acc", colours, percent=True, total_steps=20)
+    band, base, fire = fig.data
+    assert list(base.x) == [0, 10, 20]  # the step-0 evaluation is drawn
+    assert list(base.y) == pytest.approx([10, 30, 60]) and list(fire.y) == pytest.approx([10, 50, 60])
+    assert list(band.y) == pytest.approx([10, 40, 80, 40, 20, 10])  # max forward, min backward, in %
+    assert band.mode == "lines" and not band.showlegend  # no markers in Plotly's default colours
+    assert base.line.color == base.marker.color == views.BASELINE_COLOUR and fire.marker.color == colours["fire"]
+    assert tuple(fig.layout.yaxis.range) == (0, 100)
+
+
+def test_export_command_is_shell_quoted_and_parses_back():
+    setup = {"backbone": "file:/data/it's mine/model.pth", "arch": "timm:resnet18", "pretrained": False,
+             "data": "folder:/data/x; rm -rf ~", "image_size": 64, "limit": 300}
+    argv = views.reinit_argv(setup, 5)
+    assert shlex.split(views.shell(argv)) == argv
+    assert argv[argv.index("--data") + 1] == "folder:/data/x; rm -rf ~" and "--random-init" in argv
+    ns = build_parser().parse_args(argv[1:])  # the real CLI accepts it as is
+    assert ns.random_init and ns.model == setup["backbone"] and ns.limit == 300 and ns.num_classes == 5
+    snippet = views.python_snippet(setup, 5)
+    assert "pretrained=False" in snippet and "arch='timm:resnet18'" in snippet and "limit=300" in snippet
+    compile(snippet, "snippet", "exec")

@@ -131,6 +131,101 @@ def test_train_per_class_is_nested_stratified_and_leaves_val_alone():
         load_dataset(spec, image_size=16, train_per_class=0)
 
 
+# ------------------------------------------------------------------ decoding with the real range (hand-made files)
+def _decoded(path) -> np.ndarray:
+    from plasticity_core.data import decode_image
+
+    x = decode_image(path)
+    assert x.dtype == torch.float32 and x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1
+    return x.permute(1, 2, 0).numpy()
+
+
+def test_16bit_png_keeps_its_range(tmp_path):
+    ramp = np.linspace(0, 65535, 24 * 32).astype(np.uint16).reshape(24, 32)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really a 16-bit file
+    x = _decoded(tmp_path / "g16.png")
+    np.testing.assert_allclose(x[:, :, 0], ramp / 65535.0, atol=1e-6)
+    assert np.array_equal(x[:, :, 0], x[:, :, 2])
+    assert (x >= 0.999).mean() < 0.01  # was 96-99 % white when converted through 8-bit RGB
+
+
+def test_float_and_32bit_tiffs_keep_their_range(tmp_path):
+    rng = np.random.default_rng(0)
+    unit = rng.random((20, 24), dtype=np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "f.tif")[:, :, 1], unit, atol=1e-6)
+    wide = (unit * 1000 - 200).astype(np.float32)  # a float image with no fixed white: min-max scaled
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "wide.tif")[:, :, 0], (wide - wide.min()) / (wide.max() - wide.min()),
+                               atol=1e-5)
+    ints = (unit * 65535).astype(np.int32)
+    Image.fromarray(ints, mode="I").save(tmp_path / "i32.tif")
+    np.testing.assert_allclose(_decoded(tmp_path / "i32.tif")[:, :, 0], ints / 65535.0, atol=1e-6)
+
+
+def test_palette_cmyk_and_exif_orientation(tmp_path):
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, 4, (10, 12), dtype=np.uint8)
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [250, 200, 10]], dtype=np.uint8)
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette(palette.flatten().tolist() + [0] * (768 - 12))
+    im.save(tmp_path / "p.png")
+    np.testing.assert_allclose(_decoded(tmp_path / "p.png"), palette[idx] / 255.0, atol=1e-6)
+
+    cmyk = rng.integers(0, 128, (8, 9, 4), dtype=np.uint8)
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "c.tif")
+    want = (1 - cmyk[:, :, :3] / 255.0) * (1 - cmyk[:, :, 3:] / 255.0)  # R = (1 - C)(1 - K), no colour profile
+    np.testing.assert_allclose(_decoded(tmp_path / "c.tif"), want, atol=1.5 / 255)
+
+    arr = rng.integers(0, 255, (6, 10, 3), dtype=np.uint8)  # 6 rows x 10 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(tmp_path / "o.png", exif=exif)
+    x = _decoded(tmp_path / "o.png")
+    assert x.shape == (10, 6, 3)
+    np.testing.assert_allclose(x, np.rot90(arr, k=-1) / 255.0, atol=1e-6)
+
+
+def test_folder_of_16bit_images_loads_unclipped(tmp_path):
+    rng = np.random.default_rng(2)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 65535, (16, 16), dtype=np.uint16)).save(tmp_path / c / f"{i}.png")
+    d = load_dataset(f"folder:{tmp_path}", image_size=16, mean=(0, 0, 0), std=(1, 1, 1))
+    x, _ = d.train[0]
+    assert 0.3 < float(x.mean()) < 0.7 and float((x >= 0.999).float().mean()) < 0.05
+
+
+def test_oversized_images_are_skipped_and_counted(tmp_path, monkeypatch):
+    from plasticity_core.data import SkippedFilesWarning
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a" / "big.png")  # 1600 px
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "b" / "biggish.png")  # 900 px: between 1x and 2x
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # the limit PIL applies, lowered to keep the files small
+    with pytest.warns(SkippedFilesWarning, match="skipped 2 of 8 image files") as rec:
+        d = load_dataset(f"folder:{tmp_path}", image_size=8)
+    assert "2 over PIL's decompression limit of 700 pixels" in str(rec[0].message)
+    assert len(d.train) + len(d.val) == 6 and "skipped 2 of 8" in d.info["skipped"]
+
+
+def test_fewer_than_two_classes_and_empty_path_are_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / "only" / f"{i}.png")
+    with pytest.raises(DatasetError, match=r"1 class \(only\): classification needs at least 2 classes"):
+        load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(DatasetError, match="folder: needs the path"):
+        load_dataset("folder:")
+    with pytest.raises(DatasetError, match="folder: needs the path"):
+        load_dataset("folder:  ")
+
+
 # --- the device-resident data path -----------------------------------------------------------------------------
 from plasticity_core.data import (DeviceSplit, TrainBatches, augment_pad, eval_batches, flip_crop,  # noqa: E402
                                   plan_data_path)

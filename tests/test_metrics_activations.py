@@ -208,3 +208,39 @@ def test_feature_erank_keeps_small_singular_values_the_old_cut_dropped():
     data = [(torch.randn(64, 32, generator=g), torch.zeros(64, dtype=torch.long)) for _ in range(4)]
     d = diagnose(net, data, metrics=["feature_erank"])
     assert d.wide().at["0", "feature_erank"] == pytest.approx(lop_effective_rank(pooled_post_activation(net, net[1], data)), rel=1e-6)
+
+
+def dopamine_neuron_score(activation: np.ndarray) -> np.ndarray:
+    """google/dopamine labs/redo weight_recyclers.estimate_neuron_score, transcribed (channels last, numpy float64)."""
+    reduce_axes = tuple(range(activation.ndim - 1))  # jnp accepts a list, numpy wants a tuple
+    score = np.mean(np.abs(activation), axis=reduce_axes)
+    score /= np.mean(score) + 1e-9
+    return score
+
+
+def lop_dead_fraction(features: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """loss-of-plasticity compute_dormant_units_proportion, per unit: mean over (batch, space) of 1[h != 0]."""
+    axes = (0, 2, 3) if features.ndim == 4 else (0,)
+    return (features != 0).astype(np.float64).mean(axis=axes)
+
+
+@pytest.mark.parametrize("tau,min_fraction", [(0.025, 0.01), (0.4, 0.3)])
+def test_dormant_and_dead_are_the_authors_formulas(tau, min_fraction):
+    net = dead_conv_net(3)
+    with torch.no_grad():
+        net[2].bias[3:6] = -2.0  # rarely active: low scores, a few nonzeros
+    data = batches(3, (3, 12, 12), bs=6, seed=2)
+    d = diagnose(net, data, metrics=["dormant", "dead"], params={"dormant": {"tau": tau}, "dead": {"min_fraction": min_fraction}})
+    feats = []
+    h = net[3].register_forward_hook(lambda m, a, out: feats.append(out.detach().clone()))
+    with torch.no_grad():
+        for x, _ in data:
+            net(x)
+    h.remove()
+    f = torch.cat(feats).double().numpy()
+    score = dopamine_neuron_score(np.moveaxis(f, 1, -1))
+    np.testing.assert_allclose(d.units("2", "dormant"), score, rtol=1e-5)
+    assert d.wide().at["2", "dormant"] == pytest.approx(np.mean(score <= tau))
+    alive = lop_dead_fraction(f)
+    np.testing.assert_array_equal(d.units("2", "dead"), alive)
+    assert d.wide().at["2", "dead"] == pytest.approx(np.mean(alive < min_fraction))

@@ -98,3 +98,38 @@ def test_module_is_wrapped_with_its_reference():
     bb = load_backbone(m)
     assert bb.model is m and bb.source == "module"
     assert set(bb.reference) == set(m.state_dict())
+
+
+def test_offline_timm_weights_load_from_the_hub_cache_without_retries(tmp_path):
+    """Offline with the weights in the Hugging Face cache: loaded from there at once (no minute of hub retries)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from plasticity_core.models import host_reachable
+
+    if host_reachable("https://huggingface.co"):
+        pytest.skip("huggingface.co is reachable: the offline path cannot be exercised")
+    script = textwrap.dedent(f"""
+        import time, timm, torch
+        from safetensors.torch import save_file
+        from timm.models import get_pretrained_cfg
+        hub_id = get_pretrained_cfg("test_resnet").hf_hub_id
+        snap = "{tmp_path}/hub/models--" + hub_id.replace("/", "--")
+        import os
+        os.makedirs(snap + "/refs"); os.makedirs(snap + "/snapshots/abc")
+        open(snap + "/refs/main", "w").write("abc")
+        torch.manual_seed(123)
+        want = timm.create_model("test_resnet").state_dict()
+        save_file({{k: v.contiguous() for k, v in want.items()}}, snap + "/snapshots/abc/model.safetensors")
+        import plasticity_core as pc
+        t0 = time.time()
+        bb = pc.load_backbone("timm:test_resnet", pretrained=True)
+        assert time.time() - t0 < 30, time.time() - t0
+        got = bb.model.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), "not the cached weights"
+        print("ok")
+    """)
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]

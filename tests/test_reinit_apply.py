@@ -50,7 +50,7 @@ def test_optimizer_moments_of_touched_slices_are_zero_afterwards():
         assert (s0[key][rows] == 0).all() and (s0[key][~rows] != 0).any()
         assert (opt.state[m[0].bias][key][rows] == 0).all()
         assert (s2[key][:, rows] == 0).all() and (s2[key][:, ~rows] != 0).any()
-    assert float(s0["step"]) == 1  # partial reset keeps the per-tensor step (methods.md d.3)
+    assert float(s0["step"]) == 1  # partial reset keeps the per-tensor step (docs/methods.md, Safeguards: optimizer state)
     # whole-layer strategies reset the whole tensor, step included
     pc.apply_reinit(m, pc.ReinitConfig(strategy="reset", layers=["2"]), optimizer=opt)
     assert all((opt.state[m[2].weight][k] == 0).all() for k in ("exp_avg", "exp_avg_sq"))

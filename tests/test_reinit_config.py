@@ -48,7 +48,8 @@ def test_unknown_parameter_names_the_allowed_ones():
     ("targeted", {"fraction": 1.5}, r"params\.fraction .*got 1.5"),
     ("cbp", {"decay": 1.0}, r"params\.decay .*\[0.0, 1.0\).*got 1.0"),
     ("shrink_perturb", {"lam": "big"}, r"params\.lam .*expected float"),
-    ("shrink_perturb", {"sigma": float("nan")}, r"params\.sigma .*NaN"),
+    ("shrink_perturb", {"sigma": float("nan")}, r"params\.sigma .*finite.*got nan"),
+    ("redo", {"tau": float("inf")}, r"params\.tau .*finite.*got inf"),
 ])
 def test_wrong_value_says_which_parameter_range_and_why(strategy, params, pattern):
     with pytest.raises(ConfigError, match=pattern):

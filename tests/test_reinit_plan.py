@@ -63,3 +63,15 @@ def test_vit_fire_qk_skips_everything_but_q_and_k(tiny_vit):
     report = pc.preview_reinit(tiny_vit, pc.ReinitConfig(strategy="fire", layers=["blocks.0.*"]))
     assert plan.touched == report.resolved_layers == ["blocks.0.attn.qkv.q", "blocks.0.attn.qkv.k"]
     assert "q/k" in plan.skipped["blocks.0.mlp.fc1"]
+
+
+def test_noop_reason_for_arms_that_would_equal_the_baseline(tiny_resnet):
+    from plasticity_core.reinit import noop_reason
+
+    assert noop_reason(tiny_resnet, None) is None  # the baseline itself
+    assert "matches no layer" in noop_reason(tiny_resnet, pc.ReinitConfig(strategy="fire", layers=["nothing*"]))
+    assert "maturity 1000 >= the run's 100 steps" in noop_reason(tiny_resnet, pc.ReinitConfig(strategy="cbp", layers=["layer1.*"]), 100)
+    assert noop_reason(tiny_resnet, pc.ReinitConfig(strategy="cbp", layers=["layer1.*"], params={"maturity": 10}), 100) is None
+    assert "replacement_rate 0" in noop_reason(tiny_resnet, pc.ReinitConfig(strategy="cbp", layers=["layer1.*"],
+                                                                            params={"replacement_rate": 0.0}), 100)
+    assert noop_reason(tiny_resnet, pc.ReinitConfig(strategy="fire", layers=["layer1.*"]), 100) is None

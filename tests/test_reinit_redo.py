@@ -1,6 +1,9 @@
 """redo: recycles exactly the dormant units of a network built to have them; explicit unit pairs only."""
 import copy
 
+import numpy as np
+import pytest
+
 import timm
 import torch
 from torch import nn
@@ -125,3 +128,22 @@ def test_redo_through_a_depthwise_conv_only_silences_the_recycled_channels():
     with torch.no_grad():
         reference.blocks[2][1].conv_pwl.weight[:, zero_cols] = 0
         assert torch.allclose(m(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.025, 0.3])
+def test_metric_and_strategy_agree_on_which_units_are_dormant(tau):
+    """One rule, score <= tau (tau = 0: exactly silent), in the 'dormant' metric and in redo."""
+    m = dormant_net()
+    with torch.no_grad():
+        m[0].weight[9] *= 1e-12  # almost silent but not silent: dormant for tau > 0 only,
+        m[0].bias[9] = 0.0  # and "close to 0" for an isclose rule (which tau = 0 must not use)
+        m[0].weight[11] *= 0.05  # weak: dormant for the largest tau only
+    d = pc.diagnose(m, data(), metrics=["dormant"], params={"dormant": {"tau": tau}}, max_batches=8)
+    scores = d.units("0", "dormant")
+    by_metric = set(np.flatnonzero(scores <= tau).tolist())
+    assert d.wide().at["0", "dormant"] == pytest.approx(len(by_metric) / 16)
+    before = m[0].weight.detach().clone()
+    pc.apply_reinit(m, pc.ReinitConfig(strategy="redo", layers=["0"], params={"tau": tau}), data=data())
+    by_strategy = set((m[0].weight != before).any(1).nonzero().flatten().tolist())
+    assert by_strategy == by_metric
+    assert set(DEAD) <= by_metric and (9 in by_metric) == (tau > 0)

@@ -2,7 +2,8 @@
 import streamlit as st
 
 import plasticity_core as pc
-from dashboard import forms, state, views
+from dashboard import checks, forms, state, views
+from plasticity_core import directions
 
 st.title("Diagnose")
 current = state.require_loaded()
@@ -26,7 +27,7 @@ if run:
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
     except forms.errors() as e:
-        st.error(f"{type(e).__name__}: {e}")
+        st.error(state.message(e))
     bar.empty()
 
 diagnosis = st.session_state.get("diagnosis")
@@ -35,18 +36,33 @@ if diagnosis is None:
     st.stop()
 
 meta = diagnosis.meta
+wide_all = diagnosis.wide()
+folded = views.constant_columns(wide_all)
+wide = wide_all.drop(columns=list(folded))
 st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
-           "Colours are normalised per metric (min → max over layers); hover a cell for the raw value and the "
-           "definition. Click cells or drag a box to select layers.")
+           "**Darker red = worse** for that metric (each column scaled from its best layer to its worst); blue columns "
+           "have no better or worse (norms, movement from the pretrained weights). Grey *n/a*: the metric does not "
+           "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
+           "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
+           "*Lasso Select* in the chart's toolbar and drag over the rows.")
+if folded:
+    st.caption("Not drawn (the same for every layer, nothing to compare): "
+               + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")
+with st.popover("What the metrics mean", icon=":material/help:"):
+    st.markdown("\n".join(f"- **{m}** ({ {'high': 'higher is worse', 'low': 'lower is worse'}.get(directions.worse(m), 'no better/worse') }): "
+                          f"{directions.plain(m) or pc.METRICS[m].definition}  \n  <small>{pc.METRICS[m].definition}</small>"
+                          for m in diagnosis.metrics), unsafe_allow_html=True)
 layers_meta = diagnosis.layers()
 stages = {r["name"]: views.stage_of(r["group"]) for r in layers_meta.to_dict("records")}
 order = diagnosis.layer_names
-fig, cells = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
-                           selected=st.session_state["selected_layers"])
+fig, cells = views.heatmap(wide, stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
+                           selected=st.session_state["selected_layers"],
+                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN)
+rows = list(wide.index)
 
 
 def _on_heatmap_select() -> None:
-    picked = views.layers_from_selection(st.session_state["diag_heatmap"].selection, cells, order)
+    picked = views.layers_from_selection(st.session_state["diag_heatmap"].selection, cells, rows)
     if picked:  # a redraw can report an empty selection; clearing is the button's job
         st.session_state["selected_layers"] = picked
         st.session_state["w_diag_selected"] = picked
@@ -68,16 +84,21 @@ with right:
         rec = diagnosis.recommend(budget=float(budget))
         st.session_state["recommendation"] = rec
         st.session_state["selected_layers"] = list(rec.layers)
-        st.session_state["reinit_strategy"] = rec.strategy
-        st.session_state["reinit_params"] = dict(rec.params)
+        st.session_state["strategy"] = rec.strategy
+        st.session_state["strategy_params"] = dict(rec.params)
         st.session_state.pop("w_diag_selected", None)
         st.rerun()
     if b3.button("Clear", key="btn_clear", width="stretch"):
         st.session_state["selected_layers"] = []
         st.session_state.pop("w_diag_selected", None)
         st.rerun()
-    if rec := st.session_state.get("recommendation"):
-        st.success(f"**Recommendation: {rec.strategy}** {rec.params or ''}  \n{rec.reason}")
+    rec = st.session_state.get("recommendation")
+    if rec:
+        st.success(f"**Recommendation: {rec.strategy}** {rec.params or ''} on {len(rec.layers)} layers  \n{rec.reason}")
+    if st.session_state["selected_layers"]:
+        strategy = forms.strategy_picker("w_diag_strategy", label="Strategy to check the selection against")
+        checks.selection_check(current.model, strategy, st.session_state["selected_layers"], key="diag",
+                               recommended=rec.strategy if rec and set(rec.layers) != set(st.session_state["selected_layers"]) else None)
 
     st.subheader("One layer")
     focus = st.selectbox("Layer", order, key="w_diag_focus",
@@ -89,7 +110,7 @@ with right:
         st.plotly_chart(views.unit_histogram(diagnosis.units(focus, metric), focus, metric, tau), key="diag_hist")
     else:
         st.caption("No per-unit scores for this layer (no activation metrics requested, or no activation after it).")
-    st.dataframe(diagnosis.wide().loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
+    st.dataframe(wide_all.loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
 
 st.subheader("Layer table")
 f1, f2, f3 = st.columns([2, 2, 2])

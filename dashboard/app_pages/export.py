@@ -7,6 +7,7 @@ import streamlit as st
 
 import plasticity_core as pc
 from dashboard import state, views
+from plasticity_core import directions
 
 st.title("Export")
 cfg: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
@@ -23,22 +24,18 @@ else:
                        icon=":material/download:")
     d2.download_button("reinit_config.json", json_text, "reinit_config.json", "application/json", key="dl_json",
                        icon=":material/download:")
+    touched, skipped = cfg.resolved_layers, cfg.skipped_layers
+    t1, t2 = st.columns(2)
+    t1.markdown(f"**Re-initialised ({len(touched)})**  \n" + (", ".join(f"`{n}`" for n in touched) or "none"))
+    t2.markdown(f"**Selected but skipped ({len(skipped)})**  \n"
+                + ("  \n".join(f"`{n}`: {why}" for n, why in skipped.items()) or "none"))
     st.code(yaml_text, language="yaml")
     setup = current.setup if current else state.DEFAULT_SETUP
     classes = current.data.num_classes if current else "N"
-    st.markdown("**Apply it with the CLI** (writes the re-initialised weights):")
-    extra = (f" --arch {setup['arch']}" if setup.get("arch") else "") + ("" if setup["pretrained"] else " --random-init")
-    st.code(f"plasticity reinit --config reinit_config.yaml --model {setup['backbone']}{extra} --num-classes {classes} "
-            f"--data '{setup['data']}' --image-size {setup['image_size']} --out reinit_weights.safetensors",
-            language="bash")
-    st.markdown("**Or in your own training code**, before the optimizer is built:")
-    st.code(f"""import plasticity_core as pc
-
-cfg = pc.ReinitConfig.load("reinit_config.yaml")
-bb = pc.load_backbone("{setup['backbone']}", num_classes={classes})
-data = pc.load_dataset("{setup['data']}", image_size={setup['image_size']}, data_config=bb.data_config)
-report = pc.apply_reinit(bb.model, cfg, data=data.train)  # recalibrates BatchNorm on your data
-print(report.table)""", language="python")
+    st.markdown("**Apply it with the CLI** (writes the re-initialised weights; every word is shell-quoted):")
+    st.code(views.shell(views.reinit_argv(setup, classes)), language="bash")
+    st.markdown("**Or in your own training code**, before the optimizer is built (the exact setup of this session):")
+    st.code(views.python_snippet(setup, classes), language="python")
 
 st.subheader("Diagnosis")
 if diagnosis is None:
@@ -53,7 +50,8 @@ else:
     e2.download_button("diagnosis.parquet", parquet, "diagnosis.parquet", "application/octet-stream", key="dl_parquet",
                        help="Long table, per-unit scores and metadata (metric versions); Diagnosis.load reads it back.")
     stages = {r["name"]: views.stage_of(r["group"]) for r in diagnosis.meta["layers"]}
-    fig, _ = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics})
+    fig, _ = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
+                           worse={m: directions.worse(m) for m in diagnosis.metrics}, plain=directions.PLAIN)
     buf = io.StringIO()
     fig.write_html(buf, include_plotlyjs=True, full_html=True)
     e3.download_button("heatmap.html", buf.getvalue(), "heatmap.html", "text/html", key="dl_heatmap",

@@ -1,14 +1,31 @@
-"""Fine-tune: baseline vs re-init arms over seeds, run in a background worker; curves poll the run folders live."""
+"""Fine-tune: baseline vs re-init arms over seeds, run in the background; live per-run progress and curves read
+from the run folders; arms that would change nothing are refused before launch, with the reason."""
 import pandas as pd
 import streamlit as st
 
 import plasticity_core as pc
 from dashboard import forms, state, views
+from plasticity_core.progress import run_progress
+from plasticity_core.reinit import noop_reason
 
 st.title("Fine-tune")
 store = pc.RunStore(state.runs_root())
 current = state.loaded()
 cfg: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
+kept = forms.kept  # widgets start from the values this workspace last had (they survive page switches and reloads)
+
+COMPARE_HELP = {
+    "arm": "the arm's name: baseline = plain fine-tuning; otherwise the re-init strategy applied before it",
+    "runs": "how the arm's runs ended; a stopped or failed run is flagged because its numbers are not comparable",
+    "n_seeds": "seeds with at least one evaluation (these enter the means)",
+    "final_acc": "validation accuracy at the last evaluation, mean ± sample std over seeds",
+    "best_acc": "best validation accuracy over the run, mean ± std over seeds",
+    "steps_to_target": "first evaluated step at which accuracy reached 90 % of the baseline's best accuracy "
+                       "(mean over the seeds that reached it; 'never' if none did). Lower = adapts faster",
+    "reached_target": "seeds that reached that target / seeds",
+    "target_acc": "the target: 90 % of the baseline's mean best accuracy",
+    "wall_time_s_mean": "wall-clock seconds per run, mean over seeds",
+}
 
 with st.expander("New experiment", expanded="experiment" not in st.session_state):
     if current is None:
@@ -18,36 +35,53 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         st.caption(f"`{setup['backbone']}` on `{setup['data']}` at {setup['image_size']} px, device {setup['device']}. "
                    "Every arm starts from the same pretrained weights and sees the same batches per seed.")
         a1, a2 = st.columns([1, 2])
-        baseline = a1.checkbox("Baseline (plain fine-tuning)", value=True, key="w_ft_baseline")
+        baseline = a1.checkbox("Baseline (plain fine-tuning)", value=kept("w_ft_baseline", True), key="w_ft_baseline")
         own = a1.checkbox(f"Re-init arm: {cfg.strategy}" if cfg else "Re-init arm (preview one on Re-init first)",
-                          value=cfg is not None, disabled=cfg is None, key="w_ft_own")
-        others = a2.multiselect("Also compare (default parameters, same layers)",
-                                [n for n in pc.STRATEGIES.names() if cfg is None or n != cfg.strategy],
-                                disabled=cfg is None, key="w_ft_others")
+                          value=kept("w_ft_own", cfg is not None) and cfg is not None, disabled=cfg is None, key="w_ft_own")
+        choices = [n for n in pc.STRATEGIES.names() if cfg is None or n != cfg.strategy]
+        others = a2.multiselect("Also compare (default parameters, same layers)", choices,
+                                default=[o for o in kept("w_ft_others", []) if o in choices], disabled=cfg is None,
+                                key="w_ft_others")
         c = st.columns(6)
-        seeds = c[0].number_input("Seeds", 1, 10, 1, key="w_ft_seeds")
-        steps = c[1].number_input("Steps", 1, 100_000, 100, step=10, key="w_ft_steps")
-        batch = c[2].number_input("Batch size", 1, 4096, 32, step=8, key="w_ft_batch")
-        lr = c[3].number_input("Learning rate", 1e-6, 10.0, 0.01, format="%.4g", key="w_ft_lr")
-        eval_every = c[4].number_input("Eval every", 1, 10_000, 10, key="w_ft_eval")
-        limit = c[5].number_input("Data limit (0 = all)", 0, 10_000_000, int(setup["limit"]), step=100, key="w_ft_limit")
+        seeds = c[0].number_input("Seeds", 1, 10, kept("w_ft_seeds", 1), key="w_ft_seeds")
+        steps = c[1].number_input("Steps", 1, 100_000, kept("w_ft_steps", 100), step=10, key="w_ft_steps")
+        batch = c[2].number_input("Batch size", 1, 4096, kept("w_ft_batch", 32), step=8, key="w_ft_batch")
+        lr = c[3].number_input("Learning rate", 1e-6, 10.0, kept("w_ft_lr", 0.01), format="%.4g", key="w_ft_lr")
+        eval_every = c[4].number_input("Eval every", 1, 10_000, kept("w_ft_eval", 10), key="w_ft_eval")
+        limit = c[5].number_input("Data limit (0 = all)", 0, 10_000_000, kept("w_ft_limit", int(setup["limit"])), step=100,
+                                  key="w_ft_limit")
         arms = {"baseline": None} if baseline else {}
         if cfg is not None and own:
             arms[cfg.strategy] = cfg
         for name in others:
-            arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed)
-        if st.button("Launch", type="primary", key="btn_launch", disabled=not arms):
+            params = {"maturity": max(1, int(steps) // 10)} if name == "cbp" else {}
+            arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed, params=params)
+        if "cbp" in others:
+            st.caption(f"cbp compared with maturity = {max(1, int(steps) // 10)} (a tenth of the run's steps): with its "
+                       "default of 1000 no unit would be old enough to be replaced in a short run.")
+        default_name = "-vs-".join(arms) or "experiment"
+        n1, n2 = st.columns([2, 1])
+        name = n1.text_input("Experiment name", value=kept("w_ft_name", default_name), key="w_ft_name",
+                             help="Names the experiment's folder (a timestamp is appended, so names can repeat).")
+        executors = forms.executors()
+        executor = n2.selectbox("Run on", list(executors), format_func=executors.get, key="w_ft_executor",
+                                index=list(executors).index(kept("w_ft_executor", "process")) if kept("w_ft_executor", "process") in executors else 0)
+        noop = {arm: why for arm, c in arms.items() if (why := noop_reason(current.model, c, int(steps)))}
+        for arm, why in noop.items():
+            st.error(f"Arm **{arm}** would change nothing: {why}", icon=":material/block:")
+        anyway = st.checkbox("Launch anyway (the arms above will reproduce the baseline)", key="w_ft_anyway") if noop else False
+        if st.button("Launch", type="primary", key="btn_launch", disabled=not arms or (bool(noop) and not anyway)):
             try:
                 experiment = pc.ExperimentConfig(
-                    name="dashboard", backbone=setup["backbone"], arch=setup["arch"] or None, pretrained=setup["pretrained"],
-                    data=setup["data"],
+                    name=name or default_name, backbone=setup["backbone"], arch=setup["arch"] or None,
+                    pretrained=setup["pretrained"], data=setup["data"],
                     data_limit=int(limit) or None, arms=arms, seeds=list(range(int(seeds))),
                     finetune=pc.FinetuneConfig(steps=int(steps), batch_size=int(batch), lr=float(lr),
                                                image_size=int(setup["image_size"]), eval_every=int(eval_every),
                                                device=setup["device"], warmup_steps=min(10, int(steps) // 10)))
-                handle = pc.start_run(experiment, store)
+                handle = forms.launch(experiment, store, executor, allow_noop=bool(noop))
             except forms.errors() as e:
-                st.error(f"{type(e).__name__}: {e}")
+                st.error(state.message(e))
             else:
                 st.session_state["experiment"] = st.session_state["w_ft_experiment"] = handle.runs[0].experiment
                 st.rerun()
@@ -58,7 +92,9 @@ if not experiments:
     st.stop()
 active = [r.experiment for r in store.runs() if r.status in ("queued", "running")]
 # after a browser reload the session is new: re-attach to a running experiment, else show the latest
-default = st.session_state.get("experiment") or (active[-1] if active else experiments[-1])
+default = st.session_state.get("experiment")
+if default not in experiments:
+    default = active[-1] if active else experiments[-1]
 chosen = st.selectbox("Experiment", experiments[::-1], index=experiments[::-1].index(default), key="w_ft_experiment")
 st.session_state["experiment"] = chosen
 
@@ -76,6 +112,26 @@ def _points(runs: list) -> pd.DataFrame:
     return pd.concat(frames) if frames else pd.DataFrame(columns=["arm", "seed", "step", "metric", "value"])
 
 
+def _progress_table(runs: list) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        p = run_progress(r.events(), r.summary())
+        rows.append({"arm": r.arm, "seed": r.seed, "status": p["status"],
+                     "progress": p["fraction"], "step": f"{p['step']}/{p['total'] or '?'}",
+                     "val_acc": None if p["val_acc"] is None else 100 * p["val_acc"],
+                     "at step": p["val_acc_step"], "elapsed": _duration(p["elapsed_s"]),
+                     "ETA": _duration(p["eta_s"]) if p["eta_s"] is not None else ("done" if p["status"] in ("finished",) else "–"),
+                     "reason": r.summary().get("reason", "")})
+    return pd.DataFrame(rows)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
 def _live_view() -> None:
     runs = store.runs(chosen)
     table = store.table(chosen)
@@ -84,24 +140,47 @@ def _live_view() -> None:
         for r in runs:
             r.request_stop()
         st.toast("Stop requested: the worker ends each run at its next step.")
+    st.dataframe(_progress_table(runs), hide_index=True, key="progress_table", width="stretch", column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "val_acc": st.column_config.NumberColumn("latest val acc", format="%.1f %%",
+                                                 help="accuracy on the validation split at the latest evaluation"),
+        "at step": st.column_config.NumberColumn("at step", help="step of that evaluation (0 = before training)"),
+        "ETA": st.column_config.TextColumn("ETA", help="time left at this run's pace so far"),
+    })
     points = _points(runs)
+    strategies = {r.arm: (r.config.arms[r.arm].strategy if r.config.arms[r.arm] is not None else "none") for r in runs}
+    colours = views.arm_colours(list(dict.fromkeys(r.arm for r in runs)), strategies)
+    total = max((r.config.finetune.steps for r in runs), default=None)
     if len(points):
-        for column, (metric, title) in zip(st.columns(2), [("val_acc", "Validation accuracy"), ("loss", "Training loss")]):
+        for column, (metric, title, pct) in zip(st.columns(2), [("val_acc", "Validation accuracy", True),
+                                                               ("loss", "Training loss", False)]):
             if (points["metric"] == metric).any():
-                column.plotly_chart(views.curves(points, metric, title), key=f"curve_{metric}")
+                column.plotly_chart(views.curves(points, metric, title, colours, percent=pct, total_steps=total),
+                                    key=f"curve_{metric}")
             else:
                 column.caption(f"{title}: waiting for the first value…")
     else:
         st.caption("Waiting for the first events…")
-    st.dataframe(table.drop(columns=["experiment", "path"]), hide_index=True, key="runs_table")
     if not running:
         if st.session_state.get("was_running"):
             st.session_state["was_running"] = False
             st.rerun(scope="app")  # stop polling
         st.subheader("Comparison")
-        st.dataframe(pc.compare_runs(runs)[["arm", "strategy", "n_seeds", "n_failed", "final_acc", "best_acc",
-                                           "steps_to_target", "reached_target", "wall_time_s_mean"]],
-                     hide_index=True, key="compare_table")
+        compare = pc.compare_runs(runs)
+        ended = table.groupby("arm")["status"].agg(lambda s: ", ".join(f"{n} {k}" for k, n in s.value_counts().items()))
+        compare.insert(1, "runs", compare["arm"].map(ended))
+        flagged = table[table["status"] != "finished"]
+        if len(flagged):
+            st.warning("Not comparable as is: " + "; ".join(
+                f"{r.arm} seed {r.seed} {r.status} ({r.reason})" for r in flagged.itertuples()))
+        compare["target_acc"] = compare["target_acc"] * 100
+        st.dataframe(compare[["arm", "runs", "n_seeds", "final_acc", "best_acc", "steps_to_target", "reached_target",
+                              "target_acc", "wall_time_s_mean"]],
+                     hide_index=True, key="compare_table",
+                     column_config={c: st.column_config.Column(c, help=h) for c, h in COMPARE_HELP.items()}
+                     | {"target_acc": st.column_config.NumberColumn("target_acc", format="%.1f %%", help=COMPARE_HELP["target_acc"])})
+        st.caption("Accuracies in the table are fractions (0.85 = 85 %). " + " · ".join(
+            f"**{c}**: {h}" for c, h in COMPARE_HELP.items() if c in ("steps_to_target", "reached_target", "runs")))
     st.session_state["was_running"] = running
 
 

@@ -1,24 +1,25 @@
-"""Re-init: a strategy and its parameters (from the registry), the layers it touches, and a preview on a copy."""
+"""Re-init: a strategy and its parameters (from the registry), what it will do to each selected layer, and a
+preview on a copy of the model."""
 import streamlit as st
 
 import plasticity_core as pc
-from dashboard import forms, state, views
+from dashboard import checks, forms, state, views
 
 st.title("Re-init")
 current = state.require_loaded()
 
-names = pc.STRATEGIES.names()
 saved: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
-default_strategy = st.session_state.get("reinit_strategy") or (saved.strategy if saved else names[0])
+if "strategy" not in st.session_state and saved is not None:
+    st.session_state["strategy"] = saved.strategy
 left, right = st.columns([1, 2])
 with left:
     st.subheader("Strategy")
-    strategy = st.selectbox("Strategy", names, index=names.index(default_strategy), key="w_strategy",
-                            label_visibility="collapsed")
+    strategy = forms.strategy_picker("w_strategy")
     info = pc.STRATEGIES.get(strategy)
     st.caption(info.definition)
-    start = st.session_state.get("reinit_params") if st.session_state.get("reinit_strategy") == strategy else None
-    params = forms.strategy_params(info, start or (saved.params if saved and saved.strategy == strategy else {}), "w_param")
+    start = checks.params_for(strategy) or (saved.params if saved and saved.strategy == strategy else {})
+    params = forms.strategy_params(info, start, "w_param")
+    st.session_state.setdefault("strategy_params", {})[strategy] = params
     seed = st.number_input("Seed", 0, 2**31 - 1, saved.seed if saved else 0, key="w_reinit_seed")
     recalibrate = st.checkbox("Recalibrate BatchNorm on target data", value=True, key="w_recal")
 with right:
@@ -31,11 +32,12 @@ with right:
     exclude_text = st.text_area("Exclude", "\n".join(saved.exclude if saved else []), height=68, key="w_exclude")
     include = [p.strip() for p in layers_text.splitlines() if p.strip()]
     exclude = [p.strip() for p in exclude_text.splitlines() if p.strip()]
-    sel = pc.select_layers(current.model, include, exclude, allow_grouped=info.allow_grouped,
-                           allow_patch_embed=info.allow_patch_embed, kinds=info.kinds)
-    st.caption(f"{len(sel.names)} layer(s) match: " + (", ".join(sel.names[:12]) + (" …" if len(sel.names) > 12 else "")))
 
-if st.button("Preview", type="primary", key="btn_preview", disabled=not sel.names):
+st.subheader(f"What {strategy} will do to the selected layers")
+plan = checks.selection_check(current.model, strategy, include, exclude, key="reinit")
+
+if st.button("Preview", type="primary", key="btn_preview", disabled=plan is None or not plan.touched,
+             help=None if plan is None or plan.touched else "The strategy acts on none of the selected layers."):
     diagnosis = st.session_state.get("diagnosis")
     try:
         cfg = pc.ReinitConfig(strategy=strategy, layers=include, exclude=exclude, params=params, seed=int(seed),
@@ -44,12 +46,11 @@ if st.button("Preview", type="primary", key="btn_preview", disabled=not sel.name
         with st.spinner("Re-initialising a copy of the model…"):
             report = pc.preview_reinit(current.model, cfg, data=current.data.loader("train", batch_size=32))
     except forms.errors() as e:
-        st.error(f"{type(e).__name__}: {e}")
+        st.error(state.message(e))
     else:
         cfg.resolved_layers = list(report.resolved_layers)
+        cfg.skipped_layers = dict(zip(report.skipped["layer"], report.skipped["reason"]))
         st.session_state.update(reinit_cfg=cfg, preview=report)
-        st.session_state.pop("reinit_strategy", None)
-        st.session_state.pop("reinit_params", None)
 
 report = st.session_state.get("preview")
 if report is None:
@@ -62,12 +63,17 @@ m = st.columns(4)
 m[0].metric("Layers touched", s["layers"])
 m[1].metric("Units touched", s["units"])
 m[2].metric("Weights touched", f"{s['weights']:,}")
-m[3].metric("Skipped", s["skipped"])
+m[3].metric("Selected but skipped", s["skipped"])
 for note in report.notes:
     st.caption(f"Note: {note}")
+idle = report.table[report.table["units_touched"] == 0]["layer"].tolist() if len(report.table) else []
+if idle and s["strategy"] != "cbp":
+    st.warning(f"{len(idle)} selected layer(s) had no unit meeting {s['strategy']}'s criterion on this data and are "
+               f"unchanged: {', '.join(idle[:8])}{' …' if len(idle) > 8 else ''}")
 if len(report.table):
     st.plotly_chart(views.preview_chart(report.table), key="preview_chart")
     st.dataframe(report.table, hide_index=True, key="preview_table")
-with st.expander(f"Skipped layers ({len(report.skipped)})"):
-    st.dataframe(report.skipped, hide_index=True)
+if len(report.skipped):
+    st.warning(f"{len(report.skipped)} selected layer(s) left alone by {s['strategy']}:")
+    st.dataframe(report.skipped, hide_index=True, key="preview_skipped", width="stretch")
 st.page_link("app_pages/finetune.py", label="Compare it against plain fine-tuning", icon=":material/show_chart:")

@@ -36,7 +36,7 @@ if st.button("Load", type="primary", key="btn_load") or first_visit:
         try:
             result = state.load(st.session_state["setup"], step=status.write)
         except forms.errors() as e:
-            st.session_state["setup_error"] = f"{type(e).__name__}: {e}"
+            st.session_state["setup_error"] = state.message(e)
             status.update(label="Loading failed", state="error")
         else:
             state.commit_loaded(result)

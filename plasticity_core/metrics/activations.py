@@ -1,7 +1,7 @@
 """Activation metrics: dormant (ReDo), dead (continual backprop) and saturation, from the real activation module.
 
 Each is an ``Accumulator`` fed from hooks on the layer's activation module (``LayerInfo.act``): per-unit sums
-and counts live on the device (sums in fp32, counts in int64) and become scores only in ``finish``. The unit
+and counts live on the device (sums in fp32, counts as exact float64 sums) and become scores only in ``finish``. The unit
 axis is ``LayerInfo.unit_dim`` (1 for NCHW conv activations, -1 for tokens / linear); every other axis (batch,
 space, tokens) counts as "inputs", so a conv unit's statistics average over batch and space. The three
 statistics share one ``ActivationView`` per activation call, which computes each per-unit reduction once
@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from plasticity_core.metrics.base import Accumulator, masked_fraction, register_metric, with_nan
+from plasticity_core.metrics.base import Accumulator, masked_fraction, masked_mean, register_metric, with_nan
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
@@ -58,7 +58,7 @@ def _region_fn(act: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: (z <= lo) | (z >= hi)
 
 
-# Region where |phi'(z)| < 1 % of max |phi'| (default eps): DESIGN.md's table, re-derived for any eps above.
+# Region where |phi'(z)| < 1 % of max |phi'| (default eps): the table in docs/methods.md (Metrics), re-derived for any eps above.
 FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {a: _region_fn(a) for a in ACT_FNS}
 
 
@@ -66,9 +66,7 @@ def redo_scores(mean_abs: torch.Tensor, bad: torch.Tensor | None = None) -> torc
     """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics)."""
     if bad is None:
         return mean_abs / (mean_abs.mean() + REDO_EPS)
-    good = ~bad
-    mean = torch.where(good, mean_abs, torch.zeros_like(mean_abs)).sum() / good.sum().clamp_min(1)
-    return with_nan(mean_abs / (mean + REDO_EPS), bad)
+    return with_nan(mean_abs / (masked_mean(mean_abs, bad) + REDO_EPS), bad)
 
 
 def dormant_mask(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -86,15 +84,32 @@ def reduce_dims(t: torch.Tensor, unit_dim: int) -> tuple[int, ...]:
 
 
 class ActivationView:
-    """One activation tensor of one layer in one batch; each per-unit reduction is computed once and shared."""
+    """One activation tensor of one layer in one batch; each per-unit reduction is computed once and shared.
+
+    Every statistic is a float sum over positions per (sample, unit), then over samples: counts come from
+    ``sign`` / ``ceil`` arithmetic rather than boolean masks (two to four times faster on CPU, exact: each
+    per-sample count is an integer below 2^24), and a NaN or inf in the input makes the sum non-finite, so a
+    broken unit can never pass for a healthy one.
+    """
 
     def __init__(self, t: torch.Tensor, unit_dim: int, act_type: str | None) -> None:
-        self.t, self.act_type = t, act_type
-        self.unit_dim = unit_dim % t.dim()
-        self.dims = reduce_dims(t, unit_dim)
-        self.count = t.numel() // t.shape[self.unit_dim]  # inputs per unit (from the shape: no sync)
-        self.positions = self.count // t.shape[0]  # per sample (space / tokens)
+        self.act_type = act_type
+        u = unit_dim % t.dim()
+        if u == 0:
+            raise ValueError("the unit axis cannot be the batch axis")
+        self.t = t if t.dtype == torch.float32 else t.float()
+        self.units = t.shape[u]
+        self.positions = t.numel() // (t.shape[0] * self.units)  # per sample (space / tokens)
+        self.count = self.positions * t.shape[0]  # inputs per unit (from the shape: no sync)
+        self.unit_dim = u
         self._memo: dict[str, torch.Tensor] = {}
+
+    def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, units): the sum of ``x`` (shaped like the activation) over positions."""
+        if self.unit_dim == 1 and x.dim() > 2:
+            return x.reshape(x.shape[0], self.units, -1).sum(-1)  # NCHW: contiguous inner reduction
+        dims = tuple(d for d in range(1, x.dim()) if d != self.unit_dim)
+        return x.sum(dims) if dims else x
 
     def _get(self, key: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key not in self._memo:
@@ -103,38 +118,44 @@ class ActivationView:
 
     def pooled(self) -> torch.Tensor:
         """(batch, units) fp32: the mean over every axis but batch and units (Dohare et al.'s pooled features)."""
-        def pool() -> torch.Tensor:
-            dims = tuple(d for d in range(1, self.t.dim()) if d != self.unit_dim)
-            x = self.t.float()
-            return x.mean(dims) if dims else x
-        return self._get("pooled", pool)
+        return self._get("pooled", lambda: self._per_sample(self.t) / self.positions)
 
     def abs_sum(self) -> torch.Tensor:
         """Per-unit sum of |h| (fp32). Non-negative outputs reuse the pooled features (no second pass)."""
         if self.act_type in NONNEG:
             return self._get("abs_sum", lambda: self.pooled().sum(0) * self.positions)
-        return self._get("abs_sum", lambda: torch.linalg.vector_norm(self.t.float(), ord=1, dim=self.dims))
+        return self._get("abs_sum", lambda: self._per_sample(self.t.abs()).sum(0))
 
     def nonzero(self) -> torch.Tensor:
-        """Per-unit count of nonzero entries (int64)."""
-        return self._get("nonzero", lambda: torch.count_nonzero(self.t, dim=self.dims))
+        """Per-unit count of nonzero entries (fp32 sums of |sign h|, exact integers)."""
+        def count() -> torch.Tensor:
+            sign = torch.sign(self.t)
+            return self._per_sample(sign if self.act_type in NONNEG else sign.abs_()).double().sum(0)
+        return self._get("nonzero", count)
+
+    def at_most(self, lo: float) -> torch.Tensor:
+        """Per-unit count of entries ``<= lo``."""
+        if lo == 0.0 and self.act_type in ("relu", "relu6"):  # outputs >= 0: zero or positive
+            return self.count - self.nonzero()
+        # ceil(t - lo) <= 0 iff t <= lo (t - lo is exact near lo, Sterbenz); clamp to {0, 1}, count the zeros
+        return self._get(f"le{lo}", lambda: self.count - self._per_sample(
+            (self.t - lo).ceil_().clamp_(0, 1)).double().sum(0))
+
+    def at_least(self, hi: float) -> torch.Tensor:
+        """Per-unit count of entries ``>= hi``."""
+        if self.act_type == "relu6" and hi == 6.0:  # outputs <= 6: sign(h - 6) + 1 is 1 at 6, else 0
+            return self._get("ge6", lambda: self._per_sample(torch.sign(self.t - 6.0)).double().sum(0) + self.count)
+        return self._get(f"ge{hi}", lambda: self.count - self._per_sample(
+            (hi - self.t).ceil_().clamp_(0, 1)).double().sum(0))
 
     def outside(self, lo: float, hi: float) -> torch.Tensor:
-        """Per-unit count of entries ``<= lo`` or ``>= hi`` (int64); ReLU (lo 0, no hi) reuses the nonzero count."""
-        if lo == 0.0 and hi == math.inf and self.act_type == "relu" and "nonzero" in self._memo:
-            return self.count - self._memo["nonzero"]
-        def count() -> torch.Tensor:
-            t = self.t
-            if hi == math.inf:
-                mask = t <= lo
-            elif lo == -math.inf:
-                mask = t >= hi
-            elif lo == -hi:
-                mask = t.abs() >= hi
-            else:
-                mask = (t <= lo) | (t >= hi)
-            return torch.count_nonzero(mask, dim=self.dims)
-        return self._get(f"outside{lo},{hi}", count)
+        """Per-unit count of entries ``<= lo`` or ``>= hi`` (lo < hi)."""
+        out = torch.zeros(self.units, dtype=torch.float64, device=self.t.device)
+        if lo > -math.inf:
+            out = out + self.at_most(lo)
+        if hi < math.inf:
+            out = out + self.at_least(hi)
+        return out
 
 
 @register_metric(
@@ -170,7 +191,7 @@ class Dead(Accumulator):
     def __init__(self, layer, device, *, min_fraction: float) -> None:
         super().__init__(layer, device)
         self.min_fraction = min_fraction
-        self.nonzero = torch.zeros(layer.units, dtype=torch.int64, device=device)
+        self.nonzero = torch.zeros(layer.units, dtype=torch.float64, device=device)
         self.n = 0
 
     def update(self, view: ActivationView) -> None:
@@ -180,7 +201,7 @@ class Dead(Accumulator):
     def finish(self, bad):
         if not self.n:
             return None
-        frac = with_nan(self.nonzero.double() / self.n, bad)
+        frac = with_nan(self.nonzero / self.n, bad)
         return masked_fraction(frac < self.min_fraction, bad), frac
 
 
@@ -197,7 +218,7 @@ class Saturation(Accumulator):
         self.lo, self.hi = flat_region(layer.act_type, float(eps))
         # ReLU / ReLU6 are monotone clamps: z <= 0 iff h == 0, z >= 6 iff h == 6, so the output suffices
         self.on_output = layer.act_type in ("relu", "relu6")
-        self.count = torch.zeros(layer.units, dtype=torch.int64, device=device)
+        self.count = torch.zeros(layer.units, dtype=torch.float64, device=device)
         self.n = 0
 
     @classmethod
@@ -216,9 +237,5 @@ class Saturation(Accumulator):
     def finish(self, bad):
         if not self.n:
             return None
-        frac = with_nan(self.count.double() / self.n, bad)
-        value = torch.where(bad, torch.zeros_like(frac), frac).sum() / (~bad).sum().clamp_min(1) if bad is not None \
-            else frac.mean()
-        if bad is not None:
-            value = torch.where((~bad).any(), value, torch.full_like(value, float("nan")))
-        return value, frac
+        frac = with_nan(self.count / self.n, bad)
+        return masked_mean(frac, bad), frac

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from plasticity_core.errors import UnknownNameError
 from plasticity_core.metrics.base import METRICS
 
 META_KEY = b"plasticity.meta"
@@ -65,7 +66,7 @@ class Diagnosis:
                 why = f"unknown layer {layer!r}"
             else:
                 why = f"no per-unit {metric!r} for {layer!r} (not requested, or the layer has no activation)"
-            raise KeyError(f"{why}; unit metrics of this layer: {have}") from None
+            raise UnknownNameError(f"{why}; unit metrics of this layer: {have}") from None
 
     def unit_keys(self) -> list[tuple[str, str]]:
         return list(self._units)

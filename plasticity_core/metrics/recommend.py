@@ -4,7 +4,7 @@ The score of a layer is the fraction of its units that are *impaired*, i.e. flag
 unit-level criterion measured on the target data:
   - dormant: ReDo score ``s_i <= tau`` (the unit's output is negligible next to its layer's),
   - dead: nonzero on fewer than 1 % of inputs,
-  - saturated: pre-activation in the flat region on more than 99 % of inputs (methods.md a.10),
+  - saturated: pre-activation in the flat region on more than 99 % of inputs (docs/methods.md, Metrics: saturation),
   - gradient-starved: ReDo score of ``|dL/dh_i|`` ``<= tau`` (the unit's incoming weights barely move).
 Why this score: each criterion names a unit that cannot currently learn on the target task (no output, no
 gradient, or zero derivative), which is what loss of plasticity means; a union of per-unit flags is
@@ -140,6 +140,14 @@ def recommend(d: "Diagnosis", budget: float | int = 0.25, min_score: float = 0.0
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"budget must be a fraction of parameters in (0, 1] or a number of layers >= 1, got {budget!r}")
     ranking = rank_layers(d)
+    bad = d.meta.get("nonfinite", {})
+    if bad.get("inputs") or bad.get("layers"):
+        layers = bad.get("layers", [])
+        return Recommendation(ranking, [], "fire", {}, (
+            f"Refused: this diagnosis saw non-finite values ({bad.get('inputs', 0)} in the inputs; weights or statistics "
+            f"of {len(layers)} layer(s){': ' + ', '.join(layers[:5]) if layers else ''}{' ...' if len(layers) > 5 else ''}). "
+            f"Scores computed around NaN/inf are not a basis for re-initialising anything: fix the data or the model "
+            f"(column 'nonfinite' of the diagnosis) and diagnose again."))
     if ranking.empty:
         return Recommendation(ranking, [], "fire", {}, "No unit-level metrics (dormant, dead, saturation, "
                               "grad_dormant) in this diagnosis: run diagnose with them to get a recommendation.")

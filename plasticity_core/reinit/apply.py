@@ -1,7 +1,7 @@
 """``apply_reinit`` / ``preview_reinit`` and the two helpers every strategy relies on.
 
 Order of one call: validate the config, resolve layers, run the strategy on the selected layers, zero the
-optimizer state of what it touched, recalibrate BatchNorm statistics on target data (methods.md d.1, d.3),
+optimizer state of what it touched, recalibrate BatchNorm statistics on target data (docs/methods.md, Safeguards),
 and report per layer what changed.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Any, batches: int = 20, devi
     """Re-estimate every BatchNorm's running mean/var on ``loader`` (cumulative average over ``batches``).
 
     Needed after any weight surgery: the stored statistics describe the old weights, so eval-mode outputs
-    are wrong until they are refreshed (methods.md d.1). Only BatchNorm layers run in train mode; dropout
+    are wrong until they are refreshed (docs/methods.md, Safeguards: BatchNorm). Only BatchNorm layers run in train mode; dropout
     and the rest stay in eval mode. Returns the number of batches used (0 if the model has no BatchNorm).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -79,7 +79,7 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, touched: Touched) ->
     ``touched``: parameters (whole tensor) or ``(param, dim, index)`` tuples (``index=None``: whole tensor).
     A whole-tensor reset also sets Adam's per-tensor ``step`` to 0 (fresh bias correction). A partial reset
     leaves ``step``: PyTorch keeps one step per tensor, and zeroing it would re-damp every other entry
-    (methods.md d.3). Returns the number of state entries zeroed.
+    (docs/methods.md, Safeguards: optimizer state). Returns the number of state entries zeroed.
     """
     zeroed = 0
     for item in touched:

@@ -6,6 +6,8 @@ is what ``ReinitConfig.validate()`` calls; the dashboard builds its widgets from
 """
 from __future__ import annotations
 
+import math
+
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -52,8 +54,8 @@ class Param:
             raise ConfigError(f"{where}: expected {why}; got {type(value).__name__} {value!r}")
         if self.type == "float":
             value = float(value)
-            if value != value:
-                raise ConfigError(f"{where}: expected {why}; got NaN")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite {why}; got {value}")
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{where}: expected {why}; got {value!r}")
         if self.min is not None and (value < self.min or (self.min_exclusive and value == self.min)):

@@ -2,9 +2,9 @@
 
 ``apply_reinit`` with ``cbp`` changes no weight: it arms a ``ContinualBackprop`` (``report.step_callback``;
 or build one with ``make_cbp(model, cfg)``) that the loop calls as ``cb(model, optimizer, step)`` after every
-optimizer step and closes at the end (``cb.close()`` or ``with``). Per paired layer and step (methods.md b.3):
+optimizer step and closes at the end (``cb.close()`` or ``with``). Per paired layer and step (docs/methods.md, cbp):
 ages += 1; contribution utility ``u <- decay*u + (1-decay) * mean|h_i| * mean|w_out[:, i]|`` (a true EMA, not
-res_gnt.py's cumulative sum, d.8) with bias correction ``u / (1 - decay^age)``; units with age > maturity
+res_gnt.py's cumulative sum) with bias correction ``u / (1 - decay^age)``; units with age > maturity
 are eligible; ``replacement_rate * n_eligible`` replacements accumulate and ``floor`` of the sum are carried
 out on the lowest-utility eligible units (fresh fan-in incoming weights, zero outgoing weights, reset BN entry,
 age and utility 0, optimizer state of the slices zeroed). ``|h|`` is the consumer layer's input, i.e. the

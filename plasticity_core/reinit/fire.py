@@ -3,8 +3,8 @@
 As released (``isaac7778/FIRE`` vision/interventions/fire.py): tall orientation, Frobenius normalisation,
 cubic Newton-Schulz ``X <- 1.5 X - 0.5 X (X^T X)`` for 10 steps, convs per spatial tap, then scale
 ``sqrt(d_out/d_in)`` (convs: per tap ``sqrt(C_out/C_in) / (kh*kw)``). ``method="svd"`` gives the exact polar
-factor ``U V^T`` (10 Newton-Schulz steps only partly flatten square or ill-conditioned spectra, methods.md
-b.1.4). For timm ViTs FIRE touches only the q and k row blocks of ``qkv`` (``targets="qk"``); ``"all"`` adds
+factor ``U V^T`` (10 Newton-Schulz steps only partly flatten square or ill-conditioned spectra, docs/methods.md,
+fire). For timm ViTs FIRE touches only the q and k row blocks of ``qkv`` (``targets="qk"``); ``"all"`` adds
 v, ``attn.proj`` and the MLP (FIRE's language-model variant). Biases, norms and the patch embedding stay.
 """
 from __future__ import annotations

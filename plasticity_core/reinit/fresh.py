@@ -1,7 +1,7 @@
 """Fresh weights and explicit (in, out) unit pairs, shared by reset, shrink_perturb, redo, cbp and targeted.
 
 Fresh weights are drawn on the CPU from a seeded generator and then moved to the layer's device, so a seed
-gives the same weights on every device. Unit pairs are explicit (methods.md d.7): a unit of layer L may be
+gives the same weights on every device. Unit pairs are explicit (docs/methods.md, Safeguards: unit pairs): a unit of layer L may be
 recycled only when L's activation feeds exactly one next weight layer M inside the same block (``conv1 ->
 conv2 -> conv3`` of a ResNet block, ``mlp.fc1 -> mlp.fc2`` of a ViT block, consecutive layers of an
 ``nn.Sequential``, ``conv_pw -> (depthwise) -> conv_pwl`` of an inverted residual block); never the residual
@@ -70,7 +70,7 @@ def fresh_weight(layer: LayerInfo, model: nn.Module, g: torch.Generator, init: s
 
 
 def fresh_rows(layer: LayerInfo, model: nn.Module, units: torch.Tensor, g: torch.Generator, scale: str = "match") -> torch.Tensor:
-    """Fresh incoming weights for ``units`` of ``layer``: He-normal at fan-in scale (methods.md d.5).
+    """Fresh incoming weights for ``units`` of ``layer``: He-normal at fan-in scale (docs/methods.md, Safeguards: fresh weight scale).
 
     ``scale="match"`` rescales each new row to the mean norm of the surviving rows (dopamine's
     ``weight_scaling``), so new units are neither dwarfed by nor dominate pretrained ones.

@@ -38,6 +38,19 @@ class ReinitReport:
                 "weights": int(t["weights_touched"].sum()) if len(t) else 0,
                 "sfe": float(t["sfe"].sum()) if len(t) else 0.0, "skipped": len(self.skipped)}
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (tables as records; the cbp step callback is not kept)."""
+        return {"strategy": self.strategy, "table": self.table.to_dict("records"),
+                "skipped": self.skipped.to_dict("records"), "notes": list(self.notes),
+                "resolved_layers": list(self.resolved_layers), "params": dict(self.params),
+                "metric_versions": dict(self.metric_versions)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReinitReport":
+        return cls(d["strategy"], pd.DataFrame(d["table"], columns=COLUMNS),
+                   pd.DataFrame(d["skipped"], columns=["layer", "reason"]), list(d.get("notes", [])),
+                   list(d.get("resolved_layers", [])), dict(d.get("params", {})), dict(d.get("metric_versions", {})))
+
     def __repr__(self) -> str:
         s = self.summary()
         return (f"ReinitReport({s['strategy']}: {s['layers']} layers, {s['units']} units, {s['weights']} weights, "

@@ -1,4 +1,4 @@
-"""Shrink & perturb, in its two published forms (name the one you use; methods.md b.5).
+"""Shrink & perturb, in its two published forms (name the one you use; docs/methods.md).
 
 ``form="shrink"`` (Ash & Adams 2020): ``theta <- lam * theta + N(0, sigma^2)``.
 ``form="interpolate"`` (FIRE's and SAC's code): ``theta <- (1 - alpha) * theta + alpha * theta_init`` with

@@ -2,7 +2,7 @@
 
 Our reading of Coetzer, Schreuder & Bosman, arXiv 2603.20860: only the paper's abstract is public ("saturated"
 pretrained weights that "yield insignificant gradients", re-initialised "prior to fine-tuning"); its exact
-criterion, fraction and init are not, so this strategy offers the hypotheses of methods.md b.11 as a parameter
+criterion, fraction and init are not, so this strategy offers the hypotheses of docs/methods.md (targeted) as a parameter
 and must not be cited as the paper's method. Per selected layer, units are ranked by ``criterion``:
 - "grad": ReDo score on |dL/dh| (``diagnose`` metric "grad_dormant"); lowest = most insignificant gradients;
 - "saturation": per-unit fraction of inputs in the activation's flat region; highest = most saturated;

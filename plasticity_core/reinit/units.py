@@ -29,6 +29,10 @@ def diagnose_units(ctx: Context, metrics: list[str], max_batches: int) -> Any:
     from plasticity_core.metrics import METRICS, diagnose
 
     d = diagnose(ctx.model, ctx.data, metrics=metrics, max_batches=max_batches, device=ctx.device)
+    bad = d.meta.get("nonfinite", {})
+    if bad.get("inputs") or bad.get("layers"):
+        raise ValueError(f"cannot score units: the data or the model gave non-finite values ({bad.get('inputs', 0)} input "
+                         f"values; layers: {', '.join(bad.get('layers', [])[:5]) or 'none'}); fix them and apply again")
     for m in metrics:
         ctx.metric_versions[m] = METRICS.get(m).version
     return d
