@@ -1,34 +1,55 @@
 """How much does ``diagnose`` cost next to the forward (and backward) passes it piggybacks on?
 
 For each model (random weights), on the same N batches in the same run, prints:
-  act+weight / fwd      diagnose(activation + weight metrics) time / plain forwards (no_grad, eval)
-  act / fwd             the same without the weight metrics (their cost does not grow with the data)
-  all / fwd+bwd         diagnose(all metrics, gradients included) time / plain forward + backward
-  weights / ww          all weight metrics for the whole model (diagnose(metrics=weight names)) time /
-                        WeightWatcher(model).analyze() time (a benchmark-only dependency: pip install weightwatcher)
-Targets on a GPU: <= 1.2x, <= 1.4x, and WeightWatcher >= 15x slower. Each time is the median of --repeats runs
-after one warm-up run. Example (CPU, modest): python benchmarks/diagnose_overhead.py --size 64 --batches 2
+  act+w/fwd     diagnose(activation + weight metrics), weight cache cleared first, / plain forwards (no_grad, eval)
+  warm/fwd      the same with the weight metrics already cached (a dashboard session re-diagnosing one model)
+  act/fwd       activation metrics only / plain forwards
+  all/f+b       diagnose(all metrics, gradients included, cold) / plain forward + backward
+  weights s     every weight metric for the whole model, cold
+  ww/ours       WeightWatcher(model).analyze() time / weights s (benchmark-only dependency: pip install weightwatcher)
+  reads/batch   host reads per extra batch: CUDA synchronisations (torch.cuda sync debug mode) on a GPU, calls of
+                Tensor.item/.cpu/.tolist/.numpy/__bool__/__float__/__int__ on the CPU; (count(N) - count(1)) / (N - 1)
+  cpu~cuda      max relative difference between the CPU and the CUDA diagnosis of the same model and data
+                (every metric, precision="exact"); only with CUDA
+Then, per metric, its own cost: diagnose(metrics=[m]) time over the plain forward (weight metrics cold).
+Targets on a GPU at 224 px, batch 64, 8 batches: act+w <= 1.2x, all <= 1.4x, WeightWatcher >= 15x slower;
+on a CPU (one thread, 64 px) act+w <= 1.3x. Each time is the median of --repeats rounds after a warm-up round,
+the timed functions taking turns in every round (a shared machine's load drift biases all ratios alike).
+Example (CPU): OMP_NUM_THREADS=1 python benchmarks/diagnose_overhead.py --size 64 --batch 8 --batches 4
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import logging
 import statistics
 import time
+import warnings
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 
 from plasticity_core.metrics import METRICS, diagnose
+from plasticity_core.metrics.diagnose import clear_weight_cache
 
 MODELS = {"resnet50": "resnet50", "mobilenetv2_100": "mobilenetv2_100", "vit_small": "vit_small_patch16_224"}
+READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    def once() -> float:
+def timed(fn, device: torch.device, repeats: int, before=None) -> float:
+    return interleaved({"t": (fn, before)}, device, repeats)["t"]
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median time of each ``(fn, before)`` over ``repeats`` rounds, the functions taking turns in every round, so
+    a machine whose load drifts (a shared CPU) biases every ratio the same way. One warm-up round first."""
+    def once(fn, before) -> float:
+        if before is not None:
+            before()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
@@ -37,8 +58,45 @@ def timed(fn, device: torch.device, repeats: int) -> float:
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
 
-    once()  # warm-up (allocator, cudnn autotune, layer-map trace)
-    return statistics.median(once() for _ in range(repeats))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for k, (fn, before) in fns.items():
+            t = once(fn, before)
+            if r:
+                times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def host_reads(fn, device: torch.device) -> int:
+    """CUDA synchronisations (GPU) or value-reading Tensor calls (CPU) made by ``fn``."""
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in seen)
+    count = [0]
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+    for name, original in saved.items():
+        def wrapper(self, *a, _original=original, **k):
+            count[0] += 1
+            return _original(self, *a, **k)
+        setattr(torch.Tensor, name, wrapper)
+    try:
+        fn()
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
+    return count[0]
+
+
+def max_rel_diff(a, b) -> float:
+    x, y = a.wide().to_numpy(float), b.wide().reindex(index=a.wide().index, columns=a.wide().columns).to_numpy(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-6))) if ok.any() else float("nan")
 
 
 def build(name: str, size: int, device: torch.device) -> torch.nn.Module:
@@ -51,10 +109,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--size", type=int, default=64, help="input resolution (224 on a GPU)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-ww", action="store_true", help="skip the WeightWatcher comparison")
+    ap.add_argument("--no-per-metric", action="store_true", help="skip the per-metric table")
     args = ap.parse_args()
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -65,8 +124,10 @@ def main() -> None:
     act_only = [m for m, info in METRICS.items() if info.needs == "activations"]
     print(f"device={device} size={args.size} batch={args.batch} batches={args.batches} repeats={args.repeats} "
           f"torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'model':16s} {'fwd s':>8s} {'diag s':>8s} {'act+w/fwd':>9s} {'act/fwd':>7s} {'fwd+bwd s':>9s} {'diag all s':>10s} "
-          f"{'all/f+b':>8s} {'weights s':>9s} {'ww s':>8s} {'ww/ours':>8s}")
+    head = (f"{'model':16s} {'fwd s':>7s} {'act+w/fwd':>9s} {'warm/fwd':>8s} {'act/fwd':>7s} {'f+b s':>7s} {'all/f+b':>7s} "
+            f"{'weights s':>9s} {'ww s':>7s} {'ww/ours':>7s} {'reads/batch':>11s} {'cpu~cuda':>9s}")
+    print(head)
+    per_metric: dict[str, dict[str, float]] = {}
     for name in args.models:
         model = build(name, args.size, device)
         ref = {k: v.clone() for k, v in model.state_dict().items()}
@@ -81,13 +142,25 @@ def main() -> None:
                 F.cross_entropy(model(x), y, reduction="sum").backward()
             model.zero_grad(set_to_none=True)
 
-        fwd = timed(forward, device, args.repeats)
-        diag = timed(lambda: diagnose(model, data, reference=ref, metrics=act_weight, max_batches=args.batches),
-                     device, args.repeats)
-        act = timed(lambda: diagnose(model, data, metrics=act_only, max_batches=args.batches), device, args.repeats)
-        fb = timed(forward_backward, device, args.repeats)
-        diag_all = timed(lambda: diagnose(model, data, reference=ref, max_batches=args.batches), device, args.repeats)
-        w = timed(lambda: diagnose(model, data, reference=ref, metrics=weights), device, args.repeats)
+        t = interleaved({
+            "fwd": (forward, None),
+            "diag": (lambda: diagnose(model, data, reference=ref, metrics=act_weight), clear_weight_cache),
+            "warm": (lambda: diagnose(model, data, reference=ref, metrics=act_weight), None),
+            "act": (lambda: diagnose(model, data, metrics=act_only), None),
+            "fb": (forward_backward, None),
+            "diag_all": (lambda: diagnose(model, data, reference=ref), clear_weight_cache),
+            "w": (lambda: diagnose(model, data, reference=ref, metrics=weights), clear_weight_cache),
+        }, device, args.repeats)
+        fwd, diag, warm, act, fb, diag_all, w = (t[k] for k in ("fwd", "diag", "warm", "act", "fb", "diag_all", "w"))
+        one = host_reads(lambda: diagnose(model, data[:1], reference=ref), device)
+        many = host_reads(lambda: diagnose(model, data, reference=ref), device)
+        reads = (many - one) / max(1, len(data) - 1)
+        diff = float("nan")
+        if device.type == "cuda":
+            cpu_model = copy.deepcopy(model).cpu()
+            cpu_data = [(x.cpu(), y.cpu()) for x, y in data]
+            cpu_ref = {k: v.cpu() for k, v in ref.items()}
+            diff = max_rel_diff(diagnose(cpu_model, cpu_data, reference=cpu_ref), diagnose(model, data, reference=ref))
         ww = float("nan")
         if not args.no_ww:
             try:
@@ -99,8 +172,23 @@ def main() -> None:
                     ww = timed(lambda: watcher.analyze(), device, 1)
             except ImportError:
                 print("  (weightwatcher not installed: pip install weightwatcher)")
-        print(f"{name:16s} {fwd:8.3f} {diag:8.3f} {diag / fwd:9.2f} {act / fwd:7.2f} {fb:9.3f} {diag_all:10.3f} {diag_all / fb:8.2f} "
-              f"{w:9.3f} {ww:8.2f} {ww / w:8.1f}", flush=True)
+        print(f"{name:16s} {fwd:7.3f} {diag / fwd:9.2f} {warm / fwd:8.2f} {act / fwd:7.2f} {fb:7.3f} {diag_all / fb:7.2f} "
+              f"{w:9.3f} {ww:7.2f} {ww / w:7.1f} {reads:11.2f} {diff:9.1e}", flush=True)
+        if not args.no_per_metric:
+            t = interleaved({"fwd": (forward, None), "fb": (forward_backward, None),
+                             **{m: (lambda m=m: diagnose(model, data, reference=ref, metrics=[m]), clear_weight_cache)
+                                for m in METRICS.names()}}, device, 1)
+            costs = {}
+            for m in METRICS.names():
+                base = {"gradients": t["fb"], "activations": t["fwd"]}.get(METRICS[m].needs, 0.0)
+                costs[m] = (t[m] - base) / t["fwd"]
+            per_metric[name] = costs
+    if per_metric:
+        print("\nper-metric cost: (diagnose(metrics=[m]) - the passes it rides on) / plain forward "
+              "(weights: cold; gradients: minus forward+backward)")
+        print(f"{'metric':16s} " + " ".join(f"{n:>16s}" for n in per_metric))
+        for m in METRICS.names():
+            print(f"{m:16s} " + " ".join(f"{per_metric[n][m]:16.2f}" for n in per_metric))
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def executors() -> dict[str, str]:
 
 def launch(experiment: pc.ExperimentConfig, store: pc.RunStore, executor: str, allow_noop: bool = False) -> Any:
     """Start the experiment's runs in the background on ``executor``; returns the run handle."""
-    return pc.start_run(experiment, store)
+    return pc.start_run(experiment, store, executor=executor, allow_noop=allow_noop)
 
 
 def errors() -> tuple[type[BaseException], ...]:

@@ -19,7 +19,7 @@ _EXPORTS = {
     # layer map
     "layer_table": "layers", "layer_map": "layers", "select_layers": "layers", "Selection": "layers", "LayerInfo": "layers",
     # configs
-    "ReinitConfig": "config", "FinetuneConfig": "config", "ExperimentConfig": "config", "ConfigError": "config",
+    "ReinitConfig": "config", "FinetuneConfig": "config", "ExperimentConfig": "config", "LaunchConfig": "config", "ConfigError": "config",
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
@@ -29,7 +29,7 @@ _EXPORTS = {
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
     "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
-    "default_root": "runs",
+    "default_root": "runs", "noop_arms": "runs", "apply_overrides": "runs", "EXECUTORS": "runs", "SINKS": "runs",
 }
 
 # ``finetune`` is both a submodule and its main function: importing the submodule anywhere would rebind

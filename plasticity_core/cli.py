@@ -4,7 +4,7 @@
     plasticity layers   --model SPEC
     plasticity diagnose --model SPEC --data SPEC [--metrics M ...] --out FILE.parquet
     plasticity reinit   --config reinit.yaml --model SPEC [--data SPEC] --out model.safetensors
-    plasticity finetune --config experiment.yaml [--store runs]
+    plasticity finetune --config experiment.yaml [KEY=VALUE ...] [--executor process|ray|slurm] [--store runs]
     plasticity runs     [--store runs]
     plasticity compare  RUN_DIR ...
     plasticity dashboard [streamlit options, e.g. --server.port 8600]
@@ -161,14 +161,36 @@ def cmd_reinit(args) -> int:
     return 0
 
 
-def _preflight(path: str) -> None:
+class _RunBars:
+    """One tqdm bar per run, fed from the run folders' event streams (whatever executor runs them)."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, run, event: dict) -> None:
+        from tqdm import tqdm
+
+        kind, key = event.get("type"), f"{run.experiment}/{run.name}"
+        if kind == "start":
+            self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
+                                  position=len(self.bars), leave=True, file=sys.stderr, dynamic_ncols=True)
+        bar = self.bars.get(key)
+        if bar is not None and kind in ("step", "eval") and isinstance(event.get("step"), int):
+            bar.update(max(0, event["step"] - bar.n))
+            if kind == "eval":
+                bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
+        if kind in ("finished", "stopped", "failed"):
+            if bar is not None:
+                bar.close()
+            tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
+
+
+def _preflight(config) -> None:
     """Refuse a config that cannot run before any run folder is made: unreadable or out of range (ConfigError),
     or batch_size 1 on a model with BatchNorm."""
-    from plasticity_core.config import ExperimentConfig
     from plasticity_core.finetune import check_batch_size
     from plasticity_core.models import load_backbone
 
-    config = ExperimentConfig.load(path)
     if config.finetune.batch_size < 2:
         check_batch_size(load_backbone(config.backbone, pretrained=False, arch=config.arch).model, config.finetune.batch_size)
 
@@ -176,32 +198,29 @@ def _preflight(path: str) -> None:
 def cmd_finetune(args) -> int:
     import os
 
-    from plasticity_core.runs import compare_runs, run_experiment
+    from plasticity_core.config import ExperimentConfig
+    from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
 
-    index = args.index
+    index, resume = args.index, False
     if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
         index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-    totals: dict[str, int] = {}
-    last_acc: dict[str, float] = {}
+        resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
+    config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+    _preflight(config)
+    runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
+                          executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
+    _print_comparison(compare_runs(runs))
+    for run in runs:
+        s = run.summary()
+        if s.get("status") != "finished":
+            print(f"{run.name}: {s.get('status')}: {s.get('reason')}", file=sys.stderr)
+    return 0 if all(r.status == "finished" for r in runs) else 1
 
-    def progress(run, event: dict) -> None:
-        kind = event["type"]
-        if kind == "start":
-            totals[run.name] = int(event.get("total_steps", 0))
-        elif kind == "eval":
-            last_acc[run.name] = event["val_acc"]
-        if kind in ("step", "eval") and totals.get(run.name):
-            done, total = event["step"], totals[run.name]
-            bar = "#" * int(30 * done / total) + "." * (30 - int(30 * done / total))
-            acc = f" val_acc {last_acc[run.name]:.4f}" if run.name in last_acc else ""
-            print(f"\r{run.name:<28} [{bar}] {done}/{total}{acc}", end="", file=sys.stderr, flush=True)
-        elif kind in ("finished", "stopped", "failed"):
-            print(f"\r{run.name:<28} {kind} at step {event['step']}: {event.get('reason', '')}", file=sys.stderr, flush=True)
 
-    _preflight(args.config)
-    runs = run_experiment(args.config, args.store, on_event=progress, tag=args.tag, only=None if index is None else [index])
-    print(compare_runs(runs).to_string(index=False))
-    return 0 if all(r.status != "failed" for r in runs) else 1
+def _print_comparison(table) -> None:
+    print(table.to_string(index=False) if len(table) else "no readable runs to compare")
+    for folder, why in table.attrs.get("skipped", {}).items():
+        print(f"skipped {folder}: {why}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -217,7 +236,7 @@ def cmd_compare(args) -> int:
 
     store = RunStore(args.store)
     runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    print(compare_runs(runs).to_string(index=False))
+    _print_comparison(compare_runs(runs))
     return 0
 
 
@@ -312,11 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_reinit)
 
-    sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds), writing run folders")
-    sp.add_argument("--config", required=True)
+    sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds) through an executor, writing run folders")
+    sp.add_argument("--config", required=True, help="ExperimentConfig YAML/JSON")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="dotted overrides of the config, e.g. finetune.lr=0.02 seeds=[0,1,2] launch.parallel=2")
+    sp.add_argument("--executor", default=None, help="process (default), ray or slurm (overrides launch.executor)")
+    sp.add_argument("--parallel", type=int, default=None, help="runs at once (overrides launch.parallel)")
     sp.add_argument("--store", "--root", dest="store", default=None, help="run store root (default $PLASTICITY_RUNS or ./runs)")
-    sp.add_argument("--tag", default=None, help="experiment folder suffix shared by cluster array tasks")
-    sp.add_argument("--index", type=int, default=None, help="run only this expanded run (a cluster array task)")
+    sp.add_argument("--tag", default=None, help="experiment folder suffix, shared by cluster array tasks (default: a timestamp)")
+    sp.add_argument("--index", type=int, default=None,
+                    help="run only this expanded run (a cluster array task; default $SLURM_ARRAY_TASK_ID with --tag)")
+    sp.add_argument("--allow-noop", action="store_true", help="launch arms whose re-init would do nothing")
     sp.set_defaults(fn=cmd_finetune)
 
     sp = sub.add_parser("runs", help="list run folders")

@@ -270,6 +270,64 @@ class FinetuneConfig(SerializableConfig):
 
 
 @dataclass
+class LaunchConfig(SerializableConfig):
+    """How an experiment's runs get workers: the executor, how many runs at once, resources, liveness, trackers.
+
+    ``executor`` names an entry of ``plasticity_core.runs.EXECUTORS`` (``process``, ``ray``, ``slurm``);
+    ``parallel`` is the number of runs at once (process pool size, Ray tasks in flight, Slurm array parallelism).
+    A worker writes a heartbeat into its run folder every ``heartbeat_s``; a reader that sees none for
+    ``heartbeat_timeout_s`` reports the run ``failed`` (worker killed or its host lost). ``sinks`` are the
+    tracker sinks fed from the event stream besides ``metrics.jsonl`` (``tensorboard``, ``mlflow``).
+    ``address`` is a Ray cluster address (default ``$RAY_ADDRESS`` or a local Ray runtime); ``slurm`` holds
+    submitit parameters (``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cluster: local`` for tests).
+    """
+
+    kind: ClassVar[str] = "LaunchConfig"
+
+    executor: str = "process"
+    parallel: int = 1
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    address: str | None = None
+    slurm: dict[str, Any] = field(default_factory=dict)
+    sinks: list[str] = field(default_factory=lambda: ["tensorboard"])
+    heartbeat_s: float = 5.0
+    heartbeat_timeout_s: float = 60.0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        _check_type(k, "executor", self.executor, (str,))
+        _check_type(k, "parallel", self.parallel, (int,))
+        if self.parallel < 1:
+            raise ConfigError(f"{k}.parallel: must be >= 1 (runs at once), got {self.parallel}")
+        for name in ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"):
+            v = getattr(self, name)
+            _check_type(k, name, v, (int, float))
+            setattr(self, name, float(v))
+        if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
+            raise ConfigError(f"{k}: cpus_per_run must be > 0 and gpus_per_run >= 0")
+        if self.heartbeat_s <= 0 or self.heartbeat_timeout_s < 2 * self.heartbeat_s:
+            raise ConfigError(f"{k}.heartbeat_timeout_s: must be at least twice heartbeat_s ({self.heartbeat_s:g}), "
+                              f"got {self.heartbeat_timeout_s:g}")
+        _check_type(k, "address", self.address, (str,), allow_none=True)
+        _check_type(k, "slurm", self.slurm, (dict,))
+        if isinstance(self.sinks, str):
+            self.sinks = [self.sinks]
+        _check_type(k, "sinks", self.sinks, (list, tuple))
+        self.sinks = list(self.sinks)
+        from plasticity_core.runs.executors import EXECUTORS
+        from plasticity_core.runs.sinks import SINKS
+
+        try:
+            EXECUTORS.get(self.executor)
+            for sink in self.sinks:
+                SINKS.get(sink)
+        except KeyError as e:
+            raise ConfigError(f"{k}: {e.args[0]}") from None
+
+
+@dataclass
 class ExperimentConfig(SerializableConfig):
     """Backbone + data + one fine-tune config, run for every arm x seed.
 
@@ -290,6 +348,7 @@ class ExperimentConfig(SerializableConfig):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     arms: dict[str, ReinitConfig | None] = field(default_factory=lambda: {"baseline": None})
     seeds: list[int] = field(default_factory=lambda: [0])
+    launch: LaunchConfig = field(default_factory=LaunchConfig)  # executor, runs at once, heartbeat, trackers
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -321,6 +380,7 @@ class ExperimentConfig(SerializableConfig):
         for s in self.seeds:
             _check_type(k, "seeds[]", s, (int,))
         self.seeds = list(self.seeds)
+        _check_type(k, "launch", self.launch, (LaunchConfig,))
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -331,6 +391,8 @@ class ExperimentConfig(SerializableConfig):
     def _convert_nested(cls, d: dict[str, Any]) -> dict[str, Any]:
         if isinstance(d.get("finetune"), dict):
             d["finetune"] = FinetuneConfig.from_dict(d["finetune"])
+        if isinstance(d.get("launch"), dict):
+            d["launch"] = LaunchConfig.from_dict(d["launch"])
         if isinstance(d.get("arms"), dict):
             d["arms"] = {
                 name: (ReinitConfig.from_dict(arm) if isinstance(arm, dict) else arm) for name, arm in d["arms"].items()

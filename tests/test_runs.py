@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 
 import pandas as pd
@@ -43,13 +44,15 @@ def test_truncated_metrics_jsonl_and_missing_summary_load(tmp_path):
     assert run.status == "queued"
 
 
-def test_running_summary_whose_worker_is_gone_reads_failed(tmp_path):
+def test_running_summary_without_a_fresh_heartbeat_reads_failed(tmp_path):
     run = RunStore(tmp_path).create(_exp(seeds=(0,)), tag="x")[0]
-    dead = os.getpid() + 10_000_000  # beyond pid_max: no such process
-    (run.path / "summary.json").write_text(json.dumps({"status": "running", "pid": dead}))
-    s = run.summary()
-    assert s["status"] == "failed" and s["stale"] and str(dead) in s["reason"]
-    (run.path / "summary.json").write_text(json.dumps({"status": "running", "pid": os.getpid()}))
+    now = time.time()
+    running = {"status": "running", "pid": 12345, "host": "elsewhere", "heartbeat_timeout_s": 2.0, "started_at": now - 10}
+    (run.path / "summary.json").write_text(json.dumps(running))
+    (run.path / "heartbeat.json").write_text(json.dumps({"host": "elsewhere", "pid": 12345, "time": now - 5, "step": 7}))
+    s = run.summary()  # another host's worker: no PID can be checked, the heartbeat says it is gone
+    assert s["status"] == "failed" and s["stale"] and "elsewhere pid 12345" in s["reason"] and "last step 7" in s["reason"]
+    (run.path / "heartbeat.json").write_text(json.dumps({"host": "elsewhere", "pid": 12345, "time": time.time()}))
     assert run.status == "running"
 
 
@@ -128,7 +131,7 @@ def test_background_run_streams_events_and_stops(tmp_path):
             handle.stop(timeout=1)
     s = run.summary()
     assert statuses == {"baseline-seed0": "stopped"} and "stop requested" in s["reason"]
-    assert 0 < s["steps"] < 100_000 and s["pid"] == handle.pid
+    assert 0 < s["steps"] < 100_000 and s["host"] == socket.gethostname() and s["pid"] != os.getpid()
     assert run.events()[-1]["type"] == "stopped"
 
 
@@ -182,8 +185,10 @@ def test_data_is_normalised_with_the_backbones_statistics(tmp_path, monkeypatch)
     monkeypatch.setattr(data_mod, "load_dataset", spy)
     cfg = _exp(steps=2, seeds=(0,))  # timm's test_resnet expects mean = std = 0.5, not ImageNet's statistics
     cfg.arms = {"baseline": None}
-    (run,) = run_experiment(cfg, tmp_path, tag="n")
-    assert run.status == "finished"
+    from plasticity_core.runs import execute_run
+
+    (run,) = RunStore(tmp_path).create(cfg, tag="n")
+    assert execute_run(run)["status"] == "finished" and run.status == "finished"  # in this process: the spy sees it
     assert tuple(seen[-1][0]) == pytest.approx((0.5,) * 3) and tuple(seen[-1][1]) == pytest.approx((0.5,) * 3)
 
 
@@ -221,3 +226,17 @@ def test_low_data_run_saves_weights_that_load_back_as_a_file_backbone(tmp_path):
                               train_per_class=None, save_model=False)
     (cont,) = run_experiment(nxt, tmp_path / "runs", tag="p2")
     assert cont.status == "finished" and not (cont.path / "model.safetensors").exists()
+
+
+def test_compare_skips_a_corrupt_folder_and_names_it(tmp_path, capsys):
+    from plasticity_core.cli import main
+
+    runs = [_fake_run(tmp_path, "baseline", 0, [0.5, 0.8]), _fake_run(tmp_path, "fire", 0, [0.6, 0.9]),
+            _fake_run(tmp_path, "fire", 1, [0.7, 0.7])]
+    (runs[2].path / "config.yaml").write_text("arms: [not, a, mapping\n")  # a half-written or damaged config
+    t = compare_runs(runs)
+    assert list(t["arm"]) == ["baseline", "fire"] and list(t["n_seeds"]) == [1, 1]
+    assert list(t.attrs["skipped"]) == [str(runs[2].path)] and "ConfigError" in t.attrs["skipped"][str(runs[2].path)]
+    assert main(["compare", "--store", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "baseline" in captured.out and f"skipped {runs[2].path}: ConfigError" in captured.err

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from plasticity_core.metrics.base import Accumulator, masked_fraction, register_metric, with_nan
+from plasticity_core.metrics.base import Accumulator, masked_fraction, masked_mean, register_metric, with_nan
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
@@ -66,9 +66,7 @@ def redo_scores(mean_abs: torch.Tensor, bad: torch.Tensor | None = None) -> torc
     """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics)."""
     if bad is None:
         return mean_abs / (mean_abs.mean() + REDO_EPS)
-    good = ~bad
-    mean = torch.where(good, mean_abs, torch.zeros_like(mean_abs)).sum() / good.sum().clamp_min(1)
-    return with_nan(mean_abs / (mean + REDO_EPS), bad)
+    return with_nan(mean_abs / (masked_mean(mean_abs, bad) + REDO_EPS), bad)
 
 
 def dormant_mask(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -240,8 +238,4 @@ class Saturation(Accumulator):
         if not self.n:
             return None
         frac = with_nan(self.count / self.n, bad)
-        value = torch.where(bad, torch.zeros_like(frac), frac).sum() / (~bad).sum().clamp_min(1) if bad is not None \
-            else frac.mean()
-        if bad is not None:
-            value = torch.where((~bad).any(), value, torch.full_like(value, float("nan")))
-        return value, frac
+        return masked_mean(frac, bad), frac

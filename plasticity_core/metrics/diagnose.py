@@ -130,6 +130,11 @@ def precision_policy(precision: str) -> Iterator[None]:
 _WEIGHT_CACHE: dict[int, tuple[weakref.ref, tuple, dict]] = {}
 
 
+def clear_weight_cache() -> None:
+    """Forget every cached weight metric (benchmarks measure the cold cost with it)."""
+    _WEIGHT_CACHE.clear()
+
+
 def _cache_for(param: torch.Tensor, state: tuple) -> dict:
     entry = _WEIGHT_CACHE.get(id(param))
     if entry is None or entry[0]() is not param or entry[1] != state:
@@ -145,27 +150,27 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
     """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged."""
     wanted = [m for m in METRICS.names() if METRICS[m].needs == "weights" and (m in names or m == "nonfinite")]
     spectra = SpectraBatch()
-    out: Pending = []
-    for layer in layers:
+    todo = []
+    for layer in layers:  # first every view, so the spectra of all layers are computed in one batch per size
         param = module.get_submodule(layer.module_name).weight
-        state = (param._version, param.data_ptr(), param.device, param.dtype, precision)
-        store = _cache_for(param, state)
-        view = None
+        store = _cache_for(param, (param._version, param.data_ptr(), param.device, param.dtype, precision))
+        keys = {m: (m, layer.rows, tuple(sorted(opts[m].items()))) for m in wanted}
+        missing = [m for m in wanted if m in REFERENCE_METRICS or keys[m] not in store]
+        view = WeightView(layer.weight(module), _reference_weight(reference, layer), spectra) if missing else None
+        todo.append((layer, store, keys, missing, view))
+    out: Pending = []
+    for layer, store, keys, missing, view in todo:
         values: dict[str, torch.Tensor] = {}
         for m in wanted:
-            kw = opts[m]
-            key = (m, layer.rows, tuple(sorted(kw.items())))
-            if m not in REFERENCE_METRICS and key in store:
-                values[m] = store[key]
+            if m not in missing:
+                values[m] = store[keys[m]]
                 continue
-            if view is None:
-                view = WeightView(layer.weight(module), _reference_weight(reference, layer), spectra)
-            v = METRICS[m].impl(view, **kw)
+            v = METRICS[m].impl(view, **opts[m])
             if v is None:
                 continue
             values[m] = v
             if m not in REFERENCE_METRICS:
-                store[key] = v
+                store[keys[m]] = v
         broken = values["nonfinite"] > 0
         for m, v in values.items():
             if m != "nonfinite":
@@ -218,7 +223,7 @@ class _Probe:
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
             mod = self.module.get_submodule(act)
-            if any(self.pre[l.name] for ls in self.by_call.values() for l in ls):
+            if any(self.pre[l.name] for (a, _), ls in self.by_call.items() if a == act for l in ls):
                 hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
             hooks.forward(mod, lambda m, args, out, act=act: self._post(act, out))
         for name, members in self.by_module.items():
@@ -408,12 +413,14 @@ def _total(data: Any, max_batches: int) -> int:
 def _assemble(pending: Pending, layers: list[LayerInfo], names: set[str], opts: dict, meta: dict,
               bad_inputs: torch.Tensor | None, start: float) -> Diagnosis:
     """One device-to-host transfer of every value and unit score, then the long table, the meta and the warning."""
-    parts = [torch.zeros(1, dtype=torch.float64) if bad_inputs is None else bad_inputs.reshape(1).double().cpu()]
+    dev = pending[0][2].device if pending else torch.device("cpu")
+    first = torch.zeros(1, dtype=torch.float64, device=dev) if bad_inputs is None else bad_inputs.reshape(1)
+    parts = [first.to(dev, torch.float64)]
     for _, _, v, u in pending:
-        parts.append(v.reshape(1).to(torch.float64).cpu())
+        parts.append(v.reshape(1).to(dev, torch.float64))
         if u is not None:
-            parts.append(u.reshape(-1).to(torch.float64).cpu())
-    flat = torch.cat(parts).numpy() if len(parts) > 1 else parts[0].numpy()
+            parts.append(u.reshape(-1).to(dev, torch.float64))
+    flat = torch.cat(parts).cpu().numpy()  # the one device-to-host transfer
     n_inputs = int(flat[0])
     values, units, i = {}, {}, 1
     for layer, m, _, u in pending:

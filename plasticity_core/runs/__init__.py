@@ -4,19 +4,24 @@ An experiment (``ExperimentConfig``: backbone + data + fine-tune config + arms x
 (``spec``). Each run is a folder ``<root>/<experiment>-<tag>/<arm>-seed<seed>/`` in a ``RunStore`` (``store``)
 holding ``config.yaml`` (a single-run config that repeats the run), ``metrics.jsonl`` (one event per line, flushed
 as written), ``summary.json`` (status and reason), and ``error.txt`` / ``diagnosis.parquet`` / ``STOP`` when
-they apply. ``execute_run`` runs one folder in this process (``execute``); executors give runs their workers
-(``executors``); ``compare_runs`` summarises arms over seeds (``compare``); ``main`` is the command line.
+they apply, a heartbeat and TensorBoard event files (``sinks``). ``execute_run`` runs one folder in this process
+(``execute``); executors chosen by name (``EXECUTORS``: process, ray, slurm) give runs their workers
+(``executors``); ``compare_runs`` summarises arms over seeds and names the folders it skips (``compare``);
+``main`` is the command line (the ``plasticity finetune`` parser).
 """
 from __future__ import annotations
 
 from plasticity_core.runs.compare import compare_runs
 from plasticity_core.runs.execute import execute_run
-from plasticity_core.runs.executors import RunHandle, run_experiment, start_run
-from plasticity_core.runs.spec import expand_experiment, run_name, slug
-from plasticity_core.runs.store import ACTIVE, ROOT_ENV, Run, RunStore, default_root, read_events
+from plasticity_core.runs.executors import EXECUTORS, RunHandle, launch, run_experiment, start_run
+from plasticity_core.runs.sinks import SINKS
+from plasticity_core.runs.spec import (LaunchError, MissingExtraError, RunExistsError, apply_overrides, expand_experiment,
+                                       noop_arms, run_name, slug)
+from plasticity_core.runs.store import ACTIVE, FINAL, ROOT_ENV, Run, RunStore, default_root, read_events
 
-__all__ = ["ACTIVE", "ROOT_ENV", "Run", "RunHandle", "RunStore", "compare_runs", "default_root", "execute_run",
-           "expand_experiment", "main", "read_events", "run_experiment", "run_name", "slug", "start_run"]
+__all__ = ["ACTIVE", "EXECUTORS", "FINAL", "LaunchError", "MissingExtraError", "ROOT_ENV", "RunExistsError", "Run", "RunHandle", "RunStore", "SINKS", "apply_overrides",
+           "compare_runs", "default_root", "execute_run", "expand_experiment", "launch", "main", "noop_arms",
+           "read_events", "run_experiment", "run_name", "slug", "start_run"]
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """``python -m plasticity_core.runs --config exp.yaml [...]`` is ``plasticity finetune --config exp.yaml [...]``.
 
-``worker FOLDER...`` is the internal entry of the background process ``start_run`` launches (not a user command).
+Two internal entries, started by the library and not meant to be typed: ``serve`` (a ``process`` pool
+worker executing the run folders it reads from stdin) and ``launch LAUNCHER FOLDER...`` (the background launcher of ``start_run``).
 """
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from typing import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["worker"]:
-        from plasticity_core.runs.executors import _worker
+    if args[:1] == ["serve"]:
+        from plasticity_core.runs.execute import execute_run, terminate_on_sigterm
+        from plasticity_core.runs.store import Run
 
-        return _worker(args[1:])
+        terminate_on_sigterm()
+        assert "streamlit" not in sys.modules, "a run worker must not import streamlit"
+        for line in sys.stdin:  # one run folder per line, until the launcher closes stdin
+            if line.strip():
+                execute_run(Run(line.strip()))
+        return 0
+    if args[:1] == ["launch"] and len(args) >= 3:
+        from plasticity_core.runs.executors import _launcher_main
+
+        return _launcher_main(args[1], args[2:])
     from plasticity_core import cli
 
     return cli.main(["finetune", *args])

@@ -10,6 +10,11 @@ import pandas as pd
 from plasticity_core.runs.store import Run
 
 
+COLUMNS = ["arm", "strategy", "n_seeds", "n_failed", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+           "steps_to_target_mean", "reached_target", "target_acc", "wall_time_s_mean", "final_acc", "best_acc",
+           "steps_to_target"]
+
+
 def _steps_to(evals: list[dict[str, Any]], threshold: float) -> float:
     for e in evals:
         acc = e.get("val_acc")
@@ -39,18 +44,26 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
     that reached it, ``never`` when none did), wall time.
 
     ``baseline``: the arm name; default the arm called ``baseline``, else the first arm without a re-init.
-    Failed runs and runs without any eval count in ``n_failed`` and stay out of the means.
+    Failed or cancelled runs and runs without any eval count in ``n_failed`` and stay out of the means. A folder
+    that cannot be read (corrupt config.yaml, not a run) is skipped and named in ``table.attrs["skipped"]``
+    (``{folder: reason}``), which the CLI and the dashboard print.
     """
     items = [r if isinstance(r, Run) else Run(r) for r in runs]
     per_arm: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
     for r in items:
-        s, evals = r.summary(), r.events("eval")
-        entry = per_arm.setdefault(r.arm, {"reinit": r.config.arms[r.arm], "ok": [], "failed": 0})
-        if s.get("status") == "failed" or not evals:
+        try:
+            s, evals, arm, reinit, seed = r.summary(), r.events("eval"), r.arm, r.config.arms[r.arm], r.seed
+            ok = [e for e in evals if isinstance(e.get("val_acc"), (int, float)) and isinstance(e.get("step"), (int, float))]
+        except Exception as e:  # noqa: BLE001 - one broken folder must not hide the others
+            skipped[str(r.path)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            continue
+        entry = per_arm.setdefault(arm, {"reinit": reinit, "ok": [], "failed": 0})
+        if s.get("status") in ("failed", "cancelled") or not ok:
             entry["failed"] += 1
             continue
-        entry["ok"].append({"seed": r.seed, "final": evals[-1]["val_acc"], "best": max(e["val_acc"] for e in evals),
-                            "evals": evals, "wall": s.get("wall_time_s") or math.nan})
+        entry["ok"].append({"seed": seed, "final": ok[-1]["val_acc"], "best": max(e["val_acc"] for e in ok),
+                            "evals": ok, "wall": s.get("wall_time_s") or math.nan})
     if baseline is None:
         plain = [a for a, e in per_arm.items() if e["reinit"] is None]
         baseline = "baseline" if "baseline" in per_arm else (plain[0] if plain else None)
@@ -73,4 +86,6 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
             "final_acc": _pm(*final, n), "best_acc": _pm(*best, n),
             "steps_to_target": "never" if not reached else f"{steps_mean:.0f}",
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs["skipped"] = skipped
+    return table

@@ -1,8 +1,15 @@
-"""Executing one run in this process: load backbone and data, fine-tune, write events and the final summary."""
+"""Executing one run in this process: load backbone and data, fine-tune, write events and the final summary.
+
+Every executor ends up here, in whatever process it gives the run (a pool process, a Ray task, a Slurm task).
+While the run is active a heartbeat thread rewrites ``heartbeat.json`` in the folder; the summary always ends
+in a final status with its reason, except when the process itself dies (then the heartbeat goes stale, and
+readers say ``failed``).
+"""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 import traceback
@@ -10,7 +17,30 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from plasticity_core.runs.store import Run, _write_json
+from plasticity_core.config import ExperimentConfig
+from plasticity_core.runs.store import FINAL, Heartbeat, Run, _write_json
+
+
+_REQUEUE: dict[str, bool] = {"pending": False}  # set by a cluster task's checkpoint hook just before it exits
+
+
+def requeue_pending() -> None:
+    """Called by a preempted cluster task (submitit's ``checkpoint``) before its process exits to be requeued: the
+    run's folder then says ``queued`` (requeued) instead of ``failed``, and the next attempt resumes it."""
+    _REQUEUE["pending"] = True
+
+
+class Terminated(BaseException):
+    """Raised in a worker by SIGTERM (a scheduler or ``RunHandle.stop`` ending it), so the folder says so."""
+
+
+def terminate_on_sigterm() -> None:
+    """In a worker process: turn SIGTERM into ``Terminated`` so the run writes its final status before exiting."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class _StopFile:
@@ -23,74 +53,151 @@ class _StopFile:
         return self.run.stop_requested or bool(self.extra is not None and self.extra.is_set())
 
 
-def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Load the run's backbone and data, fine-tune, and write events and the summary into its folder.
-
-    Never raises for a failure of the run itself: the folder says ``failed`` with the traceback in ``error.txt``.
-    Returns the final summary.
-    """
+def load_inputs(cfg: ExperimentConfig):
+    """The backbone and data of a (single-run) config, as its run sees them: the data normalised with the
+    backbone's statistics, the head's init drawn from the run's seed only (not the arm)."""
     import torch
 
     from plasticity_core.data import load_dataset
-    from plasticity_core.finetune import finetune
-    from plasticity_core.models import load_backbone, save_checkpoint
+    from plasticity_core.models import load_backbone
 
-    base = {"experiment": run.experiment, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+    ft = cfg.finetune
+
+    def dataset(data_config: dict | None = None):
+        return load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
+                            limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
+
+    data = dataset()  # ImageNet normalisation until the backbone says otherwise
+    torch.manual_seed(ft.seed)
+    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch)
+    if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
+        data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
+    return bb, data
+
+
+def _open_sinks(run: Run, cfg: ExperimentConfig) -> list[Any]:
+    from plasticity_core.runs.sinks import SINKS
+
+    sinks = []
+    for name in cfg.launch.sinks:
+        info = SINKS.get(name)
+        info.check()
+        sinks.append(info.open(run.path, cfg))
+    return sinks
+
+
+def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | None = None,
+                resume: bool = False) -> dict[str, Any]:
+    """Fine-tune the run of this folder here and write events, tracker sinks and the final summary into it.
+
+    A run already in a final status is not run again (its summary is returned). ``resume=True`` takes over a
+    folder left ``running`` by an earlier attempt (a requeued cluster task): a ``resume`` event marks the restart,
+    and the fine-tune continues from the folder's checkpoint where the training loop supports it.
+    Never raises for a failure of the run itself: the folder says ``failed`` with the traceback in ``error.txt``.
+    Returns the final summary.
+    """
+    from plasticity_core.finetune import finetune
+    from plasticity_core.models import save_checkpoint
+
+    previous = run.raw_summary()
+    if previous.get("status") in FINAL:
+        return previous
+    _REQUEUE["pending"] = False
+    if previous.get("status") == "running" and not resume and not previous.get("stale") and run.status == "running":
+        raise RuntimeError(f"{run.path} is already running ({previous.get('host')} pid {previous.get('pid')}); "
+                           f"pass resume=True to take it over")
+    attempt = int(previous.get("attempt", 0)) + 1
+    base = {"experiment": run.experiment, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
+            "attempt": attempt, **{k: previous[k] for k in ("launch", "job_id", "created_at", "heartbeat_timeout_s")
+                                   if k in previous}}
     try:
-        base.update(arm=run.arm, seed=run.seed)
+        cfg = run.config
+        base.update(arm=run.arm, seed=run.seed, heartbeat_timeout_s=cfg.launch.heartbeat_timeout_s)
     except Exception as e:  # an unreadable config.yaml: say so in the folder instead of dying silently
         tb = traceback.format_exc()
         (run.path / "error.txt").write_text(tb)
-        summary = {**base, "status": "failed", "reason": f"config.yaml: {type(e).__name__}: {e}", "traceback": tb}
+        summary = {**base, "status": "failed", "reason": f"config.yaml: {type(e).__name__}: {e}", "traceback": tb,
+                   "ended_at": time.time()}
         _write_json(run.path / "summary.json", summary)
         return summary
     stopper = _StopFile(run, stop)
     if stopper.is_set():
-        summary = {**base, "status": "stopped", "reason": "stop requested before the run started", "steps": 0}
+        summary = {**base, "status": "stopped", "reason": "stop requested before the run started", "steps": 0,
+                   "ended_at": time.time()}
         _write_json(run.path / "summary.json", summary)
         return summary
+    with Heartbeat(run.path / "heartbeat.json", cfg.launch.heartbeat_s, attempt=attempt) as heartbeat:
+        resuming = resume and (previous.get("status") == "running" or bool(previous.get("requeued")))
+        return _execute(run, cfg, base, stopper, heartbeat, on_event, resuming, finetune, save_checkpoint)
+
+
+def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _StopFile, heartbeat: Heartbeat,
+             on_event: Callable[[dict], None] | None, resuming: bool, finetune: Callable, save_checkpoint: Callable) -> dict[str, Any]:
     _write_json(run.path / "summary.json", {**base, "status": "running", "reason": "loading backbone and data"})
-    cfg = run.config
-    ft = cfg.finetune
     diagnoses: list[dict[str, Any]] = []
     ended = False
+    sinks: list[Any] = []
     with open(run.path / "metrics.jsonl", "a", buffering=1) as log:
         def write(event: dict[str, Any]) -> None:
             log.write(json.dumps(event, default=str) + "\n")
             log.flush()
             nonlocal ended
             ended = ended or event["type"] in ("finished", "stopped", "failed")
+            if event.get("step") is not None:
+                heartbeat.update(step=event["step"])
             if event["type"] == "diagnosis":
                 diagnoses.extend({"step": event["step"], **row} for row in event.get("rows", []))
             elif event["type"] == "start":
                 _write_json(run.path / "summary.json", {**base, "status": "running", "reason": "training",
                                                         "total_steps": event.get("total_steps")})
+            for sink in sinks:
+                sink.write(event)
             if on_event is not None:
                 on_event(event)
 
         try:
-            def dataset(data_config: dict | None = None):
-                return load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
-                                    limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
+            sinks.extend(_open_sinks(run, cfg))
+            from plasticity_core.finetune import STATE_FILE
 
-            data = dataset()  # ImageNet normalisation until the backbone says otherwise
-            torch.manual_seed(ft.seed)  # the fresh head's init depends on the run's seed only, not on the arm
-            bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch)
-            if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
-                data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
-            result = finetune(bb.model, data, ft, reinit=cfg.arms[run.arm], on_event=write, stop=stopper)
+            from_checkpoint = resuming and (run.path / STATE_FILE).exists()
+            if resuming and not from_checkpoint:  # the training loop emits its own resume event at the checkpoint's step
+                write({"type": "resume", "step": 0, "time": None, "attempt": base["attempt"],
+                       "reason": f"requeued; no checkpoint ({STATE_FILE}) in the folder, restarting from step 0 "
+                                 f"(finetune.checkpoint_every > 0 makes a requeued run continue instead)"})
+            bb, data = load_inputs(cfg)
+            result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=write, stop=stopper,
+                              checkpoint_dir=run.path, resume=from_checkpoint)
             summary = {**base, **result.summary()}
             if cfg.save_model and result.status == "finished":
                 save_checkpoint(bb.model, run.path / "model.safetensors")
-        except BaseException as e:  # noqa: BLE001 - the folder must say failed whatever happened
+        except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
+            if isinstance(e, SystemExit) and _REQUEUE["pending"]:  # preempted: the scheduler runs it again
+                step = heartbeat.fields.get("step")
+                reason = f"preempted or timed out at step {step}; requeued, the next attempt resumes from the folder"
+                log.write(json.dumps({"type": "requeued", "step": step, "time": None, "reason": reason}) + "\n")
+                _write_json(run.path / "summary.json", {**base, "status": "queued", "requeued": True, "reason": reason,
+                                                        "launcher": None})
+                raise
             tb = traceback.format_exc()
-            (run.path / "error.txt").write_text(tb)
-            summary = {**base, "status": "failed", "reason": f"{type(e).__name__}: {e}", "traceback": tb}
-            if not ended:
-                log.write(json.dumps({"type": "failed", "step": None, "time": None, "reason": summary["reason"]}) + "\n")
+            interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, Terminated) and stopper.is_set())
+            reason = ("stop requested; " + str(e) if isinstance(e, Terminated) else "interrupted (SIGINT / Ctrl-C)") \
+                if interrupted else f"{type(e).__name__}: {e}"
+            summary = {**base, "status": "stopped" if interrupted else "failed", "reason": reason, "traceback": tb}
+            try:
+                (run.path / "error.txt").write_text(tb)
+                if not ended:
+                    log.write(json.dumps({"type": summary["status"], "step": None, "time": None, "reason": reason}) + "\n")
+            except OSError:
+                pass  # e.g. disk full: the summary below may still fit; if not, the heartbeat goes stale
             if not isinstance(e, Exception):
                 _write_json(run.path / "summary.json", {**summary, "ended_at": time.time()})
                 raise
+        finally:
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - a tracker failing at close must not hide the run's own status
+                    pass
     if diagnoses:
         pd.DataFrame(diagnoses).to_parquet(run.path / "diagnosis.parquet")
     summary["ended_at"] = time.time()

@@ -1,33 +1,56 @@
-"""The run store: one folder per run under a root, created exactly once, read tolerantly."""
+"""The run store: one folder per run under a root, created exactly once, read tolerantly.
+
+Layout: ``<root>/<experiment>-<tag>/<arm>-seed<seed>/``. A folder is claimed with an atomic ``mkdir``: of two
+launches (or cluster tasks) creating the same folder exactly one wins; the other gets a clear error, or a fresh
+suffix when it did not ask for a tag. Tags and names never leave the store.
+
+Liveness is read from files, never from PIDs, so a run on another host reads right: a worker rewrites
+``heartbeat.json`` in its run folder every few seconds, and a launcher holding queued runs rewrites
+``.launcher-<id>.json`` in the experiment folder. A ``running`` run without a heartbeat for its
+``heartbeat_timeout_s`` reads ``failed``; a ``queued`` run whose launcher went silent reads ``cancelled``.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
-import subprocess
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
-from plasticity_core.runs.spec import expand_experiment, run_name, slug
+from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
 
 ROOT_ENV = "PLASTICITY_RUNS"  # overrides the default store root ./runs
 ACTIVE = ("queued", "running")
-_CHILDREN: list[subprocess.Popen] = []  # workers this process started; polled so that finished ones are reaped
+FINAL = ("finished", "stopped", "failed", "cancelled")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def default_root() -> Path:
     return Path(os.environ.get(ROOT_ENV, "runs"))
 
 
+def check_name(kind: str, value: str) -> str:
+    """A tag or folder name that stays inside the store: letters, digits, ``.``, ``_``, ``-``; no ``..``."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise LaunchError(f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 128, "
+                         f"no '/' or '..'), since it names a folder inside the run store")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- files
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every complete JSON line of ``metrics.jsonl``; a half-written or corrupt line is skipped, never raised."""
     try:
         raw = Path(path).read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     events = []
     for line in raw.split(b"\n"):
@@ -45,38 +68,70 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
 
 
-def pid_alive(pid: int | None, host: str | None = None) -> bool:
-    """Whether process ``pid`` on this host is running (a zombie counts as gone). Unknown for other hosts: True."""
-    if not pid:
-        return False
-    if host is not None and host != socket.gethostname():
-        return True
-    for child in _CHILDREN:
-        child.poll()  # reap our own finished workers
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+class Heartbeat:
+    """A daemon thread rewriting ``path`` with ``{host, pid, time, **fields}`` every ``interval`` seconds.
+
+    It stops at ``close()`` or at the first failed write (disk full, folder gone): a reader then sees the
+    heartbeat go stale, which is the truth. ``update(**fields)`` changes what the next beat says.
+    """
+
+    def __init__(self, path: Path, interval: float, **fields: Any) -> None:
+        self.path, self.interval = Path(path), interval
+        self.fields = {"host": socket.gethostname(), "pid": os.getpid(), **fields}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat:{self.path}", daemon=True)
+        self.error: str | None = None
+
+    def __enter__(self) -> "Heartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def beat(self) -> bool:
+        try:
+            _write_json(self.path, {**self.fields, "time": time.time(), "interval_s": self.interval})
+            return True
+        except OSError as e:
+            self.error = f"{type(e).__name__}: {e}"
+            return False
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            if not self.beat():
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 1)
 
 
+def heartbeat_age(path: Path, fallback: float | None = None) -> tuple[float | None, dict[str, Any]]:
+    """Seconds since the heartbeat file's last beat (``fallback`` time when there is none yet) and its content."""
+    hb = _read_json(path) or {}
+    last = hb.get("time", fallback)
+    return (None if last is None else max(0.0, time.time() - float(last))), hb
+
+
+# ---------------------------------------------------------------------------------------------- a run
 class Run:
     """One run folder, read-only: config, events, summary and the status as a reader should see it."""
 
@@ -86,6 +141,12 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
 
     @property
     def name(self) -> str:
@@ -110,7 +171,14 @@ class Run:
         return self.config.seeds[0]
 
     def events(self, types: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
-        events = read_events(self.path / "metrics.jsonl")
+        """The events in order; after a ``resume`` event (a requeued run restarting from step k) the events of the
+        interrupted attempt beyond step k are dropped, so a curve never has two points for one step."""
+        events: list[dict[str, Any]] = []
+        for e in read_events(self.path / "metrics.jsonl"):
+            if e.get("type") == "resume":
+                k = e.get("step") or 0
+                events = [x for x in events if not (isinstance(x.get("step"), (int, float)) and x["step"] > k)]
+            events.append(e)
         if types is None:
             return events
         wanted = {types} if isinstance(types, str) else set(types)
@@ -120,20 +188,34 @@ class Run:
         """The events of one type as a DataFrame (``eval``: step, val_acc, val_loss; ``step``: loss, lr, ...)."""
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
 
+    def raw_summary(self) -> dict[str, Any]:
+        """``summary.json`` as written (``queued`` when there is none yet)."""
+        return _read_json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
+
     def summary(self) -> dict[str, Any]:
         """``summary.json`` with the status a reader should trust.
 
-        A folder without a summary is ``queued``; an active status whose worker process is gone reads as
-        ``failed`` (the worker died without a final word: killed, out of memory, a crash below Python).
+        ``running`` without a heartbeat for ``heartbeat_timeout_s`` reads ``failed`` (the worker was killed,
+        crashed, or its host or disk went away); ``queued`` whose launcher stopped beating reads ``cancelled``.
         """
-        s = _read_json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
-        if s.get("status") in ACTIVE:
-            worker = _read_json(self.path.parent / "worker.json") or {}
-            pid, host = s.get("pid") or worker.get("pid"), s.get("host") or worker.get("host")
-            if pid and not pid_alive(pid, host):
+        s = self.raw_summary()
+        status, timeout = s.get("status"), float(s.get("heartbeat_timeout_s") or 60.0)
+        if status == "running":
+            age, hb = heartbeat_age(self.path / "heartbeat.json", s.get("started_at"))
+            if age is not None and age > timeout:
+                who = f"{hb.get('host', s.get('host', '?'))} pid {hb.get('pid', s.get('pid', '?'))}"
+                step = f", last step {hb['step']}" if hb.get("step") is not None else ""
                 s = {**s, "status": "failed", "stale": True,
-                     "reason": f"worker process {pid} ended without a final status (killed or crashed); see "
-                               f"{self.path.parent / 'worker.log'}"}
+                     "reason": f"no heartbeat from its worker ({who}) for {age:.0f} s (timeout {timeout:g} s): the "
+                               f"worker was killed, crashed, or lost its host or disk{step}; see "
+                               f"{self.path / 'worker.log'} if it exists"}
+        elif status == "queued" and s.get("launcher"):
+            age, hb = heartbeat_age(self.path.parent / s["launcher"], s.get("created_at"))
+            if age is not None and age > timeout:
+                who = f"{hb.get('host', '?')} pid {hb.get('pid', '?')}"
+                s = {**s, "status": "cancelled", "stale": True,
+                     "reason": f"never started: its launcher ({who}) stopped {age:.0f} s ago (timeout {timeout:g} s) "
+                               f"before giving it a worker"}
         return s
 
     @property
@@ -148,7 +230,15 @@ class Run:
     def stop_requested(self) -> bool:
         return (self.path / "STOP").exists()
 
+    def finalise(self, status: str, reason: str, **fields: Any) -> dict[str, Any]:
+        """Write a final status for a run that cannot write one itself (its worker is gone or never came)."""
+        assert status in FINAL, status
+        s = {**self.raw_summary(), **fields, "status": status, "reason": reason, "ended_at": time.time()}
+        _write_json(self.path / "summary.json", s)
+        return s
 
+
+# ---------------------------------------------------------------------------------------------- the store
 class RunStore:
     """The folders under a root (default ``./runs`` or ``$PLASTICITY_RUNS``): create, list, load and compare runs."""
 
@@ -158,32 +248,86 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
 
-    def create(self, config: ExperimentConfig, tag: str | None = None, only: Sequence[int] | None = None) -> list[Run]:
-        """Folders (config.yaml, queued summary) for the experiment's runs, or for the expanded runs ``only``.
+    def create(self, config: ExperimentConfig, tag: str | None = None, only: Sequence[int] | None = None,
+               resume: bool = False, launcher: str | None = None, queued_reason: str = "waiting for a worker") -> list[Run]:
+        """Claim the folders (config.yaml, a queued summary) of the experiment's runs, or of the expanded runs ``only``.
 
-        ``tag`` names the experiment folder (default: a timestamp); runs of one tag share it, which lets the tasks of
-        a cluster array write into one experiment. An existing run folder is refused rather than overwritten.
+        Without ``only`` the experiment folder ``<name>-<tag>`` is claimed as a whole: if it exists, a default
+        (timestamp) tag moves on to ``<tag>-2``, ``-3``...; an explicit tag is refused. With ``only`` (cluster array
+        tasks sharing a tag) each run folder is claimed on its own. ``resume=True`` adopts existing folders with the
+        same config instead (a requeued task). ``launcher``: the experiment-level heartbeat file of the process that
+        holds the queue; queued runs read ``cancelled`` when it goes silent.
         """
         if not isinstance(config, ExperimentConfig):
             raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
+        check_experiment(config)
+        if tag is not None:
+            check_name("tag", tag)
         singles = expand_experiment(config)
         if only is not None:
             bad = [i for i in only if not 0 <= i < len(singles)]
             if bad:
-                raise IndexError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
+                raise LaunchError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
             singles = [singles[i] for i in only]
-        exp_dir = self.root / f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
-        runs = []
-        for single in singles:
-            folder = exp_dir / run_name(single)
-            if (folder / "config.yaml").exists():
-                raise FileExistsError(f"run folder {folder} exists already; use another tag")
-            folder.mkdir(parents=True, exist_ok=True)
-            single.save(folder / "config.yaml")
-            _write_json(folder / "summary.json", {"status": "queued", "reason": "waiting for a worker",
-                                                  "arm": next(iter(single.arms)), "seed": single.seeds[0]})
-            runs.append(Run(folder))
+        self.root.mkdir(parents=True, exist_ok=True)
+        base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
+        exp_dir = self._claim_experiment(base, whole=only is None and not resume, explicit=tag is not None)
+        launch_id = uuid.uuid4().hex[:12]
+        runs, made = [], []
+        try:
+            for single in singles:
+                folder = self._inside(exp_dir / run_name(single))
+                try:
+                    os.mkdir(folder)  # the atomic claim: exactly one creator wins
+                except FileExistsError:
+                    if resume and self._same_config(folder, single):
+                        runs.append(Run(folder))
+                        continue
+                    raise RunExistsError(f"run folder {folder} exists already (another launch owns it); use another "
+                                          f"tag{'' if resume else ', or resume it'}") from None
+                made.append(folder)
+                single.save(folder / ".config.yaml.tmp")
+                os.replace(folder / ".config.yaml.tmp", folder / "config.yaml")
+                _write_json(folder / "summary.json", {
+                    "status": "queued", "reason": queued_reason, "arm": next(iter(single.arms)), "seed": single.seeds[0],
+                    "launch": launch_id, "launcher": launcher, "created_at": time.time(), "host": socket.gethostname(),
+                    "heartbeat_timeout_s": single.launch.heartbeat_timeout_s})
+                runs.append(Run(folder))
+        except BaseException:
+            for folder in made:  # all or nothing: never leave half a launch queued with nobody to run it
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         return runs
+
+    def _inside(self, path: Path) -> Path:
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise LaunchError(f"{path} would leave the run store {root}")
+        return path
+
+    def _claim_experiment(self, base: str, whole: bool, explicit: bool) -> Path:
+        check_name("experiment folder", base)
+        if not whole:
+            exp_dir = self._inside(self.root / base)
+            exp_dir.mkdir(exist_ok=True)
+            return exp_dir
+        for i in range(1, 1000):
+            exp_dir = self._inside(self.root / (base if i == 1 else f"{base}-{i}"))
+            try:
+                os.mkdir(exp_dir)
+                return exp_dir
+            except FileExistsError:
+                if explicit:
+                    raise RunExistsError(f"experiment folder {exp_dir} exists already (another launch owns it); "
+                                          f"use another --tag") from None
+        raise RunExistsError(f"no free experiment folder for {base} under {self.root}")
+
+    @staticmethod
+    def _same_config(folder: Path, single: ExperimentConfig) -> bool:
+        try:
+            return ExperimentConfig.load(folder / "config.yaml").to_dict() == single.to_dict()
+        except Exception:  # noqa: BLE001 - unreadable: not the same run
+            return False
 
     def runs(self, experiment: str | None = None) -> list[Run]:
         """Every run folder (one with a config.yaml) under the root, oldest experiment first."""
