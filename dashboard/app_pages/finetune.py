@@ -64,10 +64,14 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         name = n1.text_input("Experiment name", value=kept("w_ft_name", default_name), key="w_ft_name",
                              help="Names the experiment's folder (a timestamp is appended, so names can repeat).",
                              on_change=lambda: st.session_state["form"].update(w_ft_name=st.session_state["w_ft_name"]))
-        executors = forms.executors()
+        executors, missing = forms.executors()
         executor = n2.selectbox("Run on", list(executors), format_func=executors.get, key="w_ft_executor",
                                 index=list(executors).index(kept("w_ft_executor", "process")) if kept("w_ft_executor", "process") in executors else 0)
+        if missing:
+            n2.caption("Not installed here: " + "; ".join(missing.values()))
         noop = {arm: why for arm, c in arms.items() if (why := noop_reason(current.model, c, int(steps)))}
+        refused = st.session_state.get("ft_refused") or {}
+        noop |= {arm: why for arm, why in refused.get("arms", {}).items() if refused.get("for") == sorted(arms)}
         for arm, why in noop.items():
             st.error(f"Arm **{arm}** would change nothing: {why}", icon=":material/block:")
         anyway = st.checkbox("Launch anyway (the arms above will reproduce the baseline)", key="w_ft_anyway") if noop else False
@@ -80,10 +84,17 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
                     finetune=pc.FinetuneConfig(steps=int(steps), batch_size=int(batch), lr=float(lr),
                                                image_size=int(setup["image_size"]), eval_every=int(eval_every),
                                                device=setup["device"], warmup_steps=min(10, int(steps) // 10)))
-                handle = forms.launch(experiment, store, executor, allow_noop=bool(noop))
+                if not anyway:  # the full check: each arm previewed on the loaded model and data (e.g. redo finding no dormant unit)
+                    with st.spinner("Checking that every arm changes something…"):
+                        found = pc.noop_arms(experiment, backbone=current.backbone, data=current.data)
+                    if found:
+                        st.session_state["ft_refused"] = {"for": sorted(arms), "arms": found}
+                        st.rerun()
+                handle = pc.start_run(experiment, store, executor=executor, allow_noop=True)
             except forms.errors() as e:
                 st.error(state.message(e))
             else:
+                st.session_state.pop("ft_refused", None)
                 st.session_state["experiment"] = st.session_state["w_ft_experiment"] = handle.runs[0].experiment
                 st.rerun()
 
