@@ -196,6 +196,7 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
 
             # Re-init: the selection fills the patterns; cbp with default maturity first (a no-op in a short run)
             _goto(page, "Re-init")
+            page.wait_for_function("() => document.querySelector('textarea[aria-label=Include]')?.value.length > 0")
             assert page.get_by_label("Include").input_value().splitlines() == selected
             page.wait_for_selector("text=redo acts on 1 of 3 selected layers")  # the same check where the user looks
             _choose(page, "Strategy", "cbp")
