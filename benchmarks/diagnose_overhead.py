@@ -14,7 +14,9 @@ For each model (random weights), on the same N batches in the same run, prints:
 Then, per metric, its own cost: diagnose(metrics=[m]) time over the plain forward (weight metrics cold).
 Targets on a GPU at 224 px, batch 64, 8 batches: act+w <= 1.2x, all <= 1.4x, WeightWatcher >= 15x slower;
 on a CPU (one thread, 64 px) act+w <= 1.3x. Each time is the median of --repeats rounds after a warm-up round,
-the timed functions taking turns in every round (a shared machine's load drift biases all ratios alike).
+the timed functions taking turns in every round (a shared machine's load drift biases all ratios alike). On a
+CPU the times are the process's CPU seconds (time.process_time: with one thread, the work done, whatever the
+neighbours' load), on a GPU wall-clock seconds with the device synchronised.
 Example (CPU): OMP_NUM_THREADS=1 python benchmarks/diagnose_overhead.py --size 64 --batch 8 --batches 4
 """
 from __future__ import annotations
@@ -47,16 +49,18 @@ def timed(fn, device: torch.device, repeats: int, before=None) -> float:
 def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
     """Median time of each ``(fn, before)`` over ``repeats`` rounds, the functions taking turns in every round, so
     a machine whose load drifts (a shared CPU) biases every ratio the same way. One warm-up round first."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time  # CPU: this process's CPU seconds
+
     def once(fn, before) -> float:
         if before is not None:
             before()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t = time.perf_counter()
+        t = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t
+        return clock() - t
 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats + 1):
