@@ -13,7 +13,10 @@ For each model (random weights), on the same N batches in the same run, prints:
                 (every metric, precision="exact"); only with CUDA
 Then, per metric, its own cost: diagnose(metrics=[m]) time over the plain forward (weight metrics cold).
 Targets on a GPU at 224 px, batch 64, 8 batches: act+w <= 1.2x, all <= 1.4x, WeightWatcher >= 15x slower;
-on a CPU (one thread, 64 px) act+w <= 1.3x. Each time is the median of --repeats runs after one warm-up run.
+on a CPU (one thread, 64 px) act+w <= 1.3x. Each time is the median of --repeats rounds after a warm-up round,
+the timed functions taking turns in every round (a shared machine's load drift biases all ratios alike). On a
+CPU the times are the process's CPU seconds (time.process_time: with one thread, the work done, whatever the
+neighbours' load), on a GPU wall-clock seconds with the device synchronised.
 Example (CPU): OMP_NUM_THREADS=1 python benchmarks/diagnose_overhead.py --size 64 --batch 8 --batches 4
 """
 from __future__ import annotations
@@ -40,19 +43,32 @@ READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
 
 
 def timed(fn, device: torch.device, repeats: int, before=None) -> float:
-    def once() -> float:
+    return interleaved({"t": (fn, before)}, device, repeats)["t"]
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median time of each ``(fn, before)`` over ``repeats`` rounds, the functions taking turns in every round, so
+    a machine whose load drifts (a shared CPU) biases every ratio the same way. One warm-up round first."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time  # CPU: this process's CPU seconds
+
+    def once(fn, before) -> float:
         if before is not None:
             before()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t = time.perf_counter()
+        t = clock()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t
+        return clock() - t
 
-    once()  # warm-up (allocator, cudnn autotune, layer-map trace)
-    return statistics.median(once() for _ in range(repeats))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for k, (fn, before) in fns.items():
+            t = once(fn, before)
+            if r:
+                times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def host_reads(fn, device: torch.device) -> int:
@@ -130,15 +146,16 @@ def main() -> None:
                 F.cross_entropy(model(x), y, reduction="sum").backward()
             model.zero_grad(set_to_none=True)
 
-        fwd = timed(forward, device, args.repeats)
-        diag = timed(lambda: diagnose(model, data, reference=ref, metrics=act_weight), device, args.repeats,
-                     before=clear_weight_cache)
-        warm = timed(lambda: diagnose(model, data, reference=ref, metrics=act_weight), device, args.repeats)
-        act = timed(lambda: diagnose(model, data, metrics=act_only), device, args.repeats)
-        fb = timed(forward_backward, device, args.repeats)
-        diag_all = timed(lambda: diagnose(model, data, reference=ref), device, args.repeats, before=clear_weight_cache)
-        w = timed(lambda: diagnose(model, data, reference=ref, metrics=weights), device, args.repeats,
-                  before=clear_weight_cache)
+        t = interleaved({
+            "fwd": (forward, None),
+            "diag": (lambda: diagnose(model, data, reference=ref, metrics=act_weight), clear_weight_cache),
+            "warm": (lambda: diagnose(model, data, reference=ref, metrics=act_weight), None),
+            "act": (lambda: diagnose(model, data, metrics=act_only), None),
+            "fb": (forward_backward, None),
+            "diag_all": (lambda: diagnose(model, data, reference=ref), clear_weight_cache),
+            "w": (lambda: diagnose(model, data, reference=ref, metrics=weights), clear_weight_cache),
+        }, device, args.repeats)
+        fwd, diag, warm, act, fb, diag_all, w = (t[k] for k in ("fwd", "diag", "warm", "act", "fb", "diag_all", "w"))
         one = host_reads(lambda: diagnose(model, data[:1], reference=ref), device)
         many = host_reads(lambda: diagnose(model, data, reference=ref), device)
         reads = (many - one) / max(1, len(data) - 1)
@@ -162,12 +179,13 @@ def main() -> None:
         print(f"{name:16s} {fwd:7.3f} {diag / fwd:9.2f} {warm / fwd:8.2f} {act / fwd:7.2f} {fb:7.3f} {diag_all / fb:7.2f} "
               f"{w:9.3f} {ww:7.2f} {ww / w:7.1f} {reads:11.2f} {diff:9.1e}", flush=True)
         if not args.no_per_metric:
+            t = interleaved({"fwd": (forward, None), "fb": (forward_backward, None),
+                             **{m: (lambda m=m: diagnose(model, data, reference=ref, metrics=[m]), clear_weight_cache)
+                                for m in METRICS.names()}}, device, 1)
             costs = {}
             for m in METRICS.names():
-                t = timed(lambda m=m: diagnose(model, data, reference=ref, metrics=[m]), device, 1,
-                          before=clear_weight_cache)
-                base = fb if METRICS[m].needs == "gradients" else (fwd if METRICS[m].needs == "activations" else 0.0)
-                costs[m] = (t - base) / fwd
+                base = {"gradients": t["fb"], "activations": t["fwd"]}.get(METRICS[m].needs, 0.0)
+                costs[m] = (t[m] - base) / t["fwd"]
             per_metric[name] = costs
     if per_metric:
         print("\nper-metric cost: (diagnose(metrics=[m]) - the passes it rides on) / plain forward "

@@ -104,9 +104,13 @@ def after_means(run: common.Run, layers: list[str]) -> dict[str, float]:
     return out
 
 
+def cli(argv: list[str]):
+    return common.parser(__doc__.splitlines()[0], scale=True, per_class=True).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = common.parser(__doc__.splitlines()[0], scale=True, per_class=True).parse_args(argv)
+    args = cli(argv)
     args.command = shlex.join(["python", "experiments/transfer.py", *argv])
     out = common.out_dir(args, STUDY)
     s = common.apply_scale(settings(args.quick), args)

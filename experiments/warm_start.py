@@ -71,9 +71,13 @@ def experiments(s: dict, per_class: int) -> tuple[ExperimentConfig, ExperimentCo
     return phase1, phase2, fresh
 
 
+def cli(argv: list[str]):
+    return common.parser(__doc__.splitlines()[0], scale=True).parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = common.parser(__doc__.splitlines()[0], scale=True).parse_args(argv)
+    args = cli(argv)
     args.command = shlex.join(["python", "experiments/warm_start.py", *argv])
     out = common.out_dir(args, STUDY)
     s = common.apply_scale({"val_fraction": 0.2, **settings(args.quick)}, args)

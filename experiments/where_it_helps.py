@@ -7,7 +7,7 @@ in every cell (it does not depend on N), every run is evaluated once, at the end
 shares the head init, the data and the batch order with the baseline of that seed, so the per-seed difference
 arm - baseline is paired; the table gives its mean and standard error over seeds.
 
-    python experiments/where_it_helps.py            # full CPU scale (~25-30 min, see experiments/README.md)
+    python experiments/where_it_helps.py            # full CPU scale (80 runs; 46 min measured on 2 shared cores)
     python experiments/where_it_helps.py --quick    # smoke test of the whole path
     python experiments/where_it_helps.py --data "torchvision:DTD?root=$HOME/data&download=1" \\
         --image-sizes 224 --per-class 5 10 25 --steps 300 --batch-size 32 --device cuda   # the GPU recipe
@@ -37,7 +37,7 @@ STRATEGIES = ["fire", "shrink_perturb", "reset", "targeted"]
 
 
 def settings(quick: bool) -> dict:
-    """Scale of one mode; the full mode (80 runs) is sized for about 25 min on one uncontended CPU thread."""
+    """Scale of one mode; the full mode is 80 runs (46 min measured on 2 CPU cores shared with other jobs)."""
     if quick:
         return dict(data="bundled:animal-silhouettes", backbone="bundled:mobilenetv2_100", data_limit=200,
                     val_fraction=0.5, image_sizes=[32], per_class=[3], seeds=[0, 1], probe_batches=1,

@@ -528,21 +528,12 @@ def epoch_augments(n: int, size: int, seed: int) -> Iterator[tuple[torch.Tensor,
         yield torch.rand(n, generator=g) < 0.5, torch.randint(0, span, (n, 2), generator=g)
 
 
-def crop_indices(flips: torch.Tensor, offsets: torch.Tensor, h: int, w: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source rows ``(B, h)`` and columns ``(B, w)`` of ``flip_crop`` for a batch: flip, reflect-pad, crop as indices."""
-    def reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-        i = i.abs()
-        return torch.where(i >= n, 2 * (n - 1) - i, i)
-
-    rows = reflect(offsets[:, :1] + torch.arange(h, device=offsets.device) - pad, h)
-    cols = reflect(offsets[:, 1:] + torch.arange(w, device=offsets.device) - pad, w)
-    return rows, torch.where(flips[:, None], w - 1 - cols, cols)
-
-
-def gather_crops(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``images[index[b]]`` at ``rows[b]`` x ``cols[b]`` for every b: a batch of crops in one gather, any dtype."""
-    c = torch.arange(images.shape[1], device=images.device)
-    return images[index[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+def flip_crop_batch(x: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """``flip_crop`` for a batch ``(B, C, H, W)``: per image its flip and crop offset, as a few batched tensor ops."""
+    h, w = x.shape[-2:]
+    x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+    windows = F.pad(x, (pad, pad, pad, pad), mode="reflect").unfold(2, h, 1).unfold(3, w, 1)  # (B, C, I, J, h, w)
+    return windows[torch.arange(len(x), device=x.device), :, offsets[:, 0], offsets[:, 1]]
 
 
 class DeviceSplit:
@@ -575,13 +566,10 @@ class DeviceSplit:
     def batch(self, index: torch.Tensor, flips: torch.Tensor | None = None,
               offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images and labels at ``index`` (on the device), flipped and cropped when params are given."""
-        if flips is None:
-            x = self.images[index]
-        else:
-            h, w = self.images.shape[-2:]
-            rows, cols = crop_indices(flips, offsets, h, w, augment_pad(w))
-            x = gather_crops(self.images, index, rows, cols)
-        return self.normalise(x), self.labels[index]
+        x = self.normalise(self.images[index])
+        if flips is not None:  # after normalising: a per-channel affine map commutes with flips, padding and crops
+            x = flip_crop_batch(x, flips, offsets, augment_pad(x.shape[-1]))
+        return x, self.labels[index]
 
 
 @dataclass
@@ -748,8 +736,7 @@ class TrainBatches:
             x, y = next(self._loader_iter)  # type: ignore[arg-type]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if flips is not None:
-                rows, cols = crop_indices(flips, offsets, x.shape[-2], x.shape[-1], augment_pad(x.shape[-1]))
-                x = gather_crops(x, torch.arange(len(x), device=x.device), rows, cols)
+                x = flip_crop_batch(x, flips, offsets, augment_pad(x.shape[-1]))
         self.consumed += 1
         return x, y
 

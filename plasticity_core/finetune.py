@@ -57,7 +57,7 @@ class RunResult:
     reason: str
     steps: int
     total_steps: int
-    best_val_acc: float | None = None
+    best_val_acc: float | None = None  # over every eval, step 0 included
     final_val_acc: float | None = None
     final_val_loss: float | None = None
     train_loss: float | None = None
@@ -197,7 +197,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
     result = RunResult(status="failed", reason="", steps=0, total_steps=0)
     run: _Run | None = None
     try:
-        state = load_checkpoint(ckpt)[1] if resume and ckpt is not None and (ckpt / STATE_FILE).exists() else None
+        saved, state = load_checkpoint(ckpt) if resume and ckpt is not None and (ckpt / STATE_FILE).exists() else (None, None)
         if state is not None and reinit is not None and reinit.strategy == "cbp":
             raise ValueError("resume is not supported for cbp arms: continual backprop's unit utilities and ages are "
                              "not checkpointed; rerun the arm from step 0 (resume=False)")
@@ -237,7 +237,7 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
             reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
         callback = None
         if state is not None:
-            model.load_state_dict(load_checkpoint(ckpt)[0])
+            model.load_state_dict(saved)
             emit("resume", start, from_step=start, checkpoint=str(ckpt),
                  note="weights, schedule, RNG and batch order restored; the re-init (if any) is in the weights")
         elif reinit is not None:

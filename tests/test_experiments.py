@@ -167,6 +167,27 @@ def test_scale_flags_override_the_mode():
     assert s["data_limit"] is None and s["train_per_class"] == 5 and s["seeds"] == [3, 4]
 
 
+def test_the_readmes_study_commands_parse():
+    """Every ``python experiments/<study>.py ...`` line of the two READMEs is accepted by that study's parser."""
+    import importlib
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    seen = set()
+    for doc in (root / "README.md", root / "experiments" / "README.md"):
+        text = doc.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            m = re.search(r"python experiments/(\w+)\.py([^`#]*)", line)
+            if not m or "${" in line:
+                continue
+            mod = importlib.import_module(m.group(1))
+            argv = shlex.split(m.group(2))
+            (mod.cli(argv) if hasattr(mod, "cli") else common.parser("t").parse_args(argv))
+            seen.add(m.group(1))
+    assert {"warm_start", "transfer", "where_it_helps", "diagnosis_shift"} <= seen
+
+
 def test_verdict_calls_noise_and_sign():
     t = pd.DataFrame([{"arm": "b", "n": 3, "final_mean": 0.70, "final_std": 0.01},
                       {"arm": "up", "n": 3, "final_mean": 0.80, "final_std": 0.01},

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from plasticity_core.metrics.base import Accumulator, masked_fraction, register_metric, with_nan
+from plasticity_core.metrics.base import Accumulator, masked_fraction, masked_mean, register_metric, with_nan
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
@@ -66,9 +66,7 @@ def redo_scores(mean_abs: torch.Tensor, bad: torch.Tensor | None = None) -> torc
     """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics)."""
     if bad is None:
         return mean_abs / (mean_abs.mean() + REDO_EPS)
-    good = ~bad
-    mean = torch.where(good, mean_abs, torch.zeros_like(mean_abs)).sum() / good.sum().clamp_min(1)
-    return with_nan(mean_abs / (mean + REDO_EPS), bad)
+    return with_nan(mean_abs / (masked_mean(mean_abs, bad) + REDO_EPS), bad)
 
 
 def dormant_mask(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -113,6 +111,14 @@ class ActivationView:
         dims = tuple(d for d in range(1, x.dim()) if d != self.unit_dim)
         return x.sum(dims) if dims else x
 
+    def _per_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """(units,) float64: the sum of ``x`` over batch and positions (a count, exact: fp32 holds integers < 2^24)."""
+        if self.count >= 2 ** 24:  # a huge batch: per sample first (positions alone stay below 2^24)
+            return self._per_sample(x).double().sum(0)
+        if self.unit_dim == 1 and x.dim() > 2:
+            return x.reshape(x.shape[0], self.units, -1).sum((0, 2)).double()
+        return x.sum(tuple(d for d in range(x.dim()) if d != self.unit_dim)).double()
+
     def _get(self, key: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key not in self._memo:
             self._memo[key] = fn()
@@ -132,7 +138,7 @@ class ActivationView:
         """Per-unit count of nonzero entries (fp32 sums of |sign h|, exact integers)."""
         def count() -> torch.Tensor:
             sign = torch.sign(self.t)
-            return self._per_sample(sign if self.act_type in NONNEG else sign.abs_()).double().sum(0)
+            return self._per_unit(sign if self.act_type in NONNEG else sign.abs_())
         return self._get("nonzero", count)
 
     def at_most(self, lo: float) -> torch.Tensor:
@@ -140,15 +146,13 @@ class ActivationView:
         if lo == 0.0 and self.act_type in ("relu", "relu6"):  # outputs >= 0: zero or positive
             return self.count - self.nonzero()
         # ceil(t - lo) <= 0 iff t <= lo (t - lo is exact near lo, Sterbenz); clamp to {0, 1}, count the zeros
-        return self._get(f"le{lo}", lambda: self.count - self._per_sample(
-            (self.t - lo).ceil_().clamp_(0, 1)).double().sum(0))
+        return self._get(f"le{lo}", lambda: self.count - self._per_unit((self.t - lo).ceil_().clamp_(0, 1)))
 
     def at_least(self, hi: float) -> torch.Tensor:
         """Per-unit count of entries ``>= hi``."""
         if self.act_type == "relu6" and hi == 6.0:  # outputs <= 6: sign(h - 6) + 1 is 1 at 6, else 0
-            return self._get("ge6", lambda: self._per_sample(torch.sign(self.t - 6.0)).double().sum(0) + self.count)
-        return self._get(f"ge{hi}", lambda: self.count - self._per_sample(
-            (hi - self.t).ceil_().clamp_(0, 1)).double().sum(0))
+            return self._get("ge6", lambda: self._per_unit((self.t - 6.0).sign_()) + self.count)
+        return self._get(f"ge{hi}", lambda: self.count - self._per_unit((hi - self.t).ceil_().clamp_(0, 1)))
 
     def outside(self, lo: float, hi: float) -> torch.Tensor:
         """Per-unit count of entries ``<= lo`` or ``>= hi`` (lo < hi)."""
@@ -240,8 +244,4 @@ class Saturation(Accumulator):
         if not self.n:
             return None
         frac = with_nan(self.count / self.n, bad)
-        value = torch.where(bad, torch.zeros_like(frac), frac).sum() / (~bad).sum().clamp_min(1) if bad is not None \
-            else frac.mean()
-        if bad is not None:
-            value = torch.where((~bad).any(), value, torch.full_like(value, float("nan")))
-        return value, frac
+        return masked_mean(frac, bad), frac

@@ -116,6 +116,16 @@ def masked_fraction(flags: torch.Tensor, bad: torch.Tensor | None) -> torch.Tens
     return torch.where(n > 0, frac, torch.full_like(frac, float("nan")))
 
 
+def masked_mean(values: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the units with finite statistics (NaN when no unit has any)."""
+    if bad is None:
+        return values.mean()
+    good = ~bad
+    n = good.sum()
+    mean = torch.where(good, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
+
+
 def with_nan(scores: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
     """Per-unit scores with the units fed non-finite values set to NaN (undefined, never a silent number)."""
     if bad is None:

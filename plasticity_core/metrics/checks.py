@@ -23,4 +23,4 @@ class NonFiniteWarning(UserWarning):
                "saw NaN or inf; > 0 means the other metrics of the layer are partial or NaN",
 )
 def nonfinite(view) -> torch.Tensor:
-    return torch.count_nonzero(~torch.isfinite(view.w)).float()
+    return torch.count_nonzero(view.w * 0).float()  # w * 0 is 0 where w is finite, NaN where it is not

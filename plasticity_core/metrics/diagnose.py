@@ -223,7 +223,7 @@ class _Probe:
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
             mod = self.module.get_submodule(act)
-            if any(self.pre[l.name] for ls in self.by_call.values() for l in ls):
+            if any(self.pre[l.name] for (a, _), ls in self.by_call.items() if a == act for l in ls):
                 hooks.forward_pre(mod, lambda m, args, act=act: self._pre(act, args))
             hooks.forward(mod, lambda m, args, out, act=act: self._post(act, out))
         for name, members in self.by_module.items():
@@ -413,12 +413,14 @@ def _total(data: Any, max_batches: int) -> int:
 def _assemble(pending: Pending, layers: list[LayerInfo], names: set[str], opts: dict, meta: dict,
               bad_inputs: torch.Tensor | None, start: float) -> Diagnosis:
     """One device-to-host transfer of every value and unit score, then the long table, the meta and the warning."""
-    parts = [torch.zeros(1, dtype=torch.float64) if bad_inputs is None else bad_inputs.reshape(1).double().cpu()]
+    dev = pending[0][2].device if pending else torch.device("cpu")
+    first = torch.zeros(1, dtype=torch.float64, device=dev) if bad_inputs is None else bad_inputs.reshape(1)
+    parts = [first.to(dev, torch.float64)]
     for _, _, v, u in pending:
-        parts.append(v.reshape(1).to(torch.float64).cpu())
+        parts.append(v.reshape(1).to(dev, torch.float64))
         if u is not None:
-            parts.append(u.reshape(-1).to(torch.float64).cpu())
-    flat = torch.cat(parts).numpy() if len(parts) > 1 else parts[0].numpy()
+            parts.append(u.reshape(-1).to(dev, torch.float64))
+    flat = torch.cat(parts).cpu().numpy()  # the one device-to-host transfer
     n_inputs = int(flat[0])
     values, units, i = {}, {}, 1
     for layer, m, _, u in pending:

@@ -49,8 +49,6 @@ def lanczos_top(g: torch.Tensor, steps: int = LANCZOS_STEPS) -> tuple[torch.Tens
     """
     b, n, _ = g.shape
     k = min(steps, n)
-    bad = ~torch.isfinite(g).flatten(1).all(1)
-    g = torch.where(bad[:, None, None], torch.zeros_like(g), g)
     start = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     q = (start / start.norm()).to(device=g.device, dtype=g.dtype).expand(b, n).contiguous()
     tiny = g.diagonal(dim1=1, dim2=2).sum(1, keepdim=True) * (16 * torch.finfo(g.dtype).eps)  # trace-relative
@@ -68,7 +66,8 @@ def lanczos_top(g: torch.Tensor, steps: int = LANCZOS_STEPS) -> tuple[torch.Tens
         beta[:, j] = torch.where(live, nb, torch.zeros_like(nb)).squeeze(1)
         q = torch.where(live, w / nb.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(w))
     t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
-    theta, s = torch.linalg.eigh(t.double())
+    bad = ~torch.isfinite(t).flatten(1).all(1)  # a non-finite G spreads into T: sanitise the small matrix only
+    theta, s = torch.linalg.eigh(torch.where(bad[:, None, None], torch.zeros_like(t), t).double())
     top = theta[:, -1].clamp_min(0).to(g.dtype)
     bound = (beta[:, -1].double() * s[:, -1, -1].abs()).to(g.dtype)
     nan = torch.full_like(top, float("nan"))
