@@ -66,6 +66,7 @@ def _on_heatmap_select() -> None:
     if picked:  # a redraw can report an empty selection; clearing is the button's job
         st.session_state["selected_layers"] = picked
         st.session_state["w_diag_selected"] = picked
+        st.session_state.pop("w_diag_focus", None)  # the one-layer view follows the new selection
 
 
 left, right = st.columns([3, 2])
@@ -76,7 +77,8 @@ with right:
     st.subheader("Selected layers")
     st.session_state.setdefault("w_diag_selected", st.session_state["selected_layers"])
     st.multiselect("Layers to re-initialise", order, key="w_diag_selected", label_visibility="collapsed",
-                   on_change=lambda: st.session_state.update(selected_layers=st.session_state["w_diag_selected"]))
+                   on_change=lambda: (st.session_state.update(selected_layers=st.session_state["w_diag_selected"]),
+                                      st.session_state.pop("w_diag_focus", None)))
     b1, b2, b3 = st.columns([2, 2, 2])
     budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
                              help="Fraction of the scored layers' weights the recommendation may re-initialise.")

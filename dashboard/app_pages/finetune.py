@@ -18,8 +18,8 @@ COMPARE_HELP = {
     "arm": "the arm's name: baseline = plain fine-tuning; otherwise the re-init strategy applied before it",
     "runs": "how the arm's runs ended; a stopped or failed run is flagged because its numbers are not comparable",
     "n_seeds": "seeds with at least one evaluation (these enter the means)",
-    "final_acc": "validation accuracy at the last evaluation, mean ± sample std over seeds",
-    "best_acc": "best validation accuracy over the run, mean ± std over seeds",
+    "final_acc": "validation accuracy at the last evaluation, in %, mean ± sample std over seeds",
+    "best_acc": "best validation accuracy over the run, in %, mean ± std over seeds",
     "steps_to_target": "first evaluated step at which accuracy reached 90 % of the baseline's best accuracy "
                        "(mean over the seeds that reached it; 'never' if none did). Lower = adapts faster",
     "reached_target": "seeds that reached that target / seeds",
@@ -137,6 +137,12 @@ def _progress_table(runs: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pct(mean: float, std: float, n: int) -> str:
+    if mean != mean:  # NaN: no seed with an evaluation
+        return "n/a"
+    return f"{100 * mean:.1f} ± {100 * std:.1f} %" if n > 1 and std == std else f"{100 * mean:.1f} % (1 seed)"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -186,12 +192,14 @@ def _live_view() -> None:
             st.warning("Not comparable as is: " + "; ".join(
                 f"{r.arm} seed {r.seed} {r.status} ({r.reason})" for r in flagged.itertuples()))
         compare["target_acc"] = compare["target_acc"] * 100
+        for col in ("final_acc", "best_acc"):  # in %, like the curves and the progress table
+            compare[col] = [_pct(m, s, n) for m, s, n in zip(compare[f"{col}_mean"], compare[f"{col}_std"], compare["n_seeds"])]
         st.dataframe(compare[["arm", "runs", "n_seeds", "final_acc", "best_acc", "steps_to_target", "reached_target",
                               "target_acc", "wall_time_s_mean"]],
                      hide_index=True, key="compare_table",
                      column_config={c: st.column_config.Column(c, help=h) for c, h in COMPARE_HELP.items()}
                      | {"target_acc": st.column_config.NumberColumn("target_acc", format="%.1f %%", help=COMPARE_HELP["target_acc"])})
-        st.caption("Accuracies in the table are fractions (0.85 = 85 %). " + " · ".join(
+        st.caption(" · ".join(
             f"**{c}**: {h}" for c, h in COMPARE_HELP.items() if c in ("steps_to_target", "reached_target", "runs")))
     st.session_state["was_running"] = running
 
