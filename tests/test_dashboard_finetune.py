@@ -80,7 +80,8 @@ def test_experiment_name_progress_and_flags(tmp_path, monkeypatch):
     no_exception(at)
     progress = next(df.value for df in at.dataframe if "ETA" in df.value.columns)
     assert progress["step"].tolist() == ["3/3", "3/3"] and (progress["progress"] == 1.0).all()
-    assert progress["val_acc"].tolist() == [100 * r.events("eval")[-1]["val_acc"] for r in runs]
+    assert progress["val_acc"].tolist() == [f"{100 * r.events('eval')[-1]['val_acc']:.1f} %" for r in runs]
+    assert "None" not in progress.astype(str).to_numpy().ravel().tolist()
     compare = at.dataframe[-1].value
     assert compare["runs"].tolist() == ["1 finished", "1 finished"]
 

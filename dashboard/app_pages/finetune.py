@@ -130,8 +130,9 @@ def _progress_table(runs: list) -> pd.DataFrame:
         p = run_progress(r.events(), r.summary())
         rows.append({"arm": r.arm, "seed": r.seed, "status": p["status"],
                      "progress": p["fraction"], "step": f"{p['step']}/{p['total'] or '?'}",
-                     "val_acc": None if p["val_acc"] is None else 100 * p["val_acc"],
-                     "at step": p["val_acc_step"], "elapsed": _duration(p["elapsed_s"]),
+                     "val_acc": "–" if p["val_acc"] is None else f"{100 * p['val_acc']:.1f} %",
+                     "at step": "–" if p["val_acc_step"] is None else str(p["val_acc_step"]),
+                     "elapsed": _duration(p["elapsed_s"]),
                      "ETA": _duration(p["eta_s"]) if p["eta_s"] is not None else ("done" if p["status"] in ("finished",) else "–"),
                      "reason": r.summary().get("reason", "")})
     return pd.DataFrame(rows)
@@ -160,9 +161,9 @@ def _live_view() -> None:
         st.toast("Stop requested: the worker ends each run at its next step.")
     st.dataframe(_progress_table(runs), hide_index=True, key="progress_table", width="stretch", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "val_acc": st.column_config.NumberColumn("latest val acc", format="%.1f %%",
-                                                 help="accuracy on the validation split at the latest evaluation"),
-        "at step": st.column_config.NumberColumn("at step", help="step of that evaluation (0 = before training)"),
+        "val_acc": st.column_config.TextColumn("latest val acc",
+                                               help="accuracy on the validation split at the latest evaluation"),
+        "at step": st.column_config.TextColumn("at step", help="step of that evaluation (0 = before training)"),
         "ETA": st.column_config.TextColumn("ETA", help="time left at this run's pace so far"),
     })
     points = _points(runs)
