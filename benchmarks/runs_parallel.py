@@ -34,19 +34,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--parallel", type=int, default=3)
+    ap.add_argument("--reverse", action="store_true", help="measure N at once first (other load on the machine drifts)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or cores
     exp = experiment(args.steps)
     times = {}
     with tempfile.TemporaryDirectory() as root:
-        for n in (1, args.parallel):
+        for n in ((args.parallel, 1) if args.reverse else (1, args.parallel)):
             t0 = time.perf_counter()
             runs = pc.run_experiment(exp, root, tag=f"p{n}", executor="process", parallel=n)
             times[n] = time.perf_counter() - t0
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             bad = [f"{r.name}: {r.summary().get('reason')}" for r in runs if r.status != "finished"]
             assert not bad, bad
-            print(f"parallel={n}: {len(runs)} runs of {args.steps} steps in {times[n]:.1f} s", flush=True)
+            print(f"parallel={n}: {len(runs)} runs of {args.steps} steps in {times[n]:.1f} s "
+                  f"(1-min load average at the end: {load:.1f})", flush=True)
     ceiling = min(args.parallel, max(1.0, cores / threads))
     speedup = times[1] / times[args.parallel]
     print(f"cores={cores} threads/run={threads} speed-up {speedup:.2f}x, ceiling {ceiling:.2f}x, "

@@ -32,12 +32,16 @@ PAGES = [
 page = st.navigation(PAGES)
 if error := st.session_state.pop("restore_error", None):
     st.warning(error)
-page.run()
+
+# Saved before the page as well: widget values of this run are already in session_state, and a page that ends
+# with st.stop() runs nothing after it (no st.* call works in a `finally` either).
 state.save()
-with st.sidebar:  # after the page, so that it shows what the page just loaded or selected
+with st.sidebar:
     loaded = st.session_state.get("loaded_setup")
     st.caption(f"Backbone: `{loaded['backbone']}`  \nData: `{loaded['data']}` at {loaded['image_size']} px"
                if loaded else "Nothing loaded yet")
     st.caption(f"Selected layers: {len(st.session_state['selected_layers'])}")
     st.caption(f"Workspace `{st.session_state['ws_restored']}`: saved under the runs folder; reloading this URL "
                "restores it.")
+page.run()
+state.save()  # what the page computed (diagnosis, preview)

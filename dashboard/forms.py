@@ -140,14 +140,17 @@ def kept(key: str, default: Any) -> Any:
     return type(default)(value) if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None else value
 
 
-def executors() -> dict[str, str]:
-    """Where runs can execute: name -> label (only what is installed here)."""
-    return {"process": "this machine (background process)"}
-
-
-def launch(experiment: pc.ExperimentConfig, store: pc.RunStore, executor: str, allow_noop: bool = False) -> Any:
-    """Start the experiment's runs in the background on ``executor``; returns the run handle."""
-    return pc.start_run(experiment, store, executor=executor, allow_noop=allow_noop)
+def executors() -> tuple[dict[str, str], dict[str, str]]:
+    """Executors this installation can use (name -> label) and those it cannot (name -> the one-line reason)."""
+    ok, missing = {}, {}
+    for name, info in pc.EXECUTORS.items():
+        try:
+            info.check()
+        except Exception as e:  # noqa: BLE001 - MissingExtraError: its message names the pip extra
+            missing[name] = str(e)
+        else:
+            ok[name] = f"{name}: {info.doc.split(';')[0]}"
+    return ok, missing
 
 
 def errors() -> tuple[type[BaseException], ...]:

@@ -2,7 +2,7 @@
 
 Phase 1: a randomly initialised ResNet-18 is trained on 10 % of the train split (``train_per_class``: a seeded,
 stratified subset, the same for every seed, so it overfits) and its weights are saved in the run folder
-(``save_model``). Phase 2: that checkpoint is loaded as a ``file:`` backbone (with ``arch``) and trained on the whole
+(``finetune.checkpoint="final"``). Phase 2: that checkpoint is loaded as a ``file:`` backbone (with ``arch``) and trained on the whole
 train split, with one intervention applied at the boundary: none (warm start), FIRE (released Newton-Schulz,
 and the exact SVD polar factor), shrink & perturb (FIRE's interpolation towards a fresh init, 0.8). The
 "fresh" arm trains the same architecture from a fresh init on the whole split. Both phases use the same
@@ -16,6 +16,7 @@ the classifier included, as FIRE's code does. Every run goes through ``plasticit
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -58,7 +59,8 @@ def experiments(s: dict, per_class: int) -> tuple[ExperimentConfig, ExperimentCo
     """Phase-1 config, the phase-2 arms (a template: its backbone is set per seed) and the fresh-init config."""
     common_kw = dict(data=s["data"], data_limit=s["data_limit"], val_fraction=s["val_fraction"], finetune=s["finetune"])
     phase1 = ExperimentConfig(name="phase1", backbone=s["backbone"], pretrained=False, arms={"phase1": None},
-                              seeds=s["seeds"], train_per_class=per_class, save_model=True, **common_kw)
+                              seeds=s["seeds"], train_per_class=per_class,
+                              **{**common_kw, "finetune": dataclasses.replace(s["finetune"], checkpoint="final")})
     every = ["*"]
     arms = {BASELINE: None,
             "fire_ns": common.reinit_arm("fire", every, include_head=True, method="newton_schulz"),

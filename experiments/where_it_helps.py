@@ -195,7 +195,7 @@ def write(out: Path, args, command: str, s: dict, frame: pd.DataFrame, recs: lis
         f"`{s['backbone']}` (pretrained, fresh head) on `{s['data']}` limited to {s['data_limit']} images, "
         f"{1 - s['val_fraction']:.0%}/{s['val_fraction']:.0%} train/val split (split seed {common.SPLIT_SEED}); the "
         f"val split ({n_val} images) is the same in every cell and every run is evaluated once, at the end, on all of "
-        f"it. Train: the first N images per class of the train split in a seeded order (nested: the 5 are among the 10). "
+        f"it. Train: the first N images per class of the train split in a seeded order (nested: a smaller N is a subset of a larger one). "
         f"{ft.steps} steps, batch {ft.batch_size}, {ft.optimizer} lr {ft.lr:g} (momentum {ft.momentum}, wd "
         f"{ft.weight_decay:g}), warm-up {ft.warmup_steps} + cosine to 0, no augmentation; seeds {s['seeds']}.",
         "", "## Final val accuracy: baseline, and each strategy's paired difference to it", "",

@@ -141,7 +141,8 @@ def cmd_diagnose(args) -> int:
 
 def cmd_reinit(args) -> int:
     from plasticity_core.config import ReinitConfig
-    from plasticity_core.models import check_head, save_checkpoint
+    from plasticity_core.finetune import save_weights
+    from plasticity_core.models import check_head
     from plasticity_core.reinit import apply_reinit
 
     out = _writable(args.out)
@@ -156,7 +157,7 @@ def cmd_reinit(args) -> int:
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
         print(f"note: {note}", file=sys.stderr)
-    save_checkpoint(bb.model, out)
+    save_weights(bb.model, out)
     print(f"saved re-initialised weights to {out}", file=sys.stderr)
     return 0
 

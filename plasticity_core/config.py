@@ -344,7 +344,6 @@ class ExperimentConfig(SerializableConfig):
     val_fraction: float = 0.2
     data_limit: int | None = None
     train_per_class: int | None = None  # keep N train images per class (low-data runs); the val split is unchanged
-    save_model: bool = False  # write the trained weights to the run folder as model.safetensors
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     arms: dict[str, ReinitConfig | None] = field(default_factory=lambda: {"baseline": None})
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -367,7 +366,6 @@ class ExperimentConfig(SerializableConfig):
         _check_type(k, "train_per_class", self.train_per_class, (int,), allow_none=True)
         if self.train_per_class is not None and self.train_per_class < 1:
             raise ConfigError(f"{k}.train_per_class: must be >= 1, got {self.train_per_class}")
-        _check_type(k, "save_model", self.save_model, (bool,))
         _check_type(k, "finetune", self.finetune, (FinetuneConfig,))
         _check_type(k, "arms", self.arms, (dict,))
         if not self.arms:

@@ -7,7 +7,7 @@ it imports nothing, so the metric registry can adopt it without a cycle.
 from __future__ import annotations
 
 WORSE: dict[str, str] = {
-    "dormant": "high", "dead": "high", "saturation": "high", "grad_dormant": "high", "dfi": "high", "dfi_si": "high",
+    "dormant": "high", "dead": "high", "saturation": "high", "grad_dormant": "high", "dfi": "high", "dfi_si": "high", "nonfinite": "high",
     "feature_erank": "low", "stable_rank": "low", "grad_norm": "low",
 }
 
@@ -25,6 +25,7 @@ PLAIN: dict[str, str] = {
     "feature_erank": "how many independent features the layer's output carries on your data",
     "grad_norm": "how strongly your data's loss pulls on the weights",
     "grad_dormant": "share of units that receive almost no gradient from your data",
+    "nonfinite": "NaN or infinite values found in the layer (weights, activations or gradients)",
 }
 
 

@@ -296,13 +296,6 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """The model's state dict as ``.safetensors`` (what ``file:PATH`` with ``arch=`` loads back)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-
-
 def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
     """Raise ``BackboneError`` listing missing keys, unexpected keys and shape mismatches, if any."""
     own = model.state_dict()

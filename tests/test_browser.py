@@ -1,4 +1,6 @@
-"""End to end in a real headless Chromium: setup -> diagnose -> heatmap box selection -> preview -> live fine-tune -> export.
+"""End to end in a real headless Chromium: setup -> diagnose (click and box selection, reasons for unsupported
+layers) -> preview -> a refused no-op arm -> live fine-tune, a reload mid-run that restores the workspace -> export
+(the shown command parses back to the intended argv).
 
 Needs Debian ``chromium`` and the ``playwright`` Python package (its driver ships in the wheel; never
 ``playwright install``) and the offline assets (``plasticity assets fetch``); skipped with the reason otherwise.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -103,13 +106,48 @@ def _statuses(runs_root: Path) -> list[str]:
     return [json.loads(p.read_text())["status"] for p in runs_root.glob("*/*/summary.json")]
 
 
+def _cell(page, row: int, col: float) -> tuple[float, float]:
+    """Viewport pixel of heatmap cell (row, col), from Plotly's own axis mapping."""
+    return tuple(page.evaluate("""([row, col]) => {
+        const gd = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+        const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return [r.left + gd._fullLayout.xaxis.l2p(col), r.top + gd._fullLayout.yaxis.l2p(row)]; }""", [row, col]))
+
+
+def _rows(page) -> list[str]:
+    return page.evaluate("""() => Array.from(document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot")
+                                  ._fullLayout.yaxis.ticktext)""")
+
+
+def _selected(page) -> list[str]:
+    box = page.locator("[data-testid='stMultiSelect']").nth(1)  # after the form's metric picker
+    return [t.strip() for t in box.locator(".react-aria-ComboBox [data-tag]").all_inner_texts()]
+
+
+def _wait_selected(page, expected: list[str], timeout_s: float = 60) -> None:
+    """Wait until the page's layer multiselect shows exactly ``expected`` (the sidebar count updates first)."""
+    deadline = time.monotonic() + timeout_s
+    while _selected(page) != expected:
+        assert time.monotonic() < deadline, f"selected {_selected(page)}, expected {expected}"
+        page.wait_for_timeout(250)
+    _settle(page)
+
+
+def _choose(page, label: str, option: str) -> None:
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    _settle(page)
+
+
 def test_offline_default_from_setup_to_export(server, tmp_path):
     from playwright.sync_api import sync_playwright
+
+    from dashboard import views
 
     url, runs_root = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1500}, accept_downloads=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
         page.set_default_timeout(120_000)
         try:
             page.goto(url)
@@ -117,63 +155,114 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
             page.wait_for_selector("text=Layers in network order")
             _settle(page)
             assert page.locator("[data-testid='stMetricValue']").nth(1).inner_text() == "53"
-            page.wait_for_selector("[data-testid='stDataFrame']")
+            assert "ws=" in page.url  # the workspace is named in the URL
             _shot(page, "setup")
 
-            # Diagnose: run, then drag a box over heatmap cells to select layers
+            # Diagnose: run, then click one cell: exactly that layer is selected
             _goto(page, "Diagnose")
-            _set_number(page, "Probe batches", 2)
+            _set_number(page, "Probe batches", 1)
             page.get_by_role("button", name="Run diagnosis").click()
             page.wait_for_selector(".heatmaplayer", timeout=180_000)
             _settle(page)
-            drag = page.locator("[data-testid='stPlotlyChart'] .nsewdrag").first
-            drag.scroll_into_view_if_needed()
-            box = drag.bounding_box()
-            x0, x1 = box["x"] + box["width"] * 0.05, box["x"] + box["width"] * 0.5
-            y0, y1 = box["y"] + box["height"] * 0.12, box["y"] + box["height"] * 0.22
+            page.locator("[data-testid='stPlotlyChart']").first.scroll_into_view_if_needed()
+            rows = _rows(page)
+            target = rows.index("blocks.2.0.conv_pw")
+            x, y = _cell(page, target, 1)
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            _wait_selected(page, ["blocks.2.0.conv_pw"])
+
+            # a box over the three convs of block 1.0 (expansion, depthwise, projection) with the toolbar's box tool
+            page.locator("[data-testid='stPlotlyChart']").first.hover()
+            page.locator("[data-testid='stPlotlyChart'] .modebar-btn[data-title*=Box]").first.click()
+            first = rows.index("blocks.1.0.conv_pw")
+            x0, y0 = _cell(page, first - 0.4, 0.6)
+            x1, y1 = _cell(page, first + 2.4, 2.4)
             page.mouse.move(x0, y0)
             page.mouse.down()
             page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
             page.mouse.move(x1, y1, steps=5)
             page.mouse.up()
-            page.wait_for_selector("text=/Selected layers: [1-9]/", timeout=60_000)
-            _settle(page)
-            count = int(page.get_by_text("Selected layers:").inner_text().split(":")[1])
+            selected = ["blocks.1.0.conv_pw", "blocks.1.0.conv_dw", "blocks.1.0.conv_pwl"]
+            _wait_selected(page, selected)
+            # checked against redo: the depthwise conv and the projection (no activation) cannot be recycled, and
+            # the page says so next to the heatmap, with what would work instead
+            _choose(page, "Strategy to check the selection against", "redo")
+            page.wait_for_selector("text=redo acts on 1 of 3 selected layers")
+            assert page.get_by_text("depthwise conv: its (C, 1, k, k) weight is not a C_out x C_in map").count() >= 1
+            assert page.get_by_text("no explicit (in, out) unit pair", exact=False).count() >= 1
             page.evaluate("window.scrollTo(0, 0)")
             _shot(page, "diagnose")
 
-            # Re-init: the selection fills the patterns; preview FIRE on a copy
+            # Re-init: the selection fills the patterns; cbp with default maturity first (a no-op in a short run)
             _goto(page, "Re-init")
-            page.wait_for_selector("text=/[1-9][0-9]* layer\\(s\\) match/")
-            selected = page.get_by_label("Include").input_value().splitlines()
-            assert len(selected) == count and all(name.startswith(("blocks.", "conv_")) for name in selected)
+            page.wait_for_function("() => document.querySelector('textarea[aria-label=Include]')?.value.length > 0")
+            assert page.get_by_label("Include").input_value().splitlines() == selected
+            page.wait_for_selector("text=redo acts on 1 of 3 selected layers")  # the same check where the user looks
+            _choose(page, "Strategy", "cbp")
+            page.get_by_role("button", name="Preview").click()
+            page.wait_for_selector("text=Preview: cbp")
+            _settle(page)
+            _goto(page, "Fine-tune")
+            _set_number(page, "Steps", 16)
+            page.wait_for_selector("text=/Arm cbp would change nothing: cbp maturity 1000 (>=|≥) the run's 16 steps/",
+                                   timeout=30_000)
+            assert page.get_by_role("button", name="Launch").is_disabled()
+            _shot(page, "finetune_refused")
+
+            # FIRE on the same selection: the depthwise conv is skipped, with the reason, before and after Preview
+            _goto(page, "Re-init")
+            _choose(page, "Strategy", "fire")
+            page.wait_for_selector("text=fire acts on 2 of 3 selected layers")
             page.get_by_role("button", name="Preview").click()
             page.wait_for_selector("text=Preview: fire")
             _settle(page)
-            assert page.locator("[data-testid='stPlotlyChart']").count() == 1
+            assert page.get_by_text("1 selected layer(s) left alone by fire:").count() == 1
             _shot(page, "reinit")
 
-            # Fine-tune: baseline vs FIRE, a few steps on a small subset; curves must show while it runs
+            # Fine-tune: baseline vs FIRE, a few steps on a small subset; the form kept its values
             _goto(page, "Fine-tune")
-            _set_number(page, "Steps", 40)
-            _set_number(page, "Eval every", 5)
-            _set_number(page, "Data limit (0 = all)", 300)
+            assert page.get_by_label("Steps", exact=True).input_value() == "16"
+            _set_number(page, "Eval every", 4)
+            _set_number(page, "Data limit (0 = all)", 200)
             page.get_by_role("button", name="Launch").click()
             page.wait_for_selector("[data-testid='stPlotlyChart'] .scatterlayer .trace", timeout=180_000)
             assert any(s in ("queued", "running") for s in _statuses(runs_root)), "curves appeared only after the end"
+            page.wait_for_selector("text=/[0-9]+/16/", state="attached")  # per-run progress (a canvas grid)
             _shot(page, "finetune_live")
+
+            # a reload mid-run: the workspace comes back from the URL (setup, selection, preview, form values)
+            live_url = page.url
+            page.reload()
+            page.wait_for_selector("h1:has-text('Fine-tune')")
+            _settle(page)
+            assert page.url == live_url
+            assert any(s in ("queued", "running") for s in _statuses(runs_root)), "the runs ended before the reload"
+            assert page.get_by_text("Selected layers: 3").count() == 1
+            assert page.get_by_text("bundled:mobilenetv2_100").count() >= 1
+            assert page.get_by_label("Steps", exact=True).input_value() == "16"
             page.wait_for_selector("text=Comparison", timeout=240_000)
             _settle(page)
             assert sorted(_statuses(runs_root)) == ["finished", "finished"]
             _shot(page, "finetune")
+            _goto(page, "Re-init")
+            page.wait_for_selector("text=Preview: fire")  # restored, not recomputed
 
-            # Export: the downloaded YAML is a valid ReinitConfig for the selected layers
+            # Export: the downloaded YAML lists touched and skipped layers apart; the command parses back exactly
             _goto(page, "Export")
             with page.expect_download() as info:
                 page.get_by_role("button", name="reinit_config.yaml").click()
             cfg = pc.ReinitConfig.from_yaml(Path(info.value.path()).read_text())
             assert cfg.strategy == "fire" and cfg.layers == selected
-            assert set(cfg.resolved_layers) <= set(selected) and cfg.resolved_layers
+            assert cfg.resolved_layers == ["blocks.1.0.conv_pw", "blocks.1.0.conv_pwl"]
+            assert list(cfg.skipped_layers) == ["blocks.1.0.conv_dw"]
+            command = page.locator("[data-testid='stCode']", has_text="plasticity reinit").first.inner_text().strip()
+            setup = {"backbone": "bundled:mobilenetv2_100", "pretrained": True, "arch": "",
+                     "data": "bundled:animal-silhouettes", "image_size": 64, "limit": 0}
+            assert shlex.split(command) == views.reinit_argv(setup, 10)
             _shot(page, "export")
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # what the user saw when it failed
+            raise
         finally:
             browser.close()

@@ -16,7 +16,7 @@ def test_experiment_config_round_trips_with_arms(tmp_path):
         name="t", backbone="timm:test_resnet", pretrained=False, data="synthetic:classes=4,n=64,size=32",
         finetune=FinetuneConfig(steps=5, image_size=32),
         arms={"baseline": None, "fire": ReinitConfig(strategy="fire", layers=["layer*"])}, seeds=[0, 1],
-        train_per_class=5, save_model=True)
+        train_per_class=5)
     again = ExperimentConfig.from_yaml(exp.to_yaml())
     assert again == exp and again.arms["baseline"] is None and isinstance(again.arms["fire"], ReinitConfig)
     exp.save(tmp_path / "e.json")
@@ -49,8 +49,6 @@ def test_unknown_fields_and_versions_are_refused():
         ExperimentConfig(arms={"x": "fire"})  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match="train_per_class"):
         ExperimentConfig(train_per_class=0)
-    with pytest.raises(ConfigError, match="save_model"):
-        ExperimentConfig(save_model="yes")  # type: ignore[arg-type]
     assert FinetuneConfig().schema_version == SCHEMA_VERSION
 
 

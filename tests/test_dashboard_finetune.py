@@ -83,3 +83,14 @@ def test_experiment_name_progress_and_flags(tmp_path, monkeypatch):
     assert progress["val_acc"].tolist() == [100 * r.events("eval")[-1]["val_acc"] for r in runs]
     compare = at.dataframe[-1].value
     assert compare["runs"].tolist() == ["1 finished", "1 finished"]
+
+
+def test_executor_selector_offers_what_is_installed_and_names_the_missing_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    at = _previewed(tmp_path, monkeypatch)
+    installed = ["process"] + [n for n, mod in (("ray", "ray"), ("slurm", "submitit")) if importlib.util.find_spec(mod)]
+    assert at.selectbox(key="w_ft_executor").options == [f"{n}: {pc.EXECUTORS[n].doc.split(';')[0]}" for n in installed]
+    missing = [n for n in ("ray", "slurm") if n not in installed]
+    captions = " ".join(c.value for c in at.caption)
+    assert all(f"plasticity-lab[{n}]" in captions for n in missing)

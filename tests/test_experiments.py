@@ -59,7 +59,7 @@ def test_warm_start_quick(tmp_path):
     from plasticity_core.runs import Run
 
     p1, warm = Run(by_arm["phase1"]["folder"]), Run(by_arm["warm"]["folder"])
-    assert p1.config.save_model and p1.config.train_per_class == 2  # 10 % of the 24 train images per class
+    assert p1.config.finetune.checkpoint == "final" and p1.config.train_per_class == 2  # 10 % of the 24 train images per class
     assert p1.events("start")[0]["batches_per_epoch"] == 1  # 20 images, batch 16
     assert warm.config.backbone == f"file:{p1.path / 'model.safetensors'}" and warm.config.arch == "timm:test_resnet"
     assert (p1.path / "model.safetensors").is_file()

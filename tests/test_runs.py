@@ -205,7 +205,8 @@ def test_a_checkpoint_file_backbone_runs_with_its_arch(tmp_path):
 
 
 def test_low_data_run_saves_weights_that_load_back_as_a_file_backbone(tmp_path):
-    """``train_per_class`` reaches the run's data; ``save_model`` writes weights that a ``file:`` run continues from."""
+    """``train_per_class`` reaches the run's data; ``checkpoint="final"`` leaves weights in the run folder
+    that a ``file:`` run continues from."""
     import dataclasses
 
     import torch
@@ -214,7 +215,7 @@ def test_low_data_run_saves_weights_that_load_back_as_a_file_backbone(tmp_path):
     from plasticity_core.finetune import evaluate
     from plasticity_core.models import load_backbone
 
-    exp = dataclasses.replace(_exp(steps=4, seeds=(0,)), arms={"baseline": None}, train_per_class=6, save_model=True)
+    exp = dataclasses.replace(_exp(steps=4, seeds=(0,), checkpoint="final"), arms={"baseline": None}, train_per_class=6)
     (run,) = run_experiment(exp, tmp_path / "runs", tag="p1")
     assert run.status == "finished" and run.events("start")[0]["batches_per_epoch"] == 1  # 24 images, batch 32
     weights = run.path / "model.safetensors"
@@ -223,7 +224,7 @@ def test_low_data_run_saves_weights_that_load_back_as_a_file_backbone(tmp_path):
     acc, _ = evaluate(bb.model, data, exp.finetune, torch.device("cpu"))
     assert acc == pytest.approx(run.summary()["final_val_acc"])  # the saved weights are the trained model
     nxt = dataclasses.replace(exp, backbone=f"file:{weights}", arch="timm:test_resnet", pretrained=True,
-                              train_per_class=None, save_model=False)
+                              train_per_class=None, finetune=dataclasses.replace(exp.finetune, checkpoint="none"))
     (cont,) = run_experiment(nxt, tmp_path / "runs", tag="p2")
     assert cont.status == "finished" and not (cont.path / "model.safetensors").exists()
 

@@ -37,7 +37,7 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         a1, a2 = st.columns([1, 2])
         baseline = a1.checkbox("Baseline (plain fine-tuning)", value=kept("w_ft_baseline", True), key="w_ft_baseline")
         own = a1.checkbox(f"Re-init arm: {cfg.strategy}" if cfg else "Re-init arm (preview one on Re-init first)",
-                          value=kept("w_ft_own", cfg is not None) and cfg is not None, disabled=cfg is None, key="w_ft_own")
+                          value=cfg is not None, disabled=cfg is None, key="w_ft_own")
         choices = [n for n in pc.STRATEGIES.names() if cfg is None or n != cfg.strategy]
         others = a2.multiselect("Also compare (default parameters, same layers)", choices,
                                 default=[o for o in kept("w_ft_others", []) if o in choices], disabled=cfg is None,
@@ -62,11 +62,16 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         default_name = "-vs-".join(arms) or "experiment"
         n1, n2 = st.columns([2, 1])
         name = n1.text_input("Experiment name", value=kept("w_ft_name", default_name), key="w_ft_name",
-                             help="Names the experiment's folder (a timestamp is appended, so names can repeat).")
-        executors = forms.executors()
+                             help="Names the experiment's folder (a timestamp is appended, so names can repeat).",
+                             on_change=lambda: st.session_state["form"].update(w_ft_name=st.session_state["w_ft_name"]))
+        executors, missing = forms.executors()
         executor = n2.selectbox("Run on", list(executors), format_func=executors.get, key="w_ft_executor",
                                 index=list(executors).index(kept("w_ft_executor", "process")) if kept("w_ft_executor", "process") in executors else 0)
+        if missing:
+            n2.caption("Not installed here: " + "; ".join(missing.values()))
         noop = {arm: why for arm, c in arms.items() if (why := noop_reason(current.model, c, int(steps)))}
+        refused = st.session_state.get("ft_refused") or {}
+        noop |= {arm: why for arm, why in refused.get("arms", {}).items() if refused.get("for") == sorted(arms)}
         for arm, why in noop.items():
             st.error(f"Arm **{arm}** would change nothing: {why}", icon=":material/block:")
         anyway = st.checkbox("Launch anyway (the arms above will reproduce the baseline)", key="w_ft_anyway") if noop else False
@@ -79,10 +84,17 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
                     finetune=pc.FinetuneConfig(steps=int(steps), batch_size=int(batch), lr=float(lr),
                                                image_size=int(setup["image_size"]), eval_every=int(eval_every),
                                                device=setup["device"], warmup_steps=min(10, int(steps) // 10)))
-                handle = forms.launch(experiment, store, executor, allow_noop=bool(noop))
+                if not anyway:  # the full check: each arm previewed on the loaded model and data (e.g. redo finding no dormant unit)
+                    with st.spinner("Checking that every arm changes something…"):
+                        found = pc.noop_arms(experiment, backbone=current.backbone, data=current.data)
+                    if found:
+                        st.session_state["ft_refused"] = {"for": sorted(arms), "arms": found}
+                        st.rerun()
+                handle = pc.start_run(experiment, store, executor=executor, allow_noop=True)
             except forms.errors() as e:
                 st.error(state.message(e))
             else:
+                st.session_state.pop("ft_refused", None)
                 st.session_state["experiment"] = st.session_state["w_ft_experiment"] = handle.runs[0].experiment
                 st.rerun()
 

@@ -42,6 +42,7 @@ if st.button("Load", type="primary", key="btn_load") or first_visit:
             state.commit_loaded(result)
             st.session_state.pop("setup_error", None)
             status.update(label="Loaded", state="complete")
+            st.rerun()  # so that the sidebar (drawn before the page) names what is loaded now
 
 if "setup_error" in st.session_state:
     st.error(st.session_state["setup_error"])

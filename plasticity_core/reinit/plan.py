@@ -48,7 +48,7 @@ class ReinitPlan:
             out.append(f"{self.strategy} can act on none of the {len(self.table)} selected layers: it would change nothing")
         elif self.skipped:
             out.append(f"{self.strategy} acts on {len(self.touched)} of {len(self.table)} selected layers; "
-                       f"{len(self.skipped)} are skipped (reasons below)")
+                       f"{len(self.skipped)} {'is' if len(self.skipped) == 1 else 'are'} skipped (reasons below)")
         return out
 
 

@@ -97,7 +97,6 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     Returns the final summary.
     """
     from plasticity_core.finetune import finetune
-    from plasticity_core.models import save_checkpoint
 
     previous = run.raw_summary()
     if previous.get("status") in FINAL:
@@ -128,11 +127,11 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
         return summary
     with Heartbeat(run.path / "heartbeat.json", cfg.launch.heartbeat_s, attempt=attempt) as heartbeat:
         resuming = resume and (previous.get("status") == "running" or bool(previous.get("requeued")))
-        return _execute(run, cfg, base, stopper, heartbeat, on_event, resuming, finetune, save_checkpoint)
+        return _execute(run, cfg, base, stopper, heartbeat, on_event, resuming, finetune)
 
 
 def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _StopFile, heartbeat: Heartbeat,
-             on_event: Callable[[dict], None] | None, resuming: bool, finetune: Callable, save_checkpoint: Callable) -> dict[str, Any]:
+             on_event: Callable[[dict], None] | None, resuming: bool, finetune: Callable) -> dict[str, Any]:
     _write_json(run.path / "summary.json", {**base, "status": "running", "reason": "loading backbone and data"})
     diagnoses: list[dict[str, Any]] = []
     ended = False
@@ -168,8 +167,6 @@ def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _St
             result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=write, stop=stopper,
                               checkpoint_dir=run.path, resume=from_checkpoint)
             summary = {**base, **result.summary()}
-            if cfg.save_model and result.status == "finished":
-                save_checkpoint(bb.model, run.path / "model.safetensors")
         except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
             if isinstance(e, SystemExit) and _REQUEUE["pending"]:  # preempted: the scheduler runs it again
                 step = heartbeat.fields.get("step")
