@@ -305,8 +305,13 @@ def _run_slurm(ctx: Launch) -> None:
         if s.get("status") == "queued":
             _write_json(run.path / "summary.json", {**s, "reason": f"submitted as job {job.job_id}; waiting for the scheduler",
                                                     "job_id": str(job.job_id)})
-    while not all(j.done() for j in jobs):
-        ctx.wait(0.5)
+    try:
+        while not all(j.done() for j in jobs):
+            ctx.wait(0.5)
+    except BaseException:  # Ctrl-C / SIGTERM of the launcher: the jobs must not run folders it will mark cancelled
+        for job in jobs:
+            job.cancel(check=False)
+        raise
     for job, run in zip(jobs, runs):
         if run.raw_summary().get("status") not in FINAL:
             try:
