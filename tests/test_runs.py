@@ -142,6 +142,7 @@ def test_crashed_background_run_leaves_failed_with_traceback(tmp_path):
     assert handle.wait(timeout=120)
     s = handle.runs[0].summary()
     assert s["status"] == "failed" and "no_such_model_xyz" in s["reason"]
+    assert not s["reason"].startswith("BackboneError"), s["reason"]  # an expected failure reads as its one-line message
     assert "Traceback" in (handle.runs[0].path / "error.txt").read_text()
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
+from plasticity_core.errors import user_message
 from plasticity_core.runs.store import FINAL, Heartbeat, Run, _write_json
 
 
@@ -178,7 +179,7 @@ def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _St
             tb = traceback.format_exc()
             interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, Terminated) and stopper.is_set())
             reason = ("stop requested; " + str(e) if isinstance(e, Terminated) else "interrupted (SIGINT / Ctrl-C)") \
-                if interrupted else f"{type(e).__name__}: {e}"
+                if interrupted else (user_message(e) or f"{type(e).__name__}: {e}")  # expected failures in one line
             summary = {**base, "status": "stopped" if interrupted else "failed", "reason": reason, "traceback": tb}
             try:
                 (run.path / "error.txt").write_text(tb)
