@@ -199,7 +199,9 @@ def _live_view() -> None:
                               "target_acc", "wall_time_s_mean"]],
                      hide_index=True, key="compare_table",
                      column_config={c: st.column_config.Column(c, help=h) for c, h in COMPARE_HELP.items()}
-                     | {"target_acc": st.column_config.NumberColumn("target_acc", format="%.1f %%", help=COMPARE_HELP["target_acc"])})
+                     | {"target_acc": st.column_config.NumberColumn("target_acc", format="%.1f %%", help=COMPARE_HELP["target_acc"]),
+                        "wall_time_s_mean": st.column_config.NumberColumn("wall_time_s_mean", format="%.1f s",
+                                                                          help=COMPARE_HELP["wall_time_s_mean"])})
         st.caption(" · ".join(
             f"**{c}**: {h}" for c, h in COMPARE_HELP.items() if c in ("steps_to_target", "reached_target", "runs")))
     st.session_state["was_running"] = running
