@@ -7,6 +7,7 @@ so the sweep costs one interpreter start instead of thirty.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -137,8 +138,10 @@ def sweep(tmp_path_factory):
     if offline:
         cases["timm_pretrained_offline"] = ["layers", "--model", "timm:test_resnet"]
     (tmp / "cases.json").write_text(json.dumps(cases))
+    # One OpenMP thread in the driver: a forked child cannot use a thread pool its parent started (libgomp hangs).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(tmp / "cases.json")], capture_output=True, text=True,
-                          timeout=600, cwd=tmp)
+                          timeout=600, cwd=tmp, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     results["_tmp"] = str(tmp)
