@@ -57,12 +57,17 @@ def test_synthetic_is_deterministic_and_learnable_by_a_linear_probe():
     assert torch.equal(d.train[3][0], d2.train[3][0])
 
 
+def _rgb_folder(root, classes, per_class: int, hw: tuple[int, int], seed: int) -> None:
+    """An ImageFolder of random RGB PNGs: root/<class>/<i>.png."""
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir()
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+
+
 def test_folder_dataset_skips_unreadable_files(tmp_path):
-    rng = np.random.default_rng(0)
-    for cls in ("cats", "dogs"):
-        (tmp_path / cls).mkdir()
-        for i in range(5):
-            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    _rgb_folder(tmp_path, ("cats", "dogs"), per_class=5, hw=(20, 30), seed=0)
     (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match="1 unreadable"):
         d = load_dataset(f"folder:{tmp_path}", image_size=24, val_fraction=0.2)
@@ -298,11 +303,7 @@ def test_batches_resume_at_any_position():
 
 
 def test_folder_images_are_decoded_once_to_the_same_pixels(tmp_path):
-    rng = np.random.default_rng(1)
-    for cls in ("a", "b"):
-        (tmp_path / cls).mkdir()
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    _rgb_folder(tmp_path, ("a", "b"), per_class=6, hw=(30, 20), seed=1)
     d = load_dataset(f"folder:{tmp_path}", image_size=16, val_fraction=0.25)
     plan = plan_data_path(d)
     assert plan.path == "device"
