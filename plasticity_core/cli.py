@@ -77,23 +77,11 @@ def _writable(path: str, flag: str = "--out") -> Path:
 
 
 def _device(name: str | None) -> str | None:
-    """``--device`` checked before any work: a known device type, and one this machine has."""
-    import torch
+    """``--device`` checked before any work (``finetune.resolve_device``: a device this machine has)."""
+    if name is not None:
+        from plasticity_core.finetune import resolve_device
 
-    from plasticity_core.errors import UserError
-
-    if name is None:
-        return None
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 ...")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        resolve_device(name)
     return name
 
 

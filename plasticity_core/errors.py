@@ -23,6 +23,7 @@ ENTRY_SPELLINGS: dict[str, dict[str, str]] = {
         "num_classes=": "--num-classes ",
         "image_size=": "--image-size ",
         "device='cpu'": "--device cpu",
+        "device=": "--device ",
         "arch=": "--arch ",
         "val_fraction must": "--val-fraction must",
         "image_size must": "--image-size must",
@@ -32,6 +33,7 @@ ENTRY_SPELLINGS: dict[str, dict[str, str]] = {
         "pretrained=False": "untick 'Pretrained weights' in Setup",
         "image_size=": "image size ",
         "device='cpu'": "device cpu",
+        "device=": "device ",
         "arch=": "Architecture ",
     },
 }

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
+from plasticity_core.errors import UserError
 from plasticity_core.data import DeviceSplit, TrainBatches, eval_batches, plan_data_path
 
 Event = dict[str, Any]
@@ -77,14 +78,20 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU; explicit names must be available."""
+    """``auto`` is CUDA when present, else CPU; an explicit name must be a device this machine has (a UserError if not)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' requested but MPS is not available; use device='auto' or 'cpu'")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}: CUDA is not available on this machine; use device='cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 ...")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name}: MPS is not available on this machine; use device='cpu'")
+    return dev
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
