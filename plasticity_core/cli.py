@@ -19,13 +19,19 @@ from pathlib import Path
 
 
 def _progress(label: str):
-    """A one-line text progress bar on stderr: ``callback(done, total)``."""
+    """A tqdm bar on stderr driven by ``callback(done, total)`` (the library's progress hook), like the run bars."""
+    from tqdm import tqdm
+
+    bar = None
 
     def update(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, bar_format=f"{label} [{{bar:30}}] {{n_fmt}}/{{total_fmt}}", ascii=" #", file=sys.stderr)
+        bar.total, bar.n = total, done
+        bar.refresh()
+        if done >= total:
+            bar.close()
 
     return update
 
