@@ -79,13 +79,14 @@ def diagnose(
     was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
     batches = samples = 0
+    slow_layers: list[str] = []
     bad_inputs: torch.Tensor | None = None
     try:
         with precision_policy(precision):
             if dev != home:
                 module.to(dev)
             module.eval()
-            pending = weight_values(module, layers, reference, names, opts, precision)
+            pending = weight_values(module, layers, reference, names, opts, precision, slow_layers)
             if any(METRICS[m].needs != "weights" for m in names):
                 probe = _Probe(module, layers, names, opts, dev, precision)
                 batches, samples = probe.run(_batches(data), _total(data, max_batches), max_batches, progress)
@@ -101,7 +102,9 @@ def diagnose(
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
             "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
-            "head": head_meta(model, module)}
+            "head": head_meta(model, module),
+            # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
+            "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 
@@ -147,8 +150,11 @@ def _cache_for(param: torch.Tensor, state: tuple) -> dict:
 
 
 def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping | None, names: set[str],
-                  opts: dict, precision: str) -> Pending:
-    """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged."""
+                  opts: dict, precision: str, slow_layers: list[str] | None = None) -> Pending:
+    """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged.
+
+    ``slow_layers`` (if given) receives the names of the layers computed now whose ``sigma_1`` needed the exact
+    SVD fallback (see ``weights.top_singular``)."""
     wanted = [m for m in METRICS.names() if METRICS[m].needs == "weights" and (m in names or m == "nonfinite")]
     spectra = SpectraBatch()
     todo = []
@@ -172,6 +178,8 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
             values[m] = v
             if m not in REFERENCE_METRICS:
                 store[keys[m]] = v
+        if view is not None and slow_layers is not None and spectra.fallback.get(id(view)):
+            slow_layers.append(layer.name)
         broken = values["nonfinite"] > 0
         for m, v in values.items():
             if m != "nonfinite":
