@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import plasticity_core
 from plasticity_core.data import probe_batches
-from plasticity_core.hooks import HookSet
+from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map
 from plasticity_core.metrics.activations import ActivationView
 from plasticity_core.metrics.base import METRICS, Accumulator
@@ -76,12 +76,11 @@ def diagnose(
     dev = torch.device(device) if device is not None else home
     layers = layer_map(module)
     start = time.perf_counter()
-    was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
     batches = samples = 0
     bad_inputs: torch.Tensor | None = None
     try:
-        with precision_policy(precision):
+        with precision_policy(precision), kept_modes(module):
             if dev != home:
                 module.to(dev)
             module.eval()
@@ -95,7 +94,6 @@ def diagnose(
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        module.train(was_training)
         if dev != home:
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
