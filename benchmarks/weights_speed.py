@@ -108,7 +108,7 @@ def measure(name: str, device: torch.device, repeats: int, ww: bool) -> dict[str
         "ours": (lambda: diagnose(model, [], metrics=WW_SET), clear_weight_cache),
         "full": (lambda: diagnose(model, [], reference=ref, metrics=weights), clear_weight_cache),
     }
-    run_ww = weightwatcher_fn(model) if ww and device.type == "cpu" else None
+    run_ww = weightwatcher_fn(model) if ww else None  # on a GPU it uses torch's SVD there
     if run_ww is not None:
         fns["ww"] = (run_ww, None)
     t = interleaved(fns, device, repeats)
@@ -117,24 +117,29 @@ def measure(name: str, device: torch.device, repeats: int, ww: bool) -> dict[str
     return t
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the comparison (arguments as on the command line); returns one dict per model."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet50", "vit_small"], choices=list(MODELS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher (it runs on the CPU only)")
-    args = ap.parse_args()
+    ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     rate = sgemm_rate(device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
           f"sgemm={rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':16s} {'ours s':>7s} {'ww s':>7s} {'ww/ours':>7s} {'full s':>7s} {'gram GF':>8s} {'bound s':>8s} "
           f"{'bound/full':>10s}")
+    out = []
     for name in args.models:
         t = measure(name, device, args.repeats, not args.no_ww)
         bound = t["gram_flops"] / rate
+        out.append({"model": name, **t, "ww_over_ours": t["ww"] / t["ours"], "bound_s": bound,
+                    "bound_fraction": bound / t["full"], "sgemm_flops": rate})
         print(f"{name:16s} {t['ours']:7.3f} {t['ww']:7.3f} {t['ww'] / t['ours']:7.1f} {t['full']:7.3f} "
               f"{t['gram_flops'] / 1e9:8.2f} {bound:8.3f} {bound / t['full']:10.2f}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
