@@ -102,6 +102,7 @@ def diagnose(
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
             "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
+            "head": head_meta(model, module),
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
@@ -349,6 +350,21 @@ def _rows(t: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
 
 def _weight_rows(w: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
     return w if layer.rows is None else w[layer.rows[0]:layer.rows[1]]
+
+
+def head_meta(model: Any, module: nn.Module) -> dict[str, Any]:
+    """Which classifier head the gradient metrics went through: classes, the seed a fresh head was drawn from
+    (``Backbone.head_seed``; None for the model's own head) and the words the dashboard and the CLI show."""
+    head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layer_map(module) if l.head), None)
+    classes = int(head[1].weight.shape[0]) if head is not None and hasattr(head[1], "weight") else None
+    seed = None if isinstance(model, nn.Module) else getattr(model, "head_seed", None)
+    if head is None:
+        text = "no classifier head found: gradient metrics use the model's output as logits"
+    elif seed is None:
+        text = f"the model's own {classes}-class head `{head[0]}` (as given; not drawn here)"
+    else:
+        text = f"a fresh, untrained {classes}-class head `{head[0]}` drawn from seed {seed}"
+    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "text": text}
 
 
 def _unwrap(model: Any, reference: Mapping | None) -> tuple[nn.Module, Mapping | None]:
