@@ -36,10 +36,11 @@ def _progress(label: str):
     return update
 
 
-def _backbone(args, num_classes: int | None = None):
+def _backbone(args, num_classes: int | None = None, head_seed: int = 0):
     from plasticity_core.models import load_backbone
 
-    return load_backbone(args.model, pretrained=not args.random_init, num_classes=num_classes, arch=args.arch)
+    return load_backbone(args.model, pretrained=not args.random_init, num_classes=num_classes, arch=args.arch,
+                         seed=head_seed)
 
 
 def _data(args, backbone):
@@ -120,11 +121,10 @@ def cmd_diagnose(args) -> int:
     bb = _backbone(args)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
-        from plasticity_core.models import load_backbone
-
         print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
-              f"diagnosing with a fresh {data.num_classes}-class head (gradient metrics use it)", file=sys.stderr)
-        bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
+              f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
+              f"(--head-seed; gradient metrics use it)", file=sys.stderr)
+        bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
@@ -141,7 +141,11 @@ def cmd_reinit(args) -> int:
 
     out = _writable(args.out)
     cfg = ReinitConfig.load(args.config)
-    bb = _backbone(args, num_classes=args.num_classes)
+    head_seed = cfg.head_seed if args.head_seed is None else args.head_seed
+    bb = _backbone(args, num_classes=args.num_classes, head_seed=head_seed)
+    if bb.head_seed is not None:
+        print(f"note: fresh {bb.num_classes}-class head drawn from seed {head_seed} "
+              f"({'--head-seed' if args.head_seed is not None else 'the config' + chr(39) + 's head_seed'})", file=sys.stderr)
     data = None
     if args.data:
         bundle = _data(args, bb)
@@ -337,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--metrics", nargs="*", default=None, help="metric names (default: all)")
     sp.add_argument("--batches", type=int, default=8, help="probe batches")
+    sp.add_argument("--head-seed", type=int, default=0,
+                    help="seed of the fresh classifier head when the data's classes differ from the model's (default 0)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_diagnose)
@@ -345,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True)
     model_args(sp, data_required=False)
     sp.add_argument("--num-classes", type=int, default=None, help="fresh head with this many classes")
+    sp.add_argument("--head-seed", type=int, default=None,
+                    help="seed of that fresh head (default: the config's head_seed, the head it was previewed with)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_reinit)
 

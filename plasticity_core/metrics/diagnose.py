@@ -79,13 +79,14 @@ def diagnose(
     was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
     batches = samples = 0
+    slow_layers: list[str] = []
     bad_inputs: torch.Tensor | None = None
     try:
         with precision_policy(precision):
             if dev != home:
                 module.to(dev)
             module.eval()
-            pending = weight_values(module, layers, reference, names, opts, precision)
+            pending = weight_values(module, layers, reference, names, opts, precision, slow_layers)
             if any(METRICS[m].needs != "weights" for m in names):
                 probe = _Probe(module, layers, names, opts, dev, precision)
                 batches, samples = probe.run(_batches(data), _total(data, max_batches), max_batches, progress)
@@ -100,7 +101,10 @@ def diagnose(
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
-            "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__}
+            "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
+            "head": head_meta(model, module),
+            # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
+            "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 
@@ -146,8 +150,11 @@ def _cache_for(param: torch.Tensor, state: tuple) -> dict:
 
 
 def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping | None, names: set[str],
-                  opts: dict, precision: str) -> Pending:
-    """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged."""
+                  opts: dict, precision: str, slow_layers: list[str] | None = None) -> Pending:
+    """Every requested weight metric of every layer (plus the non-finite count), from the cache where unchanged.
+
+    ``slow_layers`` (if given) receives the names of the layers computed now whose ``sigma_1`` needed the exact
+    SVD fallback (see ``weights.top_singular``)."""
     wanted = [m for m in METRICS.names() if METRICS[m].needs == "weights" and (m in names or m == "nonfinite")]
     spectra = SpectraBatch()
     todo = []
@@ -171,6 +178,8 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
             values[m] = v
             if m not in REFERENCE_METRICS:
                 store[keys[m]] = v
+        if view is not None and slow_layers is not None and spectra.fallback.get(id(view)):
+            slow_layers.append(layer.name)
         broken = values["nonfinite"] > 0
         for m, v in values.items():
             if m != "nonfinite":
@@ -341,6 +350,21 @@ def _rows(t: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
 
 def _weight_rows(w: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
     return w if layer.rows is None else w[layer.rows[0]:layer.rows[1]]
+
+
+def head_meta(model: Any, module: nn.Module) -> dict[str, Any]:
+    """Which classifier head the gradient metrics went through: classes, the seed a fresh head was drawn from
+    (``Backbone.head_seed``; None for the model's own head) and the words the dashboard and the CLI show."""
+    head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layer_map(module) if l.head), None)
+    classes = int(head[1].weight.shape[0]) if head is not None and hasattr(head[1], "weight") else None
+    seed = None if isinstance(model, nn.Module) else getattr(model, "head_seed", None)
+    if head is None:
+        text = "no classifier head found: gradient metrics use the model's output as logits"
+    elif seed is None:
+        text = f"the model's own {classes}-class head `{head[0]}` (as given; not drawn here)"
+    else:
+        text = f"a fresh, untrained {classes}-class head `{head[0]}` drawn from seed {seed}"
+    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "text": text}
 
 
 def _unwrap(model: Any, reference: Mapping | None) -> tuple[nn.Module, Mapping | None]:

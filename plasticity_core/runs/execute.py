@@ -57,8 +57,6 @@ class _StopFile:
 def load_inputs(cfg: ExperimentConfig):
     """The backbone and data of a (single-run) config, as its run sees them: the data normalised with the
     backbone's statistics, the head's init drawn from the run's seed only (not the arm)."""
-    import torch
-
     from plasticity_core.data import load_dataset
     from plasticity_core.models import load_backbone
 
@@ -69,8 +67,8 @@ def load_inputs(cfg: ExperimentConfig):
                             limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
 
     data = dataset()  # ImageNet normalisation until the backbone says otherwise
-    torch.manual_seed(ft.seed)
-    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch)
+    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch,
+                       seed=ft.seed)  # the fresh head from the run's recorded seed (finetune.seed in config.yaml)
     if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
         data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
     return bb, data
