@@ -134,6 +134,27 @@ def precision_policy(precision: str) -> Iterator[None]:
 _WEIGHT_CACHE: dict[int, tuple[weakref.ref, tuple, dict]] = {}
 
 
+def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, layers: list[LayerInfo] | None = None,
+                              params: dict[str, dict[str, Any]] | None = None, precision: str = "exact") -> list[str]:
+    """Compute and cache the weight metrics ``diagnose`` would (all but the reference ones, which are cheap and never
+    cached), so that a later ``diagnose`` of the unchanged weights only pays for its data pass.
+
+    Meant for a background thread started when a model is loaded: it only reads the weights (pass ``layers`` from
+    ``layer_map`` computed on the caller's thread, so no tracing forward runs here) and changes no module state;
+    weights updated meanwhile are simply recomputed by the next diagnosis (the cache key is the version counter).
+    Returns the layers whose ``sigma_1`` took the slow path (exact SVD).
+    """
+    module, _ = _unwrap(model, None)
+    names = _resolve_metrics(metrics) - REFERENCE_METRICS
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    opts = _options(names, params)
+    slow: list[str] = []
+    with precision_policy(precision):
+        weight_values(module, layers if layers is not None else layer_map(module), None, names, opts, precision, slow)
+    return slow
+
+
 def clear_weight_cache() -> None:
     """Forget every cached weight metric (benchmarks measure the cold cost with it)."""
     _WEIGHT_CACHE.clear()
