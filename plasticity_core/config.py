@@ -245,6 +245,10 @@ class ReinitConfig(SerializableConfig):
     ``resolved_layers`` records the layers the strategy acted on, on the model they were chosen on, and
     ``skipped_layers`` the layers the patterns matched but the strategy left alone, with the reason, so a reader
     sees exactly what was touched and what was not. ``params`` are validated against the strategy's declared parameters.
+    ``seed`` draws the strategy's randomness (fresh weights, noise); ``head_seed`` is the seed of the fresh classifier
+    head of the model the config was chosen and previewed on (``load_backbone(..., num_classes=N, seed=head_seed)``):
+    unit scores by gradient run through that head, so ``plasticity reinit`` and the exported snippet load it from the
+    same seed to reproduce the preview.
     """
 
     kind: ClassVar[str] = "ReinitConfig"
@@ -254,6 +258,7 @@ class ReinitConfig(SerializableConfig):
     exclude: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    head_seed: int = 0
     include_head: bool = False
     recalibrate_bn: bool = True
     bn_batches: int = 20
@@ -278,6 +283,8 @@ class ReinitConfig(SerializableConfig):
         check_plain(k, "params", self.params)
         _check_type(k, "seed", self.seed, (int,))
         _check_seed(k, "seed", self.seed)
+        _check_type(k, "head_seed", self.head_seed, (int,))
+        _check_seed(k, "head_seed", self.head_seed)
         _check_type(k, "include_head", self.include_head, (bool,))
         _check_type(k, "recalibrate_bn", self.recalibrate_bn, (bool,))
         _check_type(k, "bn_batches", self.bn_batches, (int,))

@@ -39,7 +39,8 @@ def expand_experiment(config: ExperimentConfig) -> list[ExperimentConfig]:
     runs = []
     for arm, reinit in config.arms.items():
         for seed in config.seeds:
-            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed)
+            # the run's head is drawn from its seed (load_inputs), so the arm records that head seed too
+            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed, head_seed=seed)
             runs.append(dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, seed=seed),
                                             arms={arm: arm_cfg}, seeds=[seed]))
     return runs
