@@ -15,7 +15,11 @@ import gc
 import json
 import os
 import re
+import threading
+import time
 import uuid
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ import streamlit as st
 import torch
 
 import plasticity_core as pc
+from plasticity_core.metrics import precompute_weight_metrics
 
 DEFAULT_SETUP: dict[str, Any] = {
     "backbone": "bundled:mobilenetv2_100",
@@ -237,7 +242,55 @@ def load(setup: dict[str, Any], step=lambda msg: None) -> Loaded:
     step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)})")
     bb = working_backbone(setup["backbone"], setup["pretrained"], setup["arch"], data.num_classes, setup["device"],
                           head_seed(setup))
+    start_weight_metrics(bb)
     return Loaded(dict(setup), bb, data)
+
+
+# ---- weight metrics computed in the background as soon as a model is loaded ----
+
+_WEIGHT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-metrics")
+_WEIGHT_JOBS: dict[int, tuple[weakref.ref, Future, float]] = {}  # id(model) -> (model ref, job, start time)
+_WEIGHT_LOCK = threading.Lock()
+
+
+def start_weight_metrics(bb: pc.Backbone) -> Future:
+    """Start (once per working model) computing its weight metrics into the library's cache, in a background
+    thread, so the first diagnosis only waits for its activation pass. The layer map is traced here, on the
+    caller's thread, so the background job runs no forward pass."""
+    model = bb.model
+    with _WEIGHT_LOCK:
+        entry = _WEIGHT_JOBS.get(id(model))
+        if entry is not None and entry[0]() is model:
+            return entry[1]
+        layers = pc.layer_map(model)
+        job = _WEIGHT_POOL.submit(precompute_weight_metrics, model, None, layers)
+        key = id(model)
+        _WEIGHT_JOBS[key] = (weakref.ref(model, lambda _, key=key: _WEIGHT_JOBS.pop(key, None)), job, time.monotonic())
+        return job
+
+
+def weight_metrics_status(bb: pc.Backbone) -> str:
+    """One line for the page: the background weight metrics of this model are computing, ready or failed."""
+    entry = _WEIGHT_JOBS.get(id(bb.model))
+    if entry is None or entry[0]() is not bb.model:
+        return "weight metrics: computed with the diagnosis"
+    _, job, started = entry
+    if not job.done():
+        return f"weight metrics: computing in the background ({time.monotonic() - started:.0f} s so far)"
+    if job.exception() is not None:
+        return f"weight metrics: background computation failed ({message(job.exception())}); the diagnosis computes them"
+    slow = job.result()
+    return "weight metrics: ready" + (f" ({len(slow)} layer(s) needed an exact SVD)" if slow else "")
+
+
+def wait_weight_metrics(bb: pc.Backbone) -> None:
+    """Wait for this model's background weight metrics (a failure is left to the diagnosis, which reports it)."""
+    entry = _WEIGHT_JOBS.get(id(bb.model))
+    if entry is not None and entry[0]() is bb.model:
+        try:
+            entry[1].result()
+        except Exception:  # noqa: BLE001 - diagnose recomputes and raises with the library's message
+            pass
 
 
 def head_seed(setup: dict[str, Any]) -> int:

@@ -198,21 +198,43 @@ def cmd_finetune(args) -> int:
     import os
 
     from plasticity_core.config import ExperimentConfig
+    from plasticity_core.errors import UserError
     from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
+    from plasticity_core.runs.interrupt import StopOnSignals, resume_runs
 
-    index, resume = args.index, False
-    if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-        resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
-    config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
-    _preflight(config)
-    runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
-                          executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
+    if args.resume:  # argparse gives --resume's list the KEY=VALUE words that follow it
+        moved = [a for a in args.resume if "=" in a and not Path(a).exists()]
+        args.resume, args.overrides = [a for a in args.resume if a not in moved], [*moved, *args.overrides]
+        extra = [o for o, v in (("--config", args.config), ("--tag", args.tag), ("--index", args.index)) if v is not None]
+        if extra:
+            raise UserError(f"--resume continues runs with the config in their folders; drop {', '.join(extra)}")
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = resume_runs(args.resume, args.store, executor=args.executor, parallel=args.parallel,
+                               overrides=args.overrides, on_event=_RunBars(), stop=stop)
+    else:
+        if not args.config:
+            raise UserError("plasticity finetune needs --config FILE (or --resume RUN_OR_EXPERIMENT_FOLDER)")
+        index, resume = args.index, False
+        if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
+            index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+            resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
+        config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+        _preflight(config)
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = run_experiment(config, args.store, on_event=_RunBars(), stop=stop, tag=args.tag,
+                                  only=None if index is None else [index], executor=args.executor,
+                                  parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
     _print_comparison(compare_runs(runs))
     for run in runs:
         s = run.summary()
         if s.get("status") != "finished":
             print(f"{run.name}: {s.get('status')}: {s.get('reason')}", file=sys.stderr)
+    interrupted = sorted({str(r.path.parent) for r in runs if r.status in ("stopped", "cancelled", "failed")})
+    if interrupted:
+        import shlex
+
+        print("resume with: plasticity finetune --resume " + " ".join(shlex.quote(p) for p in interrupted),
+              file=sys.stderr)
     return 0 if all(r.status == "finished" for r in runs) else 1
 
 
@@ -335,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_reinit)
 
     sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds) through an executor, writing run folders")
-    sp.add_argument("--config", required=True, help="ExperimentConfig YAML/JSON")
+    sp.add_argument("--config", help="ExperimentConfig YAML/JSON (required unless --resume)")
+    sp.add_argument("--resume", nargs="+", metavar="FOLDER", default=None,
+                    help="resume the stopped, cancelled or failed runs of these run or experiment folders from their "
+                         "last checkpoint (--executor / --parallel may differ from the first launch)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="dotted overrides of the config, e.g. finetune.lr=0.02 seeds=[0,1,2] launch.parallel=2")
     sp.add_argument("--executor", default=None, help="process (default), ray or slurm (overrides launch.executor)")

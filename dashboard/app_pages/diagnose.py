@@ -8,6 +8,7 @@ from plasticity_core import directions
 st.title("Diagnose")
 current = state.require_loaded()
 
+st.caption(state.weight_metrics_status(current.backbone))
 all_metrics = pc.METRICS.names()
 with st.form("diagnose_form", border=False):
     c1, c2, c3 = st.columns([4, 1, 1])
@@ -19,7 +20,9 @@ with st.form("diagnose_form", border=False):
 
 if run:
     st.session_state.update(diag_metrics=metrics, diag_batches=int(batches))
-    bar = st.progress(0.0, text="Probing…")
+    bar = st.progress(0.0, text="Weight metrics: finishing in the background…")
+    state.wait_weight_metrics(current.backbone)
+    bar.progress(0.0, text="Probing…")
     try:
         st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
             current.backbone, current.data.val, metrics=metrics or None,

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import plasticity_core
 from plasticity_core.data import probe_batches
-from plasticity_core.hooks import HookSet
+from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map
 from plasticity_core.metrics.activations import ActivationView
 from plasticity_core.metrics.base import METRICS, Accumulator
@@ -76,13 +76,12 @@ def diagnose(
     dev = torch.device(device) if device is not None else home
     layers = layer_map(module)
     start = time.perf_counter()
-    was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
     batches = samples = 0
     slow_layers: list[str] = []
     bad_inputs: torch.Tensor | None = None
     try:
-        with precision_policy(precision):
+        with precision_policy(precision), kept_modes(module):
             if dev != home:
                 module.to(dev)
             module.eval()
@@ -96,7 +95,6 @@ def diagnose(
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        module.train(was_training)
         if dev != home:
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
@@ -132,6 +130,27 @@ def precision_policy(precision: str) -> Iterator[None]:
 # Keyed by id() with a weak reference checked on lookup (tensors cannot be WeakKeyDictionary keys: their
 # ``==`` is elementwise); an entry goes away with its parameter.
 _WEIGHT_CACHE: dict[int, tuple[weakref.ref, tuple, dict]] = {}
+
+
+def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, layers: list[LayerInfo] | None = None,
+                              params: dict[str, dict[str, Any]] | None = None, precision: str = "exact") -> list[str]:
+    """Compute and cache the weight metrics ``diagnose`` would (all but the reference ones, which are cheap and never
+    cached), so that a later ``diagnose`` of the unchanged weights only pays for its data pass.
+
+    Meant for a background thread started when a model is loaded: it only reads the weights (pass ``layers`` from
+    ``layer_map`` computed on the caller's thread, so no tracing forward runs here) and changes no module state;
+    weights updated meanwhile are simply recomputed by the next diagnosis (the cache key is the version counter).
+    Returns the layers whose ``sigma_1`` took the slow path (exact SVD).
+    """
+    module, _ = _unwrap(model, None)
+    names = _resolve_metrics(metrics) - REFERENCE_METRICS
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    opts = _options(names, params)
+    slow: list[str] = []
+    with precision_policy(precision):
+        weight_values(module, layers if layers is not None else layer_map(module), None, names, opts, precision, slow)
+    return slow
 
 
 def clear_weight_cache() -> None:

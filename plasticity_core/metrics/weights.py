@@ -194,7 +194,7 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
         s1, est = gkl_top_batched(xs, min(GKL_MAX_STEPS, n))
         bad = (~(est <= GKL_TOL * s1.square()) & torch.tensor(n > GKL_MAX_STEPS, device=s1.device)).cpu()
     else:
-        res = [gkl_top(t) for t in xs.detach().cpu().contiguous().numpy()]
+        res = [gkl_top(_blas_view(t)) for t in xs.detach().cpu()]
         s1 = torch.tensor([r[0] for r in res], dtype=x.dtype)
         bad = torch.tensor([not r[1] for r in res], dtype=torch.bool)
     if bad.any():
@@ -202,6 +202,12 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
     out[idx.to(x.device)] = s1.to(out.device)
     slow[idx] = bad
     return out, slow
+
+
+def _blas_view(t: torch.Tensor) -> np.ndarray:
+    """The tap as a numpy array BLAS reads in place (row- or column-major; a strided conv tap is copied once)."""
+    a = t.numpy()
+    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
 
 
 class WeightView:
@@ -335,7 +341,10 @@ def _dfi_si(v: WeightView) -> torch.Tensor:
 
 @register_metric("fro_norm", family="weights", definition="||W||_F over the whole tensor (float64 accumulation)")
 def _fro(v: WeightView) -> torch.Tensor:
-    return v.w.float().square().sum().sqrt()  # a pairwise (cascade) sum: Tensor.norm() loses ~3e-4 at 1e7 entries
+    # per-tap pairwise (cascade) fp32 sums, added in float64: Tensor.norm() loses ~3e-4 at 1e7 entries on the CPU
+    if v.w.dim() in (2, 3, 4):
+        return v.fro2.double().sum().sqrt().float()
+    return v.w.float().square().sum().sqrt()
 
 
 @register_metric("spectral_norm", family="weights", version=2,
