@@ -79,11 +79,11 @@ def find_module(model: nn.Module, cfg: ReinitConfig, module: str | None = None) 
         except AttributeError:
             raise IntegrationError(f"module={module!r}: {type(model).__name__} has no submodule {module!r}; pass the "
                                    f"attribute path of the backbone inside it (e.g. module='model')") from None
-        names = [layer.name for layer in layer_map(sub)]
+        names = _layer_names(sub, module)
         if not _matching(names, cfg.layers):
             raise _no_match(cfg, sub, names, module)
         return sub, module
-    names = [layer.name for layer in layer_map(model)]
+    names = _layer_names(model, None)
     if _matching(names, cfg.layers):
         return model, ""
     prefixes = sorted({n[:i] for n in names for i in range(len(n)) if n[i] == "."}, key=len)
@@ -96,6 +96,15 @@ def find_module(model: nn.Module, cfg: ReinitConfig, module: str | None = None) 
                                f"{type(model).__name__} ({', '.join(outer[:4])}); pass module= naming the backbone "
                                f"the config was exported for")
     raise _no_match(cfg, model, names, None)
+
+
+def _layer_names(model: nn.Module, module: str | None) -> list[str]:
+    try:
+        return [layer.name for layer in layer_map(model)]
+    except RuntimeError as e:  # a model whose forward cannot run on an image batch (yet)
+        where = f"module={module!r}" if module else type(model).__name__
+        raise IntegrationError(f"cannot map the layers of {where}: {e}; pass module= naming the image backbone "
+                               f"inside it (e.g. module='model'); nothing was changed or trained") from None
 
 
 def _matching(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
@@ -277,6 +286,15 @@ class Tracker:
         self._prepared = True
         return self.report
 
+    def skip_reinit(self, model: nn.Module, note: str) -> None:
+        """Prepared without applying the re-init (a run resumed from a checkpoint that holds it); ``note`` says so."""
+        self.model, self._prepared = model, True
+        self.notes.append(note)
+        try:
+            self.module = find_module(model, self.reinit, self.module_path)[0] if self.reinit is not None else model
+        except IntegrationError:
+            self.module = model
+
     def attach(self, *optimizers: Any) -> None:
         """The optimizers of the run (once they exist): a ``cbp`` re-init steps after each of their steps."""
         for o in optimizers:
@@ -291,9 +309,11 @@ class Tracker:
         hookable = [o for o in inner if hasattr(o, "register_step_post_hook")]
         if not hookable:
             _close(callback)
-            what = "no optimizer was given" if not inner else f"{type(inner[0]).__name__} has no step hooks"
-            raise IntegrationError(f"{self.reinit.strategy} replaces units after every optimizer step but {what}: "
-                                   f"pass optimizer= (a torch.optim optimizer) so it can run; nothing was trained")
+            what = "there is no optimizer" if not inner else f"{type(inner[0]).__name__} has no step hooks"
+            raise IntegrationError(f"{self.reinit.strategy} replaces units after every optimizer step but {what} to "
+                                   f"step after: give it the torch.optim optimizer that trains the model (pc.track: "
+                                   f"pass optimizer=; Lightning: return it from configure_optimizers; Hugging Face: "
+                                   f"not under DeepSpeed); nothing was trained")
         params = {id(p) for p in self.module.parameters()}
         holder = next((o for o in hookable if any(id(p) in params for g in o.param_groups for p in g["params"])), None)
         if holder is None:
