@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from plasticity_core.config import ReinitConfig
-from plasticity_core.integrations.track import DIAGNOSE_METRICS, IntegrationError, Tracker
+from plasticity_core.integrations.track import DIAGNOSE_METRICS, IntegrationError, Tracker, metric_key, scalar
 from plasticity_core.runs.spec import MissingExtraError
 from plasticity_core.runs.store import RunStore
 
@@ -35,24 +35,6 @@ except ImportError:
     except ImportError:
         raise MissingExtraError("plasticity_core.integrations.lightning needs PyTorch Lightning: pip install "
                                 "'plasticity-lab[lightning]' (or lightning / pytorch-lightning)") from None
-
-
-def metric_key(metrics: Mapping[str, Any], wanted: str | None, prefixes: Sequence[str], word: str) -> str | None:
-    """The logged metric to read: ``wanted`` if given, else the first name with one of ``prefixes`` containing ``word``
-    (``val_acc``, ``val/accuracy``, ``eval_accuracy``, ...)."""
-    if wanted is not None:
-        return wanted if wanted in metrics else None
-    for key in metrics:
-        low = key.lower()
-        if low.startswith(tuple(prefixes)) and word in low.rsplit("/", 1)[-1]:
-            return key
-    return None
-
-
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach()) if value.numel() == 1 else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class PlasticityCallback(pl.Callback):
@@ -157,8 +139,8 @@ class PlasticityCallback(pl.Callback):
                                   f"them with self.log('val_acc', acc) / self.log('val_loss', loss) in validation_step, "
                                   f"or pass val_acc_key= / val_loss_key=", step=int(trainer.global_step))
             return
-        self.tracker.eval(int(trainer.global_step), val_acc=_scalar(metrics[acc]) if acc else None,
-                          val_loss=_scalar(metrics[loss]) if loss else None)
+        self.tracker.eval(int(trainer.global_step), val_acc=scalar(metrics[acc]) if acc else None,
+                          val_loss=scalar(metrics[loss]) if loss else None)
 
     # -- the end
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

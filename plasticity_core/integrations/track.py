@@ -130,6 +130,25 @@ def _number(key: str, value: Any) -> float:
     return float(value)
 
 
+def metric_key(metrics: Mapping[str, Any], wanted: str | None, prefixes: Sequence[str], word: str) -> str | None:
+    """The logged metric to read: ``wanted`` if given, else the first name with one of ``prefixes`` containing ``word``
+    (``val_acc``, ``val/accuracy``, ``eval_accuracy``, ...)."""
+    if wanted is not None:
+        return wanted if wanted in metrics else None
+    for key in metrics:
+        low = key.lower()
+        if low.startswith(tuple(prefixes)) and word in low.rsplit("/", 1)[-1]:
+            return key
+    return None
+
+
+def scalar(value: Any) -> float | None:
+    """A logged value as a float (a one-element tensor or a number), else None."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if value.numel() == 1 else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _unwrap_optimizer(optimizer: Any) -> Any:
     """The torch optimizer behind a framework's wrapper (accelerate's AcceleratedOptimizer, Lightning's
     LightningOptimizer): the one that holds the state and runs the step hooks."""
@@ -521,10 +540,14 @@ class Tracker:
         callback = self.report.step_callback if self.report is not None else None
         _close(callback)
 
-    def __enter__(self) -> "Tracker":
+    def start(self) -> "Tracker":
+        """``prepare`` + ``open`` without a ``with`` block (then call ``finish``; a process that exits before it
+        leaves the run ``failed``)."""
         self.prepare()
-        self.open()
-        return self
+        return self.open()
+
+    def __enter__(self) -> "Tracker":
+        return self.start()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
