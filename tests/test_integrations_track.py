@@ -214,3 +214,14 @@ def test_track_finds_the_backbone_inside_a_wrapper(tmp_path, synthetic):
         pass
     assert run.module is w.model and run.module_path == "model"
     assert run.run.events("reinit")[0]["resolved_layers"] == ["layer4.0.conv1"]
+
+
+def test_a_tracked_run_is_not_resumed_by_plasticity(tmp_path):
+    from plasticity_core.runs.interrupt import resume_problem
+
+    with pytest.raises(KeyboardInterrupt):
+        with pc.track(tmp_path, "mine") as run:
+            run.log(1, loss=1.0)
+            raise KeyboardInterrupt
+    assert run.run.summary()["status"] == "stopped"
+    assert "your own script (through the track integration)" in resume_problem(run.run)
