@@ -225,3 +225,28 @@ def test_a_tracked_run_is_not_resumed_by_plasticity(tmp_path):
             raise KeyboardInterrupt
     assert run.run.summary()["status"] == "stopped"
     assert "your own script (through the track integration)" in resume_problem(run.run)
+
+
+def test_tracked_runs_show_on_the_dashboard_while_they_train_and_compare(tmp_path, monkeypatch, synthetic):
+    from dashboard.testing import no_exception, tiny_app
+
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    model = _model()
+    with pc.track(tmp_path, "mine", model=model, total_steps=4) as run:
+        _loop(run, model, torch.optim.SGD(model.parameters(), lr=0.01), synthetic, steps=2)
+        at = tiny_app()  # while it trains: the page lists it running with its step and accuracy so far
+        at.switch_page("app_pages/finetune.py").run()
+        no_exception(at)
+        assert at.selectbox(key="w_ft_experiment").value == "mine"
+        progress = at.dataframe[0].value
+        assert progress.iloc[0]["status"] == "running" and progress.iloc[0]["step"] == "2/4"
+        _loop(run, model, torch.optim.SGD(model.parameters(), lr=0.01), synthetic, steps=4)
+    model = _model()
+    with pc.track(tmp_path, "mine", model=model, reinit=pc.ReinitConfig(strategy="reset", layers=["layer4.*"]),
+                  data=synthetic.train, total_steps=4) as run:
+        _loop(run, model, torch.optim.SGD(model.parameters(), lr=0.01), synthetic, steps=4)
+    at.run()
+    no_exception(at)
+    compare = at.dataframe[-1].value
+    assert sorted(compare["arm"]) == ["baseline", "reset"]
+    assert len(at.get("plotly_chart")) == 2  # accuracy and loss curves
