@@ -250,3 +250,16 @@ def test_tracked_runs_show_on_the_dashboard_while_they_train_and_compare(tmp_pat
     compare = at.dataframe[-1].value
     assert sorted(compare["arm"]) == ["baseline", "reset"]
     assert len(at.get("plotly_chart")) == 2  # accuracy and loss curves
+
+
+def test_other_processes_of_a_distributed_launch_reinit_but_do_not_write(tmp_path, monkeypatch, synthetic):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = _model()
+    cfg = pc.ReinitConfig(strategy="reset", layers=["layer4.*"], seed=0)
+    with pc.track(tmp_path, "ddp", model=model, reinit=cfg, data=synthetic.train) as run:
+        run.log(1, loss=1.0, val_acc=0.5)
+    assert run.report is not None and run.report.resolved_layers and not (tmp_path / "ddp").exists()
+    with pytest.raises(UserError, match="distributed launch"):
+        pc.track(tmp_path, "ddp", model=model, reinit=pc.ReinitConfig(strategy="cbp", layers=["layer3.*"]),
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1)).__enter__()

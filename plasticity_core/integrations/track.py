@@ -40,6 +40,20 @@ DIAGNOSE_METRICS = ("dormant", "saturation")  # what the fine-tune loop's snapsh
 _OPEN: "weakref.WeakSet[Tracker]" = weakref.WeakSet()  # trackers still active, finished as failed at interpreter exit
 
 
+def is_global_zero() -> bool:
+    """Whether this process is the one that writes (rank 0 of a torchrun / Lightning / accelerate launch, or alone)."""
+    if os.environ.get("RANK") is not None:
+        return os.environ["RANK"].strip() in ("", "0")
+    return all(os.environ.get(k, "0").strip() in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 class IntegrationError(UserError):
     """An integration input the tool refuses before anything trains; the message says what to do instead."""
 
@@ -188,7 +202,9 @@ class Tracker:
                  diagnose_every: int = 0, diagnose_metrics: Sequence[str] = DIAGNOSE_METRICS,
                  heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 60.0, sinks: Sequence[str] = (),
                  allow_noop: bool = False, source: str = "track") -> None:
-        self.store = check_store(store)
+        self.passive = not is_global_zero()  # another process of a distributed launch writes the run; this one re-inits
+        self.store = store if self.passive and isinstance(store, RunStore) else \
+            RunStore(store) if self.passive else check_store(store)
         self.name = check_name("run name", name) if isinstance(name, str) else check_name("run name", str(name))
         self.reinit = load_reinit(reinit)
         self.params, finetune = self._split_config(config)
@@ -221,13 +237,14 @@ class Tracker:
         self.last_step: int | None = None
         self.evals: list[dict[str, Any]] = []
         self.train_loss: float | None = None
-        self._prepared = False
+        self._prepared = self._opened = False
         self._replaced = 0
         self._hooks: list[Any] = []
         self._reference: dict[str, torch.Tensor] | None = None
         self._last_diagnosis: int | None = None
         self._t0 = time.perf_counter()
-        self._check_free()
+        if not self.passive:
+            self._check_free()
 
     # -- inputs
     @staticmethod
@@ -324,6 +341,10 @@ class Tracker:
         callback = self.report.step_callback if self.report is not None else None
         if callback is None:
             return
+        if world_size() > 1:
+            _close(callback)
+            raise IntegrationError(f"{self.reinit.strategy} under a distributed launch (WORLD_SIZE={world_size()}) would "
+                                   f"replace different units in each process; run it in one process")
         inner = [_unwrap_optimizer(o) for o in self.optimizers]
         hookable = [o for o in inner if hasattr(o, "register_step_post_hook")]
         if not hookable:
@@ -352,12 +373,15 @@ class Tracker:
     # -- the stream
     def open(self, total_steps: int | None = None, **start_fields: Any) -> "Tracker":
         """Claim the run folder and start the stream (``start`` and ``reinit`` events, heartbeat, summary running)."""
-        if self.writer is not None:
+        if self.writer is not None or (self.passive and self._opened):
             return self
         if not self._prepared:
             self.prepare()
         self.total_steps = int(total_steps) if total_steps else self.total_steps
         self._arm_step_hook()
+        self._opened = True
+        if self.passive:
+            return self
         folder = self._claim()
         self.run = Run(folder)
         sinks = [SINKS.get(name).open(folder, self.run.config) for name in self.launch.sinks]
@@ -453,6 +477,8 @@ class Tracker:
     def diagnose(self, step: int, data: Any = None) -> None:
         """A per-layer diagnosis snapshot of the (sub)module on the probe data (``data`` or the tracker's)."""
         step = self._step(step)
+        if self.passive:
+            return
         data = data if data is not None else self.data
         module = self.module if self.module is not None else self.model
         if module is None or data is None:
@@ -481,6 +507,8 @@ class Tracker:
         return step
 
     def _write(self, kind: str, step: int | None, **fields: Any) -> None:
+        if self.passive:
+            return
         if self.writer is None:
             self.open()
         if self.writer.summary is not None:
@@ -493,6 +521,9 @@ class Tracker:
         """End the run with a final status (``finished``, ``stopped``, ``failed``) and its reason; returns the summary."""
         if self.writer is not None and self.writer.summary is not None:
             return self.writer.summary
+        if self.passive:
+            self.close_hooks()
+            return {}
         if status not in FINAL:
             raise IntegrationError(f"finish: status must be one of {FINAL}, got {status!r}")
         if self.writer is None:
