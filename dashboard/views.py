@@ -259,7 +259,8 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def reinit_argv(setup: Mapping[str, Any], num_classes: int | str) -> list[str]:
-    """The ``plasticity reinit`` command line that applies the exported config to this setup's model."""
+    """The ``plasticity reinit`` command line that applies the exported config to this setup's model (the fresh
+    head's seed comes from the config's ``head_seed``, the one the preview used)."""
     argv = ["plasticity", "reinit", "--config", "reinit_config.yaml", "--model", str(setup["backbone"])]
     if setup.get("arch"):
         argv += ["--arch", str(setup["arch"])]
@@ -285,6 +286,7 @@ def python_snippet(setup: Mapping[str, Any], num_classes: int | str) -> str:
     if setup.get("arch"):
         bb_args.append(f"arch={setup['arch']!r}")
     bb_args.append(f"num_classes={num_classes}")
+    bb_args.append("seed=cfg.head_seed")  # the fresh head the preview used
     data_args = [repr(setup["data"]), f"image_size={int(setup['image_size'])}"]
     if setup.get("limit"):
         data_args.append(f"limit={int(setup['limit'])}")

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from plasticity_core.hooks import HookSet
+from plasticity_core.hooks import HookSet, kept_modes
 
 # class name (lower case) -> canonical activation type understood by the saturation metric
 ACTIVATIONS = {
@@ -341,10 +341,9 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
                 producer[id(out)] = name
             keep.append(out)
 
-    was_training = model.training
-    model.eval()
     error: Exception | None = None
-    try:
+    with kept_modes(model):
+        model.eval()
         with HookSet() as hooks, torch.no_grad():
             for _, m in model.named_modules():
                 if m is model:
@@ -363,8 +362,6 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
                     break
                 except Exception as e:  # wrong input size for this model: try the next candidate
                     error = e
-    finally:
-        model.train(was_training)
     if error is not None:
         raise RuntimeError(f"could not trace the model to build its layer map: {error}") from error
 

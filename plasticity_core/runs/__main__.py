@@ -13,14 +13,21 @@ from typing import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["serve"]:
-        from plasticity_core.runs.execute import execute_run, terminate_on_sigterm
+        import signal
+
+        from plasticity_core.runs.execute import execute_run
+        from plasticity_core.runs.interrupt import AnyStop, ParentWatch, StopOnSignals
         from plasticity_core.runs.store import Run
 
-        terminate_on_sigterm()
+        # SIGINT (Ctrl-C in the terminal reaches the whole process group) is the launcher's to handle: it writes STOP
+        # files; SIGTERM (a service manager stopping the group) stops the run at its next step with its checkpoint,
+        # a second SIGTERM ends it at once; a launcher killed outright (SIGKILL) stops it instead of leaving an orphan
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop = AnyStop(StopOnSignals((signal.SIGTERM,), announce=False).__enter__(), ParentWatch())
         assert "streamlit" not in sys.modules, "a run worker must not import streamlit"
         for line in sys.stdin:  # one run folder per line, until the launcher closes stdin
             if line.strip():
-                execute_run(Run(line.strip()))
+                execute_run(Run(line.strip()), stop=stop)
         return 0
     if args[:1] == ["launch"] and len(args) >= 3:
         from plasticity_core.runs.executors import _launcher_main

@@ -54,8 +54,6 @@ class _StopFile:
 def load_inputs(cfg: ExperimentConfig):
     """The backbone and data of a (single-run) config, as its run sees them: the data normalised with the
     backbone's statistics, the head's init drawn from the run's seed only (not the arm)."""
-    import torch
-
     from plasticity_core.data import load_dataset
     from plasticity_core.models import load_backbone
 
@@ -66,8 +64,8 @@ def load_inputs(cfg: ExperimentConfig):
                             limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
 
     data = dataset()  # ImageNet normalisation until the backbone says otherwise
-    torch.manual_seed(ft.seed)
-    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch)
+    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch,
+                       seed=ft.seed)  # the fresh head from the run's recorded seed (finetune.seed in config.yaml)
     if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
         data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
     return bb, data
@@ -119,7 +117,8 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
         _write_json(run.path / "summary.json", summary)
         return summary
     writer.heartbeat_s = cfg.launch.heartbeat_s
-    resuming = resume and (previous.get("status") == "running" or bool(previous.get("requeued")))
+    # a requeued or reopened folder (``interrupt.reopen``) continues from its checkpoint on whatever executor runs it
+    resuming = bool(previous.get("requeued")) or (resume and previous.get("status") == "running")
     return _execute(run, cfg, writer, stopper, resuming)
 
 
@@ -133,7 +132,7 @@ def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopF
         from_checkpoint = resuming and (run.path / STATE_FILE).exists()
         if resuming and not from_checkpoint:  # the training loop emits its own resume event at the checkpoint's step
             writer.write(make_event("resume", 0, None, attempt=writer.base["attempt"],
-                                    reason=f"requeued; no checkpoint ({STATE_FILE}) in the folder, restarting from "
+                                    reason=f"resumed; no checkpoint ({STATE_FILE}) in the folder, restarting from "
                                            f"step 0 (finetune.checkpoint_every > 0 makes a requeued run continue "
                                            f"instead)"))
         bb, data = load_inputs(cfg)

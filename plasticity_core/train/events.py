@@ -256,11 +256,11 @@ class RunWriter:
             self.on_event(event)
 
     def finish(self, status: str, reason: str, **fields: Any) -> dict[str, Any]:
-        """End the run: the final event (if the producer wrote none), sinks closed, ``diagnosis.parquet``, and the
+        """End the run: the final event (unless the producer wrote this one), sinks closed, ``diagnosis.parquet``, and the
         final ``summary.json`` (``{**base, **fields, status, reason, ended_at}``), returned."""
         if status not in FINAL:
             raise ValueError(f"finish: status must be one of {FINAL}, got {status!r}")
-        if self.ended is None:
+        if self.ended != status:  # the last final event agrees with the summary (e.g. Ctrl-C after the loop's 'failed')
             try:
                 self.write(make_event(status, fields.get("steps"), time.perf_counter() - self.t0, reason=reason))
             except Exception:  # noqa: BLE001 - e.g. disk full or a broken sink: the summary below may still fit
