@@ -400,13 +400,16 @@ def head_meta(model: Any, module: nn.Module) -> dict[str, Any]:
     head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layer_map(module) if l.head), None)
     classes = int(head[1].weight.shape[0]) if head is not None and hasattr(head[1], "weight") else None
     seed = None if isinstance(model, nn.Module) else getattr(model, "head_seed", None)
+    probe = None if isinstance(model, nn.Module) else getattr(model, "head_probe", None)
     if head is None:
         text = "no classifier head found: gradient metrics use the model's output as logits"
     elif seed is None:
         text = f"the model's own {classes}-class head `{head[0]}` (as given; not drawn here)"
     else:
-        text = f"a fresh, untrained {classes}-class head `{head[0]}` drawn from seed {seed}"
-    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "text": text}
+        text = f"a fresh {classes}-class head `{head[0]}` drawn from seed {seed}, " + (
+            f"linear-probed for {probe['steps']} steps (seed {probe['seed']}, last train acc {probe['last_acc']:.0%})"
+            if probe else "untrained (a random projection)")
+    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "probe": probe, "text": text}
 
 
 def _unwrap(model: Any, reference: Mapping | None) -> tuple[nn.Module, Mapping | None]:
