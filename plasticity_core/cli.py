@@ -110,6 +110,10 @@ def cmd_layers(args) -> int:
     df = layer_table(_backbone(args).model)
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(df[["name", "kind", "shape", "params", "group", "act_type", "grouped", "patch_embed", "head"]].to_string())
+    for name, aliases in df.loc[df["aliases"] != "", ["name", "aliases"]].itertuples(index=False):
+        print(f"note: {name} is tied to {aliases} (one weight, listed once; changing it changes all)", file=sys.stderr)
+    for name, why in df.attrs.get("uncovered", []):
+        print(f"note: not in the layer map: {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -129,6 +133,11 @@ def cmd_diagnose(args) -> int:
                  progress=_progress("diagnose"))
     d.save(out)
     print(d.wide().round(4).to_string())
+    if d.meta.get("no_gradient"):
+        print(f"note: gradient metrics are n/a for {len(d.meta['no_gradient'])} layer(s) whose output never joined the "
+              f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
+    for name, why in d.meta.get("uncovered", []):
+        print(f"note: not diagnosed: {name}: {why}", file=sys.stderr)
     print(f"saved {out}", file=sys.stderr)
     return 0
 
