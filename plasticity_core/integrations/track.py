@@ -115,7 +115,7 @@ def find_module(model: nn.Module, cfg: ReinitConfig, module: str | None = None) 
 def _layer_names(model: nn.Module, module: str | None) -> list[str]:
     try:
         return [layer.name for layer in layer_map(model)]
-    except RuntimeError as e:  # a model whose forward cannot run on an image batch (yet)
+    except (RuntimeError, UserError) as e:  # no weight layer (yet), or a forward that cannot run on an image batch
         where = f"module={module!r}" if module else type(model).__name__
         raise IntegrationError(f"cannot map the layers of {where}: {e}; pass module= naming the image backbone "
                                f"inside it (e.g. module='model'); nothing was changed or trained") from None
