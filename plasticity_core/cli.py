@@ -178,6 +178,8 @@ class _RunBars:
     def __call__(self, run, event: dict) -> None:
         from tqdm import tqdm
 
+        from plasticity_core.train.events import FINAL
+
         kind, key = event.get("type"), f"{run.experiment}/{run.name}"
         if kind == "start":
             self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
@@ -187,7 +189,7 @@ class _RunBars:
             bar.update(max(0, event["step"] - bar.n))
             if kind == "eval":
                 bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
-        if kind in ("finished", "stopped", "failed"):
+        if kind in FINAL:
             if bar is not None:
                 bar.close()
             tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
