@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 import plasticity_core as pc
-from plasticity_core.models import BUNDLED
+from plasticity_core.models import BUNDLED, BUNDLED_ABOUT
 
 BACKBONE_SOURCES = {"bundled": "Bundled (offline ImageNet)", "timm": "timm", "torchvision": "torchvision",
                     "file": "Checkpoint file"}
@@ -61,6 +61,7 @@ def backbone_picker(setup: dict[str, Any]) -> tuple[str, str]:
     if source == "bundled":
         names = list(BUNDLED)
         name = st.selectbox("Bundled backbone", names, index=names.index(keep) if keep in names else 0, key="w_bb_bundled")
+        st.caption(BUNDLED_ABOUT.get(name, ""))
         return f"bundled:{name}", ""
     if source == "timm":
         return f"timm:{_search('timm', timm_names(), keep or 'resnet18', 'w_bb_timm')}", ""

@@ -2,6 +2,7 @@
 
 ``load_backbone(spec)`` accepts ``timm:NAME``, ``torchvision:NAME``, ``bundled:mobilenetv2_100`` /
 ``bundled:tf_efficientnet_lite0`` (real ImageNet weights from the offline cache, mapped into timm models),
+``bundled:positive_control_resnet`` (a small net that lost plasticity, shipped in the repository: REPO_WEIGHTS),
 ``file:PATH`` (a checkpoint, with ``arch=``) or an ``nn.Module``. The returned ``Backbone`` keeps a read-only
 copy of the weights as loaded: the reference that SFE measures movement from.
 """
@@ -28,6 +29,23 @@ BUNDLED = {
         input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear", crop_pct=0.875)),
     "tf_efficientnet_lite0": ("efficientnet_lite0", "tf_efficientnet_lite0", dict(
         input_size=(3, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=0.875)),
+    # a repository file, not a cache asset (REPO_WEIGHTS): the positive control of experiments/positive_control.py
+    "positive_control_resnet": ("repo:positive_control_resnet", "test_resnet", dict(
+        input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.95)),
+}
+# one line per bundled backbone: what it is (the dashboard shows it under the choice)
+BUNDLED_ABOUT = {
+    "mobilenetv2_100": "MobileNetV2 with ImageNet weights (torchvision's, mapped into timm).",
+    "tf_efficientnet_lite0": "EfficientNet-Lite0 with ImageNet weights (mapped into timm).",
+    "positive_control_resnet": "Positive control: timm test_resnet after 8 random-label MNIST tasks (Adam); it has "
+                               "lost plasticity (dead units, worse fine-tuning than a fresh init). Use 32 px MNIST.",
+}
+# weights that ship in the repository checkout (not in the wheel), checked against their sha256 on every load:
+# name -> (path from the repository root, sha256, the command that produces the file)
+REPO_WEIGHTS = {
+    "positive_control_resnet": ("experiments/results/positive_control/damaged.safetensors",
+                                "722afc975795b624a241511c4373569d3baae105fc42834564227c7b684c97f3",
+                                "python experiments/positive_control.py"),
 }
 
 
@@ -143,7 +161,7 @@ def _timm(name: str, pretrained: bool, num_classes: int | None, overlay: dict | 
     return model, _data_config(model)
 
 
-_OFFLINE_HINT = ("Use bundled:" + " or bundled:".join(BUNDLED) + " (real ImageNet weights from the offline cache), "
+_OFFLINE_HINT = ("Use bundled:" + " or bundled:".join(n for n in BUNDLED if n not in REPO_WEIGHTS) + " (real ImageNet weights from the offline cache), "
                  "file:PATH with arch='{spec}', or load without pretrained weights (pretrained=False)")
 
 
@@ -247,12 +265,36 @@ def _bundled(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.M
         raise BackboneError(f"unknown bundled backbone {name!r}{_close(name, list(BUNDLED))}; bundled: {', '.join(BUNDLED)}")
     asset, arch, cfg = BUNDLED[name]
     model = timm.create_model(arch, pretrained=False)
-    if pretrained:
+    if pretrained and asset.startswith("repo:"):
+        state = _repo_weights(asset.partition(":")[2])
+        ckpt_classes = _checkpoint_classes(model, state)
+        if ckpt_classes is not None and ckpt_classes != _num_classes(model):
+            _set_num_classes(model, ckpt_classes)
+        check_fits(model, state, what=f"bundled:{name}")
+        model.load_state_dict(state)
+    elif pretrained:
         source = torch.load(asset_path(asset), map_location="cpu", weights_only=True)
         model.load_state_dict(map_in_order(source, model.state_dict()))
     if num_classes is not None:
         _set_num_classes(model, num_classes)
     return model, dict(cfg)
+
+
+def _repo_weights(name: str) -> dict[str, torch.Tensor]:
+    """The tensors of a repository-shipped weight file (REPO_WEIGHTS), as float32, after checking its sha256."""
+    from plasticity_core.assets import sha256
+
+    rel, digest, command = REPO_WEIGHTS[name]
+    path = Path(__file__).resolve().parents[1] / rel
+    if not path.is_file():
+        raise BackboneError(f"bundled:{name} ships with the repository checkout ({rel}), not found here: "
+                            f"clone the repository or produce it with `{command}`")
+    got = sha256(path)
+    if got != digest:
+        raise BackboneError(f"bundled:{name}: {rel} has sha256 {got[:12]}..., not the recorded {digest[:12]}... "
+                            f"(regenerated or damaged); restore it from git, or load your own copy with file:{path} "
+                            f"and arch='timm:test_resnet'")
+    return {k: v.float() if v.is_floating_point() else v for k, v in read_checkpoint(path).items()}
 
 
 def map_in_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
