@@ -64,18 +64,23 @@ def run(exp: ExperimentConfig, out: Path, log: Callable[[str], None] = print) ->
     folders = pc_runs.run_experiment(exp, store=out / "runs", tag=time.strftime("%Y%m%d-%H%M%S"))
     runs = []
     for f in folders:
-        summary, evals = f.summary(), f.events("eval")
-        if summary.get("status") != "finished" or not evals:
-            raise RuntimeError(f"{exp.name} run {f.path} ended {summary.get('status')}: {summary.get('reason')}")
-        reinit = next((e["summary"] for e in f.events("reinit")), None)
-        diag = [e["rows"] for e in f.events("diagnosis")]
-        r = Run(arm=f.arm, seed=f.seed, status=summary["status"], final_acc=float(evals[-1]["val_acc"]),
-                best_acc=max(float(e["val_acc"]) for e in evals), curve=[(e["step"], e["val_acc"]) for e in evals],
-                wall_s=float(summary.get("wall_time_s") or math.nan), reinit=reinit,
-                extra={"last_diagnosis": diag[-1] if diag else []}, folder=str(f.path))
+        r = read_run(f)
         log(f"  {exp.name} {r.arm:>22s} seed {r.seed}: final {r.final_acc:.3f} best {r.best_acc:.3f} ({r.wall_s:.0f} s)")
         runs.append(r)
     return runs
+
+
+def read_run(f) -> Run:
+    """A finished run folder (``plasticity_core.runs.Run``) as a ``Run``; raises if it did not finish."""
+    summary, evals = f.summary(), f.events("eval")
+    if summary.get("status") != "finished" or not evals:
+        raise RuntimeError(f"run {f.path} ended {summary.get('status')}: {summary.get('reason')}")
+    reinit = next((e["summary"] for e in f.events("reinit")), None)
+    diag = [e["rows"] for e in f.events("diagnosis")]
+    return Run(arm=f.arm, seed=f.seed, status=summary["status"], final_acc=float(evals[-1]["val_acc"]),
+               best_acc=max(float(e["val_acc"]) for e in evals), curve=[(e["step"], e["val_acc"]) for e in evals],
+               wall_s=float(summary.get("wall_time_s") or math.nan), reinit=reinit,
+               extra={"last_diagnosis": diag[-1] if diag else []}, folder=str(f.path))
 
 
 def paired(runs: list[Run], arm: str, baseline: str) -> tuple[float, float, list[float]]:

@@ -130,9 +130,10 @@ def run_arm(arm: str, seed: int, x: torch.Tensor, y: torch.Tensor, a: argparse.N
     return rows
 
 
-def table(df: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
+def table(df: pd.DataFrame, first: int, last: int, window: int) -> pd.DataFrame:
     """Per arm: online accuracy over the first and last tasks (mean over seeds, ± std of seed means), the change,
-    the final dead / dormant fraction and units replaced per task."""
+    the best window of ``window`` tasks and how far the last tasks are below it, the final dead / dormant fraction
+    and units replaced per task."""
     n = df["task"].max() + 1
     rows = []
     for arm in dict.fromkeys(df["arm"]):
@@ -140,11 +141,15 @@ def table(df: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
         per_seed_first = a[a["task"] < first].groupby("seed")["online_acc"].mean()
         per_seed_last = a[a["task"] >= n - last].groupby("seed")["online_acc"].mean()
         drop = per_seed_last - per_seed_first
+        a_w = a.assign(window=a["task"] // window)
+        best = a_w.groupby(["seed", "window"])["online_acc"].mean().groupby("seed").max()
         end = a[a["task"] == n - 1]
         rows.append({"arm": arm, "seeds": len(per_seed_first),
                      f"acc tasks 1-{first} (%)": _pm(per_seed_first * 100),
                      f"acc last {last} tasks (%)": _pm(per_seed_last * 100),
                      "change (points)": _pm(drop * 100, sign=True),
+                     f"best {window}-task window (%)": _pm(best * 100),
+                     "last - best (points)": _pm((per_seed_last - best) * 100, sign=True),
                      "dead at end (%)": _pm(end["dead"] * 100), "dormant at end (%)": _pm(end["dormant"] * 100),
                      "units replaced / task": f"{a['replaced'].mean():.2f}"})
     return pd.DataFrame(rows).set_index("arm")
@@ -198,25 +203,32 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--epochs", type=int, default=1, help="passes over the images per task")
     p.add_argument("--images", type=int, default=0, help="MNIST images per task (0: all 5,000)")
     p.add_argument("--diag-every", type=int, default=10)
+    p.add_argument("--report", action="store_true", help="redraw the table and figure from OUT/tasks.jsonl (no training)")
     a = p.parse_args(argv)
     if a.quick:
         a.tasks, a.images, a.diag_every, a.seeds = 3, 200, 1, a.seeds[:1]
     out = common.out_dir(a, STUDY)
     t0, c0 = time.time(), time.process_time()
     x, y = mnist(a.images or None)
-    rows = []
-    for seed in a.seeds:
+    rows = [json.loads(line) for line in (out / "tasks.jsonl").read_text().splitlines()] if a.report else []
+    for seed in [] if a.report else a.seeds:
         for arm in a.arms:
             c = time.process_time()
             rows += run_arm(arm, seed, x, y, a)
             print(f"  {arm:>15s} seed {seed}: last-task acc {rows[-1]['online_acc']:.3f}, dead {rows[-1]['dead']:.3f} "
                   f"({time.process_time() - c:.0f} CPU s)", flush=True)
     df = pd.DataFrame(rows)
-    with open(out / "tasks.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    if not a.report:
+        with open(out / "tasks.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    a.tasks = int(df["task"].max()) + 1
     first = max(1, min(10, a.tasks // 10))
-    t = table(df, first, first)
+    window = max(1, a.tasks // 10)
+    t = table(df, first, first, window)
+    by_window = (df.assign(tasks=df["task"] // window).groupby(["arm", "tasks"])["online_acc"].mean().unstack() * 100)
+    by_window.columns = [f"{c * window + 1}-{(c + 1) * window}" for c in by_window.columns]
+    by_window.index.name = "arm"
     plotted = plot(df, out / "continual.png", smooth=max(1, a.tasks // 30))
     cmd = "python experiments/continual.py " + " ".join(shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:]))
     md = [f"# Continual backprop at CPU scale: online permuted MNIST\n", f"Command: `{cmd.strip()}`\n",
@@ -227,7 +239,11 @@ def main(argv: list[str] | None = None) -> Path:
           f"Online accuracy = each batch scored before its update, mean over the task (Dohare et al.'s per-task "
           f"accuracy). Dead = hidden units nonzero on < 1 % of 1,000 images of the current task, all hidden layers "
           f"together, after the last task. ± = std over seeds.\n",
-          common.frame_markdown(t), ""]
+          common.frame_markdown(t), "",
+          f"Online accuracy (%) per window of {window} tasks, mean of seeds:\n", common.frame_markdown(by_window, 1), ""]
+    if a.report and (out / "results.md").is_file():  # keep the command and scale of the run that made tasks.jsonl
+        md[1:3] = (out / "results.md").read_text().split("\n\n")[1:3] + ["(Tables redrawn from `tasks.jsonl` by "
+                                                                         "`--report`.)\n"]
     if plotted:
         md.append("![accuracy and dead units per task](continual.png)\n")
     (out / "results.md").write_text("\n".join(md))
