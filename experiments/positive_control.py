@@ -20,6 +20,7 @@ Then, on the target (MNIST with its true labels, a 1,500 / 1,500 split of 3,000 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -77,6 +78,37 @@ def pretrain(labels_kind: str, a: argparse.Namespace, x: torch.Tensor, y: torch.
     return model.eval(), log
 
 
+def load(path: Path, digest: str) -> torch.nn.Module:
+    """A stored backbone back as float32, after checking its sha256."""
+    import timm
+    from safetensors.torch import load_file
+
+    if sha256(path) != digest:
+        raise SystemExit(f"{path}: sha256 differs from the recorded one; run without --reuse")
+    model = timm.create_model(ARCH.partition(":")[2], num_classes=10)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()})
+    return model.eval()
+
+
+def finished(out: Path, exp: ExperimentConfig) -> list[common.Run]:
+    """Finished runs of ``exp`` (same name, arms and fine-tune config) already under ``out/runs``, one per arm x seed."""
+    from plasticity_core.runs import Run
+
+    found: dict[tuple[str, int], common.Run] = {}
+    for folder in sorted((out / "runs").glob(f"{exp.name}-*/*-seed*")):
+        f = Run(folder)
+        try:
+            if f.summary().get("status") != "finished" or f.arm not in exp.arms or f.seed not in exp.seeds:
+                continue
+            if f.config.finetune.to_dict() != exp.finetune.to_dict() or f.config.backbone != exp.backbone:
+                continue
+        except Exception:  # noqa: BLE001 - a half-written folder is not a finished run
+            continue
+        found.setdefault((f.arm, f.seed), common.read_run(f))
+    complete = {s for s in exp.seeds if all((arm, s) in found for arm in exp.arms)}
+    return [r for (arm, s), r in found.items() if s in complete]
+
+
 def save(model: torch.nn.Module, path: Path) -> str:
     """float16 safetensors (floating tensors; integer BN counters kept), then the model is reloaded from it, so
     every number below is of the stored weights. Returns its sha256."""
@@ -118,6 +150,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--images", type=int, default=1000, help="MNIST images of the pretraining tasks")
     p.add_argument("--pretrain-seed", type=int, default=0)
     p.add_argument("--ft-steps", type=int, default=120)
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the stored backbones (sha256 checked) and the finished runs under OUT/runs")
+    p.add_argument("--only", nargs="+", choices=("damaged", "fresh", "normal"),
+                   help="run only these experiments (no report); then --reuse writes the report")
     a = p.parse_args(argv)
     if a.quick:
         a.tasks, a.steps, a.images, a.ft_steps, a.seeds = 2, 5, 128, 6, a.seeds[:1]
@@ -130,12 +166,20 @@ def main(argv: list[str] | None = None) -> Path:
     y = torch.tensor([int(src.train[i][1]) for i in range(a.images)])
     target = pc.load_dataset(DATA, image_size=32, val_fraction=0.5, seed=common.SPLIT_SEED, limit=3000, data_config=cfg)
 
-    damaged, log_d = pretrain("random", a, x, y, target.val)
-    normal, log_n = pretrain("true", a, x, y, target.val)
     paths = {"damaged": out / "damaged.safetensors", "normal": out / "runs" / "normal.safetensors"}
     paths["normal"].parent.mkdir(parents=True, exist_ok=True)
-    digests = {k: save(m, paths[k]) for k, m in (("damaged", damaged), ("normal", normal))}
-    pretrain_cpu = time.process_time() - c0
+    done = out / "runs" / "pretrain.json"
+    if a.reuse and done.is_file() and all(p.is_file() for p in paths.values()):
+        kept = json.loads(done.read_text())
+        damaged, normal = load(paths["damaged"], kept["sha256"]["damaged"]), load(paths["normal"], kept["sha256"]["normal"])
+        log_d, log_n, digests, pretrain_cpu = kept["log_random"], kept["log_true"], kept["sha256"], kept["cpu_s"]
+        print(f"  reusing the backbones of {done} (sha256 checked)")
+    else:
+        damaged, log_d = pretrain("random", a, x, y, target.val)
+        normal, log_n = pretrain("true", a, x, y, target.val)
+        digests = {k: save(m, paths[k]) for k, m in (("damaged", damaged), ("normal", normal))}
+        pretrain_cpu = time.process_time() - c0
+        done.write_text(json.dumps({"sha256": digests, "log_random": log_d, "log_true": log_n, "cpu_s": pretrain_cpu}))
 
     # (a) + (b): the diagnosis on the target's val images, and the recommendation
     metrics = ["dead", "dormant", "feature_erank", "saturation", "grad_dormant"]
@@ -159,7 +203,15 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     runs = []
     for exp in exps:
-        runs += common.run(exp, out)
+        if a.only and exp.name not in a.only:
+            continue
+        kept = finished(out, exp) if a.reuse else []
+        missing = [s for s in exp.seeds if not any(r.seed == s for r in kept)]
+        runs += kept
+        if missing:
+            runs += common.run(dataclasses.replace(exp, seeds=missing), out)
+    if a.only:
+        return out
     common.save_runs(runs, out)
     summary = common.summarise(runs, BASELINE)
     size_kb = paths["damaged"].stat().st_size / 1024
@@ -188,7 +240,7 @@ def main(argv: list[str] | None = None) -> Path:
         f"Command: `{cmd.strip()}`\n",
         f"{'--quick (smoke test: numbers mean nothing). ' if a.quick else ''}{time.process_time() - c0:.0f} CPU s "
         f"({(time.time() - t0) / 60:.1f} min wall, {torch.get_num_threads()} thread(s)); pretraining of both backbones "
-        f"{pretrain_cpu:.0f} CPU s.\n",
+        + (f"{pretrain_cpu:.0f} CPU s" if pretrain_cpu is not None else "not recorded (reused)") + ".\n",
         f"Backbone: `{ARCH}` from a seeded random init, {a.tasks} tasks x {a.steps} Adam steps of 64 (lr {a.lr}) on "
         f"{a.images} MNIST images, each task with new random labels. Stored as `damaged.safetensors` "
         f"({size_kb:.0f} KB, float16, sha256 `{digests['damaged']}`, recipe in `recipe.json`). The normal control: "
