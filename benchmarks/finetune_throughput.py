@@ -166,7 +166,8 @@ def fixed_overhead_us(device: torch.device, tmp: Path, repeats: int = 5) -> tupl
     return statistics.median(ceil), statistics.median(lib)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the comparison (arguments as on the command line); returns the medians and ratios it printed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="timm:resnet18")
     ap.add_argument("--pretrained", action="store_true", help="load pretrained weights (bundled: always)")
@@ -180,7 +181,7 @@ def main() -> None:
     ap.add_argument("--data-path", default="auto", choices=["auto", "device", "loader"], help="finetune's data path")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (loader loop; finetune's loader path)")
     ap.add_argument("--compile", action="store_true", help="torch.compile in finetune (the hand loops stay eager)")
-    ns = ap.parse_args()
+    ns = ap.parse_args(argv)
 
     device = resolve_device(ns.device)
     if device.type == "cuda":  # the timed window must start and end on a log point (a host sync)
@@ -224,6 +225,11 @@ def main() -> None:
     if device.type == "cpu":
         print("(on a shared CPU the wall clock measures the neighbours too; the per-CPU-second ratio of one thread "
               "less so: meaningful with OMP_NUM_THREADS=1)")
+    return {"device": str(device), "data_path": plan.path, "amp": cfg.amp, "channels_last": cfg.channels_last,
+            "images_per_s": {k: statistics.median(wall[k]) for k in LOOPS},
+            "ratio": {k: statistics.median([a / c for a, c in zip(wall[k], wall["ceiling"])]) for k in LOOPS},
+            "ratio_cpu": {k: statistics.median([a / c for a, c in zip(cpu[k], cpu["ceiling"])]) for k in LOOPS},
+            "extra_us_per_step": extra}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.views import BASELINE_COLOUR
+from plasticity_core.runs.frames import ENDED_EARLY
 
 X_TITLES = {"step": "step", "time": "relative time (s)"}
 
@@ -19,7 +20,8 @@ def curve_figure(points: pd.DataFrame, band: pd.DataFrame, metric: str, title: s
                  x: str = "step", per_seed: bool = False, log_y: bool = False, percent: bool = False,
                  smoothing: float = 0.0) -> go.Figure:
     """One metric of every arm: per-seed lines or the mean over seeds with a min-max band, smoothed, with the raw
-    values faint behind when smoothing is on; hover shows every arm at the hovered x (unified)."""
+    values faint behind when smoothing is on; hover shows every arm at the hovered x (unified). Runs that ended early
+    (stopped, failed, cancelled) are outside the mean, each a dashed line labelled with its status."""
     fig = go.Figure()
     scale, unit = (100.0, "%") if percent else (1.0, "")
     fmt = ".1f" if percent else ".4g"
@@ -35,8 +37,16 @@ def curve_figure(points: pd.DataFrame, band: pd.DataFrame, metric: str, title: s
                                          line=dict(color=colour, width=1.6),
                                          hovertemplate=f"{label}: %{{y:{fmt}}}{unit}<extra></extra>"))
             continue
+        ended = points[(points["arm"] == arm) & points["status"].isin(ENDED_EARLY)] if "status" in points else points[:0]
+        for seed, g in ended.groupby("seed", sort=True):  # not in the mean: each its own dashed line
+            label = f"{arm} seed {seed} ({g['status'].iloc[0]})"
+            fig.add_trace(go.Scatter(x=g[x], y=g["smoothed"] * scale, mode="lines", name=label, legendgroup=str(arm),
+                                     line=dict(color=colour, width=1, dash="dash"),
+                                     hovertemplate=f"{label}: %{{y:{fmt}}}{unit}<extra></extra>"))
         b = band[band["arm"] == arm]
-        n = int(b["n_seeds"].max()) if len(b) else 0
+        if b.empty:
+            continue
+        n = int(b["n_seeds"].max())
         label = f"{arm} (mean of {n} seeds)" if n > 1 else str(arm)
         if n > 1:
             fig.add_trace(go.Scatter(x=list(b[x]) + list(b[x][::-1]), y=list(b["max"] * scale) + list(b["min"][::-1] * scale),

@@ -15,7 +15,11 @@ import gc
 import json
 import os
 import re
+import threading
+import time
 import uuid
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ import streamlit as st
 import torch
 
 import plasticity_core as pc
+from plasticity_core.metrics import precompute_weight_metrics
 
 DEFAULT_SETUP: dict[str, Any] = {
     "backbone": "bundled:mobilenetv2_100",
@@ -33,6 +38,7 @@ DEFAULT_SETUP: dict[str, Any] = {
     "image_size": 64,
     "limit": 0,  # 0: the whole dataset
     "device": "cpu",
+    "head_seed": 0,  # the fresh classifier head is drawn from this seed (load_backbone(..., seed=head_seed))
 }
 RUNS_ENV = "PLASTICITY_RUNS"
 WS_PARAM = "ws"
@@ -40,7 +46,8 @@ FORM_PREFIXES = ("w_ft_",)  # widget keys whose values are kept in the workspace
 NOT_KEPT = ("w_ft_anyway", "w_ft_experiment", "w_ft_own", "w_ft_name")  # per launch, or kept only when typed
 # plain session keys that make up the workspace (JSON-able); diagnosis, preview and re-init config have own files
 PERSISTED = ("setup", "loaded_setup", "selected_layers", "diag_metrics", "diag_batches", "strategy", "strategy_params",
-             "form", "experiment")
+             "form", "experiment", "preview_for")
+REINIT_WIDGETS = ("w_param_", "w_reinit_seed", "w_exclude", "w_recal")  # Re-init's form: redrawn from reinit_cfg
 
 
 @dataclass
@@ -146,6 +153,44 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp.replace(path)
 
 
+def config_key(cfg: pc.ReinitConfig) -> dict[str, Any]:
+    """What makes a re-init config the same recipe (not what it resolved to): compares a preview with the config."""
+    d = cfg.to_dict()
+    for k in ("resolved_layers", "skipped_layers", "metric_versions"):
+        d.pop(k, None)
+    return d
+
+
+def reinit_seed() -> int:
+    """The re-init seed the session's config has (0 before there is one)."""
+    cfg = st.session_state.get("reinit_cfg")
+    return int(cfg.seed) if cfg is not None else 0
+
+
+def adopt_config(model: torch.nn.Module, cfg: pc.ReinitConfig, diagnosis: pc.Diagnosis | None = None,
+                 from_form: bool = False) -> pc.ReinitConfig:
+    """Make ``cfg`` the session's one re-init config, the object Re-init shows, the preview applies, Export writes
+    and Fine-tune launches: head seed of the loaded setup, metric versions of the diagnosis, resolved and skipped
+    layers from the plan. A preview of another recipe is dropped. Unless ``from_form`` (Re-init's own widgets), the
+    Re-init widgets are reset so that they show this config."""
+    setup = st.session_state.get("loaded_setup") or {}
+    cfg.head_seed = head_seed(setup)
+    if diagnosis is not None:
+        cfg.metric_versions = dict(diagnosis.meta.get("metric_versions", {}))
+    plan = pc.plan_reinit(model, cfg)
+    cfg.resolved_layers, cfg.skipped_layers = list(plan.touched), dict(plan.skipped)
+    st.session_state["reinit_cfg"] = cfg
+    st.session_state["strategy"] = cfg.strategy
+    st.session_state.setdefault("strategy_params", {})[cfg.strategy] = dict(cfg.params)
+    if st.session_state.get("preview_for") != config_key(cfg):
+        st.session_state.pop("preview", None)
+        st.session_state.pop("preview_for", None)
+    if not from_form:
+        for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(REINIT_WIDGETS)]:
+            del st.session_state[key]
+    return cfg
+
+
 def devices() -> list[str]:
     """Devices this machine offers, CPU first."""
     out = ["cpu"]
@@ -177,11 +222,12 @@ def _release(backbone: pc.Backbone) -> None:
 
 
 @st.cache_resource(show_spinner=False, scope="session", max_entries=1, on_release=_release)
-def working_backbone(spec: str, pretrained: bool, arch: str, num_classes: int, device: str) -> pc.Backbone:
-    """This session's own copy with a fresh head for the target classes; its reference includes that head."""
+def working_backbone(spec: str, pretrained: bool, arch: str, num_classes: int, device: str,
+                     head_seed: int = 0) -> pc.Backbone:
+    """This session's own copy with a fresh head for the target classes drawn from ``head_seed`` (the same head
+    the CLI, the exported snippet and a run with that seed draw); its reference includes that head."""
     shared = pretrained_backbone(spec, pretrained, arch)
-    torch.manual_seed(0)  # the fresh head is the same in every session
-    bb = pc.load_backbone(shared.fresh_copy(), num_classes=num_classes, device=device)
+    bb = pc.load_backbone(shared.fresh_copy(), num_classes=num_classes, device=device, seed=int(head_seed))
     bb.name, bb.source, bb.data_config, bb.pretrained = shared.name, shared.source, shared.data_config, shared.pretrained
     return bb
 
@@ -193,9 +239,63 @@ def load(setup: dict[str, Any], step=lambda msg: None) -> Loaded:
     cfg = shared.data_config
     step(f"Data: {setup['data']} at {setup['image_size']} px")
     data = dataset(setup["data"], int(setup["image_size"]), int(setup["limit"]), tuple(cfg["mean"]), tuple(cfg["std"]))
-    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head")
-    bb = working_backbone(setup["backbone"], setup["pretrained"], setup["arch"], data.num_classes, setup["device"])
+    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)})")
+    bb = working_backbone(setup["backbone"], setup["pretrained"], setup["arch"], data.num_classes, setup["device"],
+                          head_seed(setup))
+    start_weight_metrics(bb)
     return Loaded(dict(setup), bb, data)
+
+
+# ---- weight metrics computed in the background as soon as a model is loaded ----
+
+_WEIGHT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-metrics")
+_WEIGHT_JOBS: dict[int, tuple[weakref.ref, Future, float]] = {}  # id(model) -> (model ref, job, start time)
+_WEIGHT_LOCK = threading.Lock()
+
+
+def start_weight_metrics(bb: pc.Backbone) -> Future:
+    """Start (once per working model) computing its weight metrics into the library's cache, in a background
+    thread, so the first diagnosis only waits for its activation pass. The layer map is traced here, on the
+    caller's thread, so the background job runs no forward pass."""
+    model = bb.model
+    with _WEIGHT_LOCK:
+        entry = _WEIGHT_JOBS.get(id(model))
+        if entry is not None and entry[0]() is model:
+            return entry[1]
+        layers = pc.layer_map(model)
+        job = _WEIGHT_POOL.submit(precompute_weight_metrics, model, None, layers)
+        key = id(model)
+        _WEIGHT_JOBS[key] = (weakref.ref(model, lambda _, key=key: _WEIGHT_JOBS.pop(key, None)), job, time.monotonic())
+        return job
+
+
+def weight_metrics_status(bb: pc.Backbone) -> str:
+    """One line for the page: the background weight metrics of this model are computing, ready or failed."""
+    entry = _WEIGHT_JOBS.get(id(bb.model))
+    if entry is None or entry[0]() is not bb.model:
+        return "weight metrics: computed with the diagnosis"
+    _, job, started = entry
+    if not job.done():
+        return f"weight metrics: computing in the background ({time.monotonic() - started:.0f} s so far)"
+    if job.exception() is not None:
+        return f"weight metrics: background computation failed ({message(job.exception())}); the diagnosis computes them"
+    slow = job.result()
+    return "weight metrics: ready" + (f" ({len(slow)} layer(s) needed an exact SVD)" if slow else "")
+
+
+def wait_weight_metrics(bb: pc.Backbone) -> None:
+    """Wait for this model's background weight metrics (a failure is left to the diagnosis, which reports it)."""
+    entry = _WEIGHT_JOBS.get(id(bb.model))
+    if entry is not None and entry[0]() is bb.model:
+        try:
+            entry[1].result()
+        except Exception:  # noqa: BLE001 - diagnose recomputes and raises with the library's message
+            pass
+
+
+def head_seed(setup: dict[str, Any]) -> int:
+    """The seed of the setup's fresh head (0 for workspaces saved before it was recorded)."""
+    return int(setup.get("head_seed", 0))
 
 
 def loaded() -> Loaded | None:
@@ -233,7 +333,7 @@ def require_loaded() -> Loaded:
 def commit_loaded(result: Loaded) -> None:
     """Make ``result`` the session's setup; results computed on another setup are dropped."""
     if st.session_state.get("loaded_setup") != result.setup:
-        for key in ("diagnosis", "preview", "reinit_cfg", "recommendation", "strategy_params"):
+        for key in ("diagnosis", "preview", "preview_for", "reinit_cfg", "recommendation", "strategy_params"):
             st.session_state.pop(key, None)
         st.session_state["selected_layers"] = []
     st.session_state["loaded_setup"] = result.setup

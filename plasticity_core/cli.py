@@ -36,10 +36,11 @@ def _progress(label: str):
     return update
 
 
-def _backbone(args, num_classes: int | None = None):
+def _backbone(args, num_classes: int | None = None, head_seed: int = 0):
     from plasticity_core.models import load_backbone
 
-    return load_backbone(args.model, pretrained=not args.random_init, num_classes=num_classes, arch=args.arch)
+    return load_backbone(args.model, pretrained=not args.random_init, num_classes=num_classes, arch=args.arch,
+                         seed=head_seed)
 
 
 def _data(args, backbone):
@@ -109,6 +110,10 @@ def cmd_layers(args) -> int:
     df = layer_table(_backbone(args).model)
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(df[["name", "kind", "shape", "params", "group", "act_type", "grouped", "patch_embed", "head"]].to_string())
+    for name, aliases in df.loc[df["aliases"] != "", ["name", "aliases"]].itertuples(index=False):
+        print(f"note: {name} is tied to {aliases} (one weight, listed once; changing it changes all)", file=sys.stderr)
+    for name, why in df.attrs.get("uncovered", []):
+        print(f"note: not in the layer map: {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -120,15 +125,19 @@ def cmd_diagnose(args) -> int:
     bb = _backbone(args)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
-        from plasticity_core.models import load_backbone
-
         print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
-              f"diagnosing with a fresh {data.num_classes}-class head (gradient metrics use it)", file=sys.stderr)
-        bb = load_backbone(args.model, pretrained=not args.random_init, num_classes=data.num_classes, arch=args.arch)
+              f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
+              f"(--head-seed; gradient metrics use it)", file=sys.stderr)
+        bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
     print(d.wide().round(4).to_string())
+    if d.meta.get("no_gradient"):
+        print(f"note: gradient metrics are n/a for {len(d.meta['no_gradient'])} layer(s) whose output never joined the "
+              f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
+    for name, why in d.meta.get("uncovered", []):
+        print(f"note: not diagnosed: {name}: {why}", file=sys.stderr)
     print(f"saved {out}", file=sys.stderr)
     return 0
 
@@ -141,7 +150,11 @@ def cmd_reinit(args) -> int:
 
     out = _writable(args.out)
     cfg = ReinitConfig.load(args.config)
-    bb = _backbone(args, num_classes=args.num_classes)
+    head_seed = cfg.head_seed if args.head_seed is None else args.head_seed
+    bb = _backbone(args, num_classes=args.num_classes, head_seed=head_seed)
+    if bb.head_seed is not None:
+        print(f"note: fresh {bb.num_classes}-class head drawn from seed {head_seed} "
+              f"({'--head-seed' if args.head_seed is not None else 'the config' + chr(39) + 's head_seed'})", file=sys.stderr)
     data = None
     if args.data:
         bundle = _data(args, bb)
@@ -165,6 +178,8 @@ class _RunBars:
     def __call__(self, run, event: dict) -> None:
         from tqdm import tqdm
 
+        from plasticity_core.train.events import FINAL
+
         kind, key = event.get("type"), f"{run.experiment}/{run.name}"
         if kind == "start":
             self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
@@ -174,7 +189,7 @@ class _RunBars:
             bar.update(max(0, event["step"] - bar.n))
             if kind == "eval":
                 bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
-        if kind in ("finished", "stopped", "failed"):
+        if kind in FINAL:
             if bar is not None:
                 bar.close()
             tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
@@ -194,21 +209,43 @@ def cmd_finetune(args) -> int:
     import os
 
     from plasticity_core.config import ExperimentConfig
+    from plasticity_core.errors import UserError
     from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
+    from plasticity_core.runs.interrupt import StopOnSignals, resume_runs
 
-    index, resume = args.index, False
-    if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-        resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
-    config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
-    _preflight(config)
-    runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
-                          executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
+    if args.resume:  # argparse gives --resume's list the KEY=VALUE words that follow it
+        moved = [a for a in args.resume if "=" in a and not Path(a).exists()]
+        args.resume, args.overrides = [a for a in args.resume if a not in moved], [*moved, *args.overrides]
+        extra = [o for o, v in (("--config", args.config), ("--tag", args.tag), ("--index", args.index)) if v is not None]
+        if extra:
+            raise UserError(f"--resume continues runs with the config in their folders; drop {', '.join(extra)}")
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = resume_runs(args.resume, args.store, executor=args.executor, parallel=args.parallel,
+                               overrides=args.overrides, on_event=_RunBars(), stop=stop)
+    else:
+        if not args.config:
+            raise UserError("plasticity finetune needs --config FILE (or --resume RUN_OR_EXPERIMENT_FOLDER)")
+        index, resume = args.index, False
+        if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
+            index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+            resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
+        config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+        _preflight(config)
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = run_experiment(config, args.store, on_event=_RunBars(), stop=stop, tag=args.tag,
+                                  only=None if index is None else [index], executor=args.executor,
+                                  parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
     _print_comparison(compare_runs(runs))
     for run in runs:
         s = run.summary()
         if s.get("status") != "finished":
             print(f"{run.name}: {s.get('status')}: {s.get('reason')}", file=sys.stderr)
+    interrupted = sorted({str(r.path.parent) for r in runs if r.status in ("stopped", "cancelled", "failed")})
+    if interrupted:
+        import shlex
+
+        print("resume with: plasticity finetune --resume " + " ".join(shlex.quote(p) for p in interrupted),
+              file=sys.stderr)
     return 0 if all(r.status == "finished" for r in runs) else 1
 
 
@@ -315,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--metrics", nargs="*", default=None, help="metric names (default: all)")
     sp.add_argument("--batches", type=int, default=8, help="probe batches")
+    sp.add_argument("--head-seed", type=int, default=0,
+                    help="seed of the fresh classifier head when the data's classes differ from the model's (default 0)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_diagnose)
@@ -323,11 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True)
     model_args(sp, data_required=False)
     sp.add_argument("--num-classes", type=int, default=None, help="fresh head with this many classes")
+    sp.add_argument("--head-seed", type=int, default=None,
+                    help="seed of that fresh head (default: the config's head_seed, the head it was previewed with)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_reinit)
 
     sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds) through an executor, writing run folders")
-    sp.add_argument("--config", required=True, help="ExperimentConfig YAML/JSON")
+    sp.add_argument("--config", help="ExperimentConfig YAML/JSON (required unless --resume)")
+    sp.add_argument("--resume", nargs="+", metavar="FOLDER", default=None,
+                    help="resume the stopped, cancelled or failed runs of these run or experiment folders from their "
+                         "last checkpoint (--executor / --parallel may differ from the first launch)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="dotted overrides of the config, e.g. finetune.lr=0.02 seeds=[0,1,2] launch.parallel=2")
     sp.add_argument("--executor", default=None, help="process (default), ray or slurm (overrides launch.executor)")

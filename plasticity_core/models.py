@@ -50,6 +50,8 @@ class Backbone:
     reference: Mapping[str, torch.Tensor] = field(repr=False)
     pretrained: bool = True
     num_classes: int | None = None
+    head_seed: int | None = None  # the seed the fresh classifier head was drawn from; None: the loaded head was kept
+    head_probe: dict[str, Any] | None = None  # the linear probe of the head, when one ran (plasticity_core.head_probe)
 
     def fresh_copy(self) -> nn.Module:
         """A deep copy of the model with the reference weights loaded (for per-session working copies)."""
@@ -61,30 +63,58 @@ class Backbone:
 
 
 def load_backbone(spec: str | nn.Module, pretrained: bool = True, num_classes: int | None = None,
-                  arch: str | None = None, device: str | torch.device | None = None) -> Backbone:
-    """Build a backbone from a spec (see module docstring); a fresh classifier head when ``num_classes`` differs."""
-    if isinstance(spec, nn.Module):
-        model, name, source, cfg = spec, type(spec).__name__, "module", _data_config(spec)
-        if num_classes is not None:
-            _set_num_classes(model, num_classes)
-    else:
-        scheme, _, name = str(spec).partition(":")
-        if not name:
-            raise BackboneError(f"backbone spec {spec!r} needs a scheme: timm:NAME, torchvision:NAME, "
-                                f"bundled:{'|'.join(BUNDLED)}, or file:PATH (with arch=...)")
-        loaders = {"timm": _timm, "torchvision": _torchvision, "bundled": _bundled, "file": _file}
-        if scheme not in loaders:
-            raise BackboneError(f"unknown backbone scheme {scheme!r} in {spec!r}; use one of {', '.join(loaders)}")
-        if scheme == "file":
-            model, cfg = _file(name, arch, pretrained, num_classes)
+                  arch: str | None = None, device: str | torch.device | None = None, seed: int = 0) -> Backbone:
+    """Build a backbone from a spec (see module docstring); a fresh classifier head when ``num_classes`` differs.
+
+    Every random draw of the build comes from ``seed`` (recorded as ``Backbone.head_seed`` when a fresh head was
+    drawn): the fresh head is drawn by its own ``reset_parameters()`` on the CPU generator seeded with ``seed``,
+    whatever the spec or the path (a spec string or a copy of a loaded module), so the dashboard, the CLI, Python and
+    a run worker get the same head; with ``pretrained=False`` the whole random init is drawn from it too. The
+    caller's global RNG state is left as it was.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BackboneError(f"seed must be an int (the seed of the fresh head), got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(spec, nn.Module):
+            model, name, source, cfg = spec, type(spec).__name__, "module", _data_config(spec)
         else:
-            model, cfg = loaders[scheme](name, pretrained, num_classes)
-        source = scheme
+            scheme, _, name = str(spec).partition(":")
+            if not name:
+                raise BackboneError(f"backbone spec {spec!r} needs a scheme: timm:NAME, torchvision:NAME, "
+                                    f"bundled:{'|'.join(BUNDLED)}, or file:PATH (with arch=...)")
+            loaders = {"timm": _timm, "torchvision": _torchvision, "bundled": _bundled, "file": _file}
+            if scheme not in loaders:
+                raise BackboneError(f"unknown backbone scheme {scheme!r} in {spec!r}; use one of {', '.join(loaders)}")
+            if scheme == "file":
+                model, cfg = _file(name, arch, pretrained, None)
+            else:
+                model, cfg = loaders[scheme](name, pretrained, None)
+            source = scheme
+        head_seed = None
+        if num_classes is not None and _num_classes(model) != num_classes:
+            _set_num_classes(model, num_classes)
+            _draw_head(model, seed)
+            head_seed = seed
     if device is not None:
         model.to(device)
     reference = MappingProxyType({k: v.detach().clone() for k, v in model.state_dict().items()})
     return Backbone(model=model, name=name, source=source, data_config=cfg, reference=reference,
-                    pretrained=pretrained and source != "module", num_classes=_num_classes(model))
+                    pretrained=pretrained and source != "module", num_classes=_num_classes(model), head_seed=head_seed)
+
+
+def _draw_head(model: nn.Module, seed: int) -> None:
+    """Re-draw the classifier head with its module's own default init from the CPU generator seeded with ``seed``."""
+    head = _head(model)
+    if head is None or not hasattr(head[1], "reset_parameters"):
+        raise BackboneError(f"cannot find the classifier head of {type(model).__name__} to draw it from seed {seed}")
+    module = head[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        device = module.weight.device
+        module.to("cpu")
+        module.reset_parameters()
+        module.to(device)
 
 
 def _close(name: str, candidates: list[str]) -> str:

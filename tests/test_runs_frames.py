@@ -70,12 +70,14 @@ def test_curve_points_smooth_per_run_and_the_band_spans_the_seeds():
     def scal(values):
         return pd.DataFrame({"step": range(len(values)), "time": [float(i) for i in range(len(values))],
                              "metric": "loss", "value": values})
-    pts = frames.curve_points([("base", 0, scal([1.0, 2.0, 3.0])), ("base", 1, scal([3.0, 2.0, 1.0]))], "loss", 0.5)
+    pts = frames.curve_points([("base", 0, scal([1.0, 2.0, 3.0]), "finished"), ("base", 1, scal([3.0, 2.0, 1.0]), "running"),
+                               ("base", 2, scal([9.0, 9.0]), "failed")], "loss", 0.5)
     np.testing.assert_allclose(pts[pts["seed"] == 0]["smoothed"], frames.ema([1.0, 2.0, 3.0], 0.5))
     band = frames.mean_band(pts)
     assert band["n_seeds"].tolist() == [2, 2, 2] and band["raw_mean"].tolist() == [2.0, 2.0, 2.0]
     assert (band["min"] <= band["mean"]).all() and (band["mean"] <= band["max"]).all()
-    assert frames.curve_points([("base", 0, scal([1.0]))], "val_acc").empty
+    assert set(pts["status"]) == {"finished", "running", "failed"}  # the failed run is plotted, apart from the mean
+    assert frames.curve_points([("base", 0, scal([1.0]), "running")], "val_acc").empty
 
 
 def test_snapshot_matrix_and_difference_to_the_baseline():

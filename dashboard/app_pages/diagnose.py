@@ -40,6 +40,7 @@ def _history() -> dict[str, pc.Diagnosis]:
             f"{len(d.metrics)} metrics · {m.get('samples', '?')} images"] = d
     return out
 
+st.caption(state.weight_metrics_status(current.backbone))
 all_metrics = pc.METRICS.names()
 with st.form("diagnose_form", border=False):
     c1, c2, c3 = st.columns([4, 1, 1])
@@ -51,10 +52,12 @@ with st.form("diagnose_form", border=False):
 
 if run:
     st.session_state.update(diag_metrics=metrics, diag_batches=int(batches))
-    bar = st.progress(0.0, text="Probing…")
+    bar = st.progress(0.0, text="Weight metrics: finishing in the background…")
+    state.wait_weight_metrics(current.backbone)
+    bar.progress(0.0, text="Probing…")
     try:
-        st.session_state["diagnosis"] = pc.diagnose(
-            current.backbone, current.data.loader("val", batch_size=32, shuffle=False), metrics=metrics or None,
+        st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
+            current.backbone, current.data.val, metrics=metrics or None,
             max_batches=int(batches), device=current.device,
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
@@ -72,12 +75,23 @@ meta = diagnosis.meta
 wide_all = diagnosis.wide()
 folded = views.constant_columns(wide_all)
 wide = wide_all.drop(columns=list(folded))
+head_words = (meta.get("head") or {}).get("text")
+if head_words and any(pc.METRICS[m].needs == "gradients" for m in diagnosis.metrics):
+    st.caption(f"Gradient metrics (grad_norm, grad_dormant) go through {head_words}: they measure the backbone as "
+               "seen through that head, and change with it.")
 st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
            "**Darker red = worse** for that metric (each column scaled from its best layer to its worst); blue columns "
            "have no better or worse (norms, movement from the pretrained weights). Grey *n/a*: the metric does not "
            "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
            "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
            "*Lasso Select* in the chart's toolbar and drag over the rows.")
+if meta.get("no_gradient"):
+    st.caption(f"Gradient metrics are *n/a* for {len(meta['no_gradient'])} layer(s) whose output never joined the "
+               f"autograd graph (run under no_grad or detached inside the model): {', '.join(meta['no_gradient'][:8])}"
+               + (" ..." if len(meta["no_gradient"]) > 8 else ""))
+if meta.get("uncovered"):
+    st.caption("Not in the diagnosis (outside the layer map): "
+               + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))
 if folded:
     st.caption("Not drawn (the same for every layer, nothing to compare): "
                + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")
@@ -119,9 +133,9 @@ with right:
         rec = diagnosis.recommend(budget=float(budget))
         st.session_state["recommendation"] = rec
         st.session_state["selected_layers"] = list(rec.layers)
-        st.session_state["strategy"] = rec.strategy
-        st.session_state["strategy_params"] = dict(rec.params)
         st.session_state.pop("w_diag_selected", None)
+        if rec.layers:
+            state.adopt_config(current.model, rec.to_config(seed=state.reinit_seed()), diagnosis)
         st.rerun()
     if b3.button("Clear", key="btn_clear", width="stretch"):
         st.session_state["selected_layers"] = []
@@ -129,7 +143,9 @@ with right:
         st.rerun()
     rec = st.session_state.get("recommendation")
     if rec:
-        st.success(f"**Recommendation: {rec.strategy}** {rec.params or ''} on {len(rec.layers)} layers  \n{rec.reason}")
+        st.success(f"**Recommendation: {rec.strategy}** {rec.params or ''} on {len(rec.layers)} layers  \n{rec.reason}"
+                   + ("  \nRe-init, Export and Fine-tune now hold this config (strategy, parameters, layers, seed)."
+                      if rec.layers else ""))
     if st.session_state["selected_layers"]:
         strategy = forms.strategy_picker("w_diag_strategy", label="Strategy to check the selection against")
         checks.selection_check(current.model, strategy, st.session_state["selected_layers"], key="diag",

@@ -16,9 +16,12 @@ current = state.loaded()
 
 st.subheader("Re-init config")
 if cfg is None:
-    st.info("Preview a strategy on Re-init first: the previewed config is what gets exported.")
+    st.info("Choose a strategy on Re-init (or press Recommend on Diagnose) first: that config is what gets exported.")
 else:
     yaml_text, json_text = cfg.to_yaml(), cfg.to_json()
+    if st.session_state.get("preview_for") != state.config_key(cfg):
+        st.warning("This config has not been previewed yet (it came from Recommend or an edit on Re-init): press "
+                   "**Preview** on Re-init to see what it does to each layer before applying it.")
     d1, d2, _ = st.columns([1, 1, 4])
     d1.download_button("reinit_config.yaml", yaml_text, "reinit_config.yaml", "application/x-yaml", key="dl_yaml",
                        icon=":material/download:")

@@ -18,7 +18,8 @@ kept = forms.kept  # widgets start from the values this workspace last had (they
 COMPARE_HELP = {
     "arm": "the arm's name: baseline = plain fine-tuning; otherwise the re-init strategy applied before it",
     "runs": "how the arm's runs ended; a stopped or failed run is flagged because its numbers are not comparable",
-    "n_seeds": "seeds with at least one evaluation (these enter the means)",
+    "n_seeds": "finished seeds (only these enter the means and the target; stopped, failed and running runs are "
+               "listed under 'runs' and drawn dashed, apart from the mean)",
     "final_acc": "validation accuracy at the last evaluation, in %, mean ± sample std over seeds",
     "best_acc": "best validation accuracy over the run, in %, mean ± std over seeds",
     "steps_to_target": "first evaluated step at which accuracy reached 90 % of the baseline's best accuracy "
@@ -210,15 +211,15 @@ def _run_views(runs: list, polled: list) -> None:
         _table(shown)
 
 
-def _curve_figures(paths: tuple, versions: tuple, labels: tuple, smoothing: float, x: str, log_y: bool,
-                   per_seed: bool, colours: tuple, polled: list) -> dict:
+def _curve_figures(paths: tuple, versions: tuple, labels: tuple, statuses: tuple, smoothing: float, x: str,
+                   log_y: bool, per_seed: bool, colours: tuple, polled: list) -> dict:
     """metric -> (figure, plotted points), rebuilt only when a run got new events or an option changed (a tick with
     nothing new reuses this session's figures)."""
-    key = (paths, versions, labels, smoothing, x, log_y, per_seed, colours)
+    key = (paths, versions, labels, statuses, smoothing, x, log_y, per_seed, colours)
     memo = st.session_state.get("_ft_curve_figures")
     if memo and memo[0] == key:
         return memo[1]
-    runs_in = [(lab, f.run.seed, f.scalars()) for lab, f in zip(labels, polled)]
+    runs_in = [(lab, f.run.seed, f.scalars(), status) for lab, f, status in zip(labels, polled, statuses)]
     built = {}
     for metric, title, pct in PANELS:
         points = frames.curve_points(runs_in, metric, smoothing)
@@ -242,7 +243,7 @@ def _curves(shown: list, labels: list[str], polled: list, colours: dict) -> None
     per_seed = c[3].toggle("per seed", value=kept("w_ft_per_seed", False), key="w_ft_per_seed",
                            help="One line per seed instead of the mean over seeds with a min-max band.")
     built = _curve_figures(tuple(str(f.path) for f in polled), tuple(f.version for f in polled), tuple(labels),
-                           smoothing, x, log_y, per_seed, tuple(colours.items()), polled)
+                           tuple(f.run.status for f in polled), smoothing, x, log_y, per_seed, tuple(colours.items()), polled)
     tables, cells = [], iter(st.columns(2) + st.columns(3))
     for metric, title, _ in PANELS:
         cell = next(cells)

@@ -21,7 +21,8 @@ with left:
     params = forms.strategy_params(info, start, "w_param")
     st.session_state.setdefault("strategy_params", {})[strategy] = params
     seed = st.number_input("Seed", 0, 2**31 - 1, saved.seed if saved else 0, key="w_reinit_seed")
-    recalibrate = st.checkbox("Recalibrate BatchNorm on target data", value=True, key="w_recal")
+    recalibrate = st.checkbox("Recalibrate BatchNorm on target data", value=saved.recalibrate_bn if saved else True,
+                              key="w_recal")
 with right:
     st.subheader("Layers")
     selected = st.session_state["selected_layers"]
@@ -35,22 +36,30 @@ with right:
 
 st.subheader(f"What {strategy} will do to the selected layers")
 plan = checks.selection_check(current.model, strategy, include, exclude, key="reinit")
-
-if st.button("Preview", type="primary", key="btn_preview", disabled=plan is None or not plan.touched,
-             help=None if plan is None or plan.touched else "The strategy acts on none of the selected layers."):
-    diagnosis = st.session_state.get("diagnosis")
+diagnosis = st.session_state.get("diagnosis")
+cfg = None
+if plan is not None:  # the form is the session's one config: Export and Fine-tune take exactly this
     try:
-        cfg = pc.ReinitConfig(strategy=strategy, layers=include, exclude=exclude, params=params, seed=int(seed),
-                              recalibrate_bn=recalibrate,
-                              metric_versions=dict(diagnosis.meta["metric_versions"]) if diagnosis else {})
+        cfg = state.adopt_config(current.model, pc.ReinitConfig(
+            strategy=strategy, layers=include, exclude=exclude, params=params, seed=int(seed), recalibrate_bn=recalibrate),
+            diagnosis, from_form=True)
+    except forms.errors() as e:
+        st.error(state.message(e))
+if cfg is not None:
+    st.caption(f"Seed {cfg.seed} draws the strategy's randomness; the unit scores go through the {current.data.num_classes}"
+               f"-class head drawn from seed {cfg.head_seed} (Setup). Export and Fine-tune use this config as shown.")
+
+if st.button("Preview", type="primary", key="btn_preview", disabled=cfg is None or not plan.touched,
+             help=None if cfg is None or plan.touched else "The strategy acts on none of the selected layers."):
+    try:
         with st.spinner("Re-initialising a copy of the model…"):
-            report = pc.preview_reinit(current.model, cfg, data=current.data.loader("train", batch_size=32))
+            report = pc.preview_reinit(current.model, cfg, data=current.data.train)  # the Dataset: the library's order
     except forms.errors() as e:
         st.error(state.message(e))
     else:
         cfg.resolved_layers = list(report.resolved_layers)
         cfg.skipped_layers = dict(zip(report.skipped["layer"], report.skipped["reason"]))
-        st.session_state.update(reinit_cfg=cfg, preview=report)
+        st.session_state.update(reinit_cfg=cfg, preview=report, preview_for=state.config_key(cfg))
 
 report = st.session_state.get("preview")
 if report is None:

@@ -15,7 +15,12 @@ left, right = st.columns(2)
 with left:
     st.subheader("Backbone")
     backbone, arch = forms.backbone_picker(setup)
-    pretrained = st.checkbox("Pretrained weights", value=setup["pretrained"], key="w_pretrained")
+    h1, h2 = st.columns([2, 1])
+    pretrained = h1.checkbox("Pretrained weights", value=setup["pretrained"], key="w_pretrained")
+    head_seed = h2.number_input("Head seed", 0, 2**31 - 1, state.head_seed(setup), key="w_head_seed",
+                                help="The fresh classifier head for the target classes is drawn from this seed; the "
+                                     "gradient metrics and gradient-scored re-inits go through it. Exports and the CLI "
+                                     "command carry it, so they reproduce this session exactly.")
 with right:
     st.subheader("Target dataset")
     data = forms.dataset_picker(setup)
@@ -29,7 +34,7 @@ with right:
     st.caption(f"CUDA available: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
 
 chosen = dict(backbone=backbone, arch=arch, pretrained=pretrained, data=data, image_size=int(image_size),
-              limit=int(limit), device=device)
+              limit=int(limit), device=device, head_seed=int(head_seed))
 first_visit = "loaded_setup" not in st.session_state and "setup_error" not in st.session_state
 if st.button("Load", type="primary", key="btn_load") or first_visit:
     st.session_state["setup"] = chosen if not first_visit else setup
@@ -62,6 +67,19 @@ m[1].metric("Weight layers", len(table))
 m[2].metric("Parameters", f"{sum(p.numel() for p in current.model.parameters()) / 1e6:.2f} M")
 m[3].metric("Classes", dat.num_classes, help=", ".join(dat.classes))
 m[4].metric("Train / val images", f"{dat.info['train']} / {dat.info['val']}")
+if dat.info.get("skipped"):
+    st.warning(f"Skipped image files: {dat.info['skipped']}", icon=":material/warning:")
+if bb.head_seed is not None:
+    st.caption(f"Fresh, untrained {bb.num_classes}-class head drawn from seed {bb.head_seed}.")
+if table.attrs.get("uncovered"):
+    st.warning("Not in the layer map (not measured, not re-initialised): "
+               + "; ".join(f"`{n}`: {why}" for n, why in table.attrs["uncovered"][:12])
+               + (f"; and {len(table.attrs['uncovered']) - 12} more" if len(table.attrs["uncovered"]) > 12 else ""),
+               icon=":material/warning:")
+tied = table[table["aliases"] != ""]
+if len(tied):
+    st.caption("Tied weights (one layer under several names; changing it changes all): "
+               + "; ".join(f"`{r.name}` = `{r.aliases}`" for r in tied.itertuples()))
 st.subheader("Layers in network order")
 st.dataframe(table[["name", "kind", "shape", "params", "units", "group", "act_type", "norm", "depthwise", "head"]],
              hide_index=True, height=360, key="setup_layers")

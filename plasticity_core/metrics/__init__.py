@@ -10,11 +10,12 @@ from plasticity_core.metrics.features import effective_rank
 from plasticity_core.metrics import gradients as _gradients  # noqa: F401  (registers grad_norm, grad_dormant)
 from plasticity_core.metrics.checks import NonFiniteWarning
 from plasticity_core.metrics.diagnosis import Diagnosis
-from plasticity_core.metrics.diagnose import diagnose, precision_policy
+from plasticity_core.metrics.diagnose import diagnose, precision_policy, precompute_weight_metrics
 from plasticity_core.metrics.recommend import Recommendation, rank_layers, recommend
 
 __all__ = [
-    "METRICS", "MetricInfo", "Accumulator", "register_metric", "diagnose", "precision_policy", "Diagnosis",
+    "METRICS", "MetricInfo", "Accumulator", "register_metric", "diagnose", "precision_policy", "precompute_weight_metrics",
+    "Diagnosis",
     "Recommendation", "recommend", "rank_layers", "sfe", "sfe_rel", "dfi", "dfi_si", "fro_norm", "spectral_norm",
     "stable_rank", "FLAT_REGION", "flat_region", "dormant_mask", "effective_rank", "redo_scores", "NonFiniteWarning",
 ]

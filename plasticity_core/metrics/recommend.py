@@ -48,13 +48,14 @@ class Recommendation:
     strategy: str
     params: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    head_seed: int = 0  # the seed of the fresh head the diagnosis ran through (0 when it used the model's own head)
 
     def to_config(self, seed: int = 0):
-        """The proposal as a ``ReinitConfig`` (validate it once the strategies are registered)."""
+        """The proposal as a ``ReinitConfig``: strategy, params, layers, ``seed`` and the diagnosis' head seed."""
         from plasticity_core.config import ReinitConfig
 
         return ReinitConfig(strategy=self.strategy, layers=list(self.layers), params=dict(self.params), seed=seed,
-                            resolved_layers=list(self.layers))
+                            head_seed=self.head_seed, resolved_layers=list(self.layers))
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "strategy": self.strategy, "params": self.params, "reason": self.reason,
@@ -139,6 +140,12 @@ def recommend(d: "Diagnosis", budget: float | int = 0.25, min_score: float = 0.0
     """Rank layers by the impaired-unit score (module docstring) and propose layers and a strategy."""
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"budget must be a fraction of parameters in (0, 1] or a number of layers >= 1, got {budget!r}")
+    rec = _recommend(d, budget, min_score)
+    rec.head_seed = int((d.meta.get("head") or {}).get("seed") or 0)
+    return rec
+
+
+def _recommend(d: "Diagnosis", budget: float | int, min_score: float) -> Recommendation:
     ranking = rank_layers(d)
     bad = d.meta.get("nonfinite", {})
     if bad.get("inputs") or bad.get("layers"):

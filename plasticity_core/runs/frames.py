@@ -21,10 +21,11 @@ import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
 from plasticity_core.runs.store import Run
-from plasticity_core.train.events import EventReader
+from plasticity_core.train.events import FINAL, EventReader
 
 SCALAR_EVENTS = {"step": ("loss", "lr", "images_per_s"), "eval": ("val_acc", "val_loss")}
 SCALAR_COLUMNS = ["step", "time", "metric", "value"]
+ENDED_EARLY = tuple(s for s in FINAL if s != "finished")  # runs whose curves stay out of means and bands
 SNAPSHOT_COLUMNS = ["step", "layer", "metric", "value"]
 # fields that do not change what a run computes: left out of the config diff and of the setup comparison
 NOT_A_SETTING = {"name", "launch", "schema_version", "seeds", "finetune.device", "finetune.num_workers",
@@ -156,25 +157,28 @@ def ema(values: Sequence[float], weight: float) -> np.ndarray:
     return out
 
 
-def curve_points(runs: Sequence[tuple[str, int, pd.DataFrame]], metric: str, smoothing: float = 0.0) -> pd.DataFrame:
-    """One metric of several runs as arm, seed, step, time, value, smoothed (smoothed per run, in step order).
+def curve_points(runs: Sequence[tuple[str, int, pd.DataFrame, str]], metric: str, smoothing: float = 0.0) -> pd.DataFrame:
+    """One metric of several runs as arm, seed, status, step, time, value, smoothed (smoothed per run, in step order).
 
-    ``runs``: (arm, seed, scalars table of ``RunFrames.scalars()``).
+    ``runs``: (arm, seed, scalars table of ``RunFrames.scalars()``, the run's status).
     """
     frames = []
-    for arm, seed, scalars in runs:
+    for arm, seed, scalars, status in runs:
         g = scalars[scalars["metric"] == metric].sort_values("step", kind="stable")
         if len(g):
-            frames.append(pd.DataFrame({"arm": arm, "seed": seed, "step": g["step"].to_numpy(),
+            frames.append(pd.DataFrame({"arm": arm, "seed": seed, "status": status, "step": g["step"].to_numpy(),
                                         "time": g["time"].to_numpy(), "value": g["value"].to_numpy(),
                                         "smoothed": ema(g["value"].to_numpy(), smoothing)}))
     if not frames:
-        return pd.DataFrame(columns=["arm", "seed", "step", "time", "value", "smoothed"])
+        return pd.DataFrame(columns=["arm", "seed", "status", "step", "time", "value", "smoothed"])
     return pd.concat(frames, ignore_index=True)
 
 
 def mean_band(points: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and step over seeds: mean, min, max of the smoothed and of the raw value, mean time, seed count."""
+    """Per arm and step over the seeds present there: mean, min, max of the smoothed and of the raw value, mean time,
+    seed count. Runs that ended early (stopped, failed, cancelled) are left out: their numbers are not comparable."""
+    if "status" in points.columns:
+        points = points[~points["status"].isin(ENDED_EARLY)]
     if points.empty:
         return pd.DataFrame(columns=["arm", "step", "time", "mean", "min", "max", "raw_mean", "n_seeds"])
     g = points.groupby(["arm", "step"], sort=False)

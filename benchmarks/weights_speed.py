@@ -1,0 +1,146 @@
+"""Weight metrics: our cost against WeightWatcher and against the matmul bound, measured in the same run.
+
+For each model (timm, random init: no pretrained weights are needed offline; the Gram and SVD costs do not
+depend on the values, the Lanczos step count does a little: random matrices have the smallest spectral gaps,
+so they are the slow case), prints:
+  ours s        diagnose(metrics=[spectral_norm, stable_rank, fro_norm]) (WeightWatcher's metric set), weight
+                cache cleared first
+  ww s          WeightWatcher(model).analyze() with its defaults (benchmark-only dependency: the `bench` extra)
+  ww/ours       the ratio (goal >= 15x)
+  full s        every weight metric (sfe, sfe_rel, dfi, dfi_si, fro_norm, spectral_norm, stable_rank, nonfinite)
+  gram GF       GFLOP of the Grams the full set needs (2 m n^2 per tap: dfi / dfi_si read X^T X)
+  bound s       gram GF / the sgemm rate measured in this run (1024^3 fp32 matmul)
+  bound/full    the fraction of the matmul bound the full weight set reaches (1.0 = only the Grams' GEMMs)
+Times are medians over --repeats rounds after a warm-up round, the timed functions taking turns in every round;
+CPU seconds of this process (time.process_time) on a CPU, wall-clock seconds with the device synchronised on a GPU.
+Run with one thread on a CPU: OMP_NUM_THREADS=1 python benchmarks/weights_speed.py
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import time
+
+import timm
+import torch
+
+from plasticity_core.layers import layer_map
+from plasticity_core.metrics import METRICS, diagnose
+from plasticity_core.metrics.diagnose import clear_weight_cache
+from plasticity_core.metrics.weights import tall_taps
+
+MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100"}
+WW_SET = ["spectral_norm", "stable_rank", "fro_norm"]
+
+
+def clock_for(device: torch.device):
+    def once(fn, before=None) -> float:
+        if before is not None:
+            before()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize(device)
+            return time.perf_counter() - t
+        t = time.process_time()
+        fn()
+        return time.process_time() - t
+    return once
+
+
+def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median of each ``(fn, before)`` over ``repeats`` rounds after one warm-up round, taking turns per round."""
+    once = clock_for(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):
+        for k, (fn, before) in fns.items():
+            t = once(fn, before)
+            if r:
+                times[k].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def sgemm_rate(device: torch.device, n: int = 1024) -> float:
+    """Measured fp32 GEMM rate (FLOP/s), TF32 off."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        reps = 50 if device.type == "cuda" else 5
+        t = interleaved({"mm": (lambda: [a @ b for _ in range(reps)], None)}, device, 3)["mm"]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return 2 * n ** 3 * reps / t
+
+
+def gram_flops(model: torch.nn.Module) -> float:
+    total = 0.0
+    for layer in layer_map(model):
+        x = tall_taps(layer.weight(model))
+        b, m, n = x.shape
+        total += 2.0 * b * m * n * n
+    return total
+
+
+def weightwatcher_fn(model: torch.nn.Module):
+    try:
+        import weightwatcher
+    except ImportError:
+        return None
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    watcher = weightwatcher.WeightWatcher(model=model)
+
+    def run():
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            watcher.analyze()
+    return run
+
+
+def measure(name: str, device: torch.device, repeats: int, ww: bool) -> dict[str, float]:
+    model = timm.create_model(MODELS[name], pretrained=False).to(device).eval()
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = [m for m, info in METRICS.items() if info.needs == "weights"]
+    fns = {
+        "ours": (lambda: diagnose(model, [], metrics=WW_SET), clear_weight_cache),
+        "full": (lambda: diagnose(model, [], reference=ref, metrics=weights), clear_weight_cache),
+    }
+    run_ww = weightwatcher_fn(model) if ww else None  # on a GPU it uses torch's SVD there
+    if run_ww is not None:
+        fns["ww"] = (run_ww, None)
+    t = interleaved(fns, device, repeats)
+    t["gram_flops"] = gram_flops(model)
+    t.setdefault("ww", float("nan"))
+    return t
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the comparison (arguments as on the command line); returns one dict per model."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "vit_small"], choices=list(MODELS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    rate = sgemm_rate(device)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
+          f"sgemm={rate / 1e9:.1f} GFLOP/s")
+    print(f"{'model':16s} {'ours s':>7s} {'ww s':>7s} {'ww/ours':>7s} {'full s':>7s} {'gram GF':>8s} {'bound s':>8s} "
+          f"{'bound/full':>10s}")
+    out = []
+    for name in args.models:
+        t = measure(name, device, args.repeats, not args.no_ww)
+        bound = t["gram_flops"] / rate
+        out.append({"model": name, **t, "ww_over_ours": t["ww"] / t["ours"], "bound_s": bound,
+                    "bound_fraction": bound / t["full"], "sgemm_flops": rate})
+        print(f"{name:16s} {t['ours']:7.3f} {t['ww']:7.3f} {t['ww'] / t['ours']:7.1f} {t['full']:7.3f} "
+              f"{t['gram_flops'] / 1e9:8.2f} {bound:8.3f} {bound / t['full']:10.2f}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
