@@ -38,6 +38,7 @@ def test_run_frames_read_only_new_events_and_follow_a_resume(tmp_path):
     s = f.scalars()
     assert set(s["metric"]) == {"val_acc", "val_loss", "loss", "lr", "images_per_s"}
     assert s.loc[s["metric"] == "loss", "time"].item() == pytest.approx(2.0)  # seconds since the first event
+    assert f.series("val_acc")[["step", "value"]].values.tolist() == [[0.0, 0.25]]
     assert not f.poll() and f.scalars() is s  # nothing new: the same cached table, no re-parse
     _append(log, {"type": "diagnosis", "step": 2, "time": 13.0,
                   "rows": [{"layer": "b", "metric": "dormant", "value": 0.1}, {"layer": "a", "metric": "dormant", "value": 0.2}]})
@@ -50,6 +51,7 @@ def test_run_frames_read_only_new_events_and_follow_a_resume(tmp_path):
     with open(log, "a") as fh:
         fh.write('ss": 0.9}\n')
     assert f.poll() and f.scalars().loc[f.scalars()["metric"] == "loss", "value"].tolist() == [1.3, 1.1, 0.9]
+    assert f.series("loss")["value"].tolist() == [1.3, 1.1, 0.9]  # the per-metric cache follows new values
     _append(log, {"type": "resume", "step": 1, "time": 0.0}, {"type": "step", "step": 2, "time": 1.0, "loss": 1.0})
     f.poll()  # the interrupted attempt's steps beyond 1 are dropped, and its snapshot at step 2
     assert f.scalars().loc[f.scalars()["metric"] == "loss", "value"].tolist() == [1.3, 1.0]
@@ -68,16 +70,15 @@ def test_frame_cache_polls_each_run_once_and_keeps_its_frames(tmp_path):
 
 def test_curve_points_smooth_per_run_and_the_band_spans_the_seeds():
     def scal(values):
-        return pd.DataFrame({"step": range(len(values)), "time": [float(i) for i in range(len(values))],
-                             "metric": "loss", "value": values})
+        return pd.DataFrame({"step": range(len(values)), "time": [float(i) for i in range(len(values))], "value": values})
     pts = frames.curve_points([("base", 0, scal([1.0, 2.0, 3.0]), "finished"), ("base", 1, scal([3.0, 2.0, 1.0]), "running"),
-                               ("base", 2, scal([9.0, 9.0]), "failed")], "loss", 0.5)
+                               ("base", 2, scal([9.0, 9.0]), "failed")], 0.5)
     np.testing.assert_allclose(pts[pts["seed"] == 0]["smoothed"], frames.ema([1.0, 2.0, 3.0], 0.5))
     band = frames.mean_band(pts)
     assert band["n_seeds"].tolist() == [2, 2, 2] and band["raw_mean"].tolist() == [2.0, 2.0, 2.0]
     assert (band["min"] <= band["mean"]).all() and (band["mean"] <= band["max"]).all()
     assert set(pts["status"]) == {"finished", "running", "failed"}  # the failed run is plotted, apart from the mean
-    assert frames.curve_points([("base", 0, scal([1.0]), "running")], "val_acc").empty
+    assert frames.curve_points([("base", 0, scal([]), "running")]).empty
 
 
 def test_snapshot_matrix_and_difference_to_the_baseline():
