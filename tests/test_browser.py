@@ -271,8 +271,18 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
 def _charts_with_data(page) -> int:
     """Plotly charts on screen that drew at least one trace or heatmap."""
     return page.evaluate("""() => Array.from(document.querySelectorAll("[data-testid='stPlotlyChart'] .js-plotly-plot"))
-        .filter(gd => gd.offsetParent !== null && (gd.data || []).some(t => (t.y && t.y.length) || (t.z && t.z.length)))
+        .filter(gd => gd.offsetParent !== null
+                      && (gd._fullData || []).some(t => (t.y && t.y.length) || (t.z && t.z.length)))
         .length""")
+
+
+def _tall_shot(page, name: str) -> None:
+    """A screenshot of the whole page: the viewport grown to the app's scroll height (Streamlit scrolls inside)."""
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 6000)})
+    page.wait_for_timeout(800)
+    _shot(page, name)
+    page.set_viewport_size({"width": 1500, "height": 1400})
 
 
 def _tab(page, name: str) -> None:
@@ -306,21 +316,22 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
             page.wait_for_selector("text=Layers in network order")
             _settle(page)
             # Setup: 8 sample images for each of the 10 classes and the per-class counts
-            page.get_by_role("heading", name="Target data").scroll_into_view_if_needed()
+            page.get_by_role("heading", name="Target data", exact=True).scroll_into_view_if_needed()
             assert page.locator("img[src*='/media/']").count() >= 80
             assert page.get_by_text("Images per class in each split.").count() == 1
-            _shot(page, "setup_data")
+            _tall_shot(page, "setup_data")
 
             # Diagnose twice: the top-k table and the comparison of the two kept diagnoses
             _goto(page, "Diagnose")
             _set_number(page, "Probe batches", 1)
-            for _ in range(2):
-                page.get_by_role("button", name="Run diagnosis").click()
-                page.wait_for_selector(".heatmaplayer", timeout=180_000)
-                _settle(page)
-                page.wait_for_timeout(1100)  # history files are named by the second
-            page.get_by_role("heading", name="Top layers by a metric").scroll_into_view_if_needed()
-            assert page.get_by_role("combobox", name="Before").count() == 1
+            page.get_by_role("button", name="Run diagnosis").click()
+            page.wait_for_selector(".heatmaplayer", timeout=180_000)
+            _settle(page)
+            page.get_by_role("button", name="Run diagnosis").click()  # a second one: both kept, comparable
+            page.get_by_role("combobox", name="Before", exact=True).wait_for(timeout=180_000)
+            _settle(page)
+            page.get_by_role("heading", name="Top layers by a metric", exact=True).scroll_into_view_if_needed()
+            assert page.get_by_text("Metric to rank by").count() == 1
             _shot(page, "diagnose_topk_history")
 
             # Fine-tune: the experiment above, curves first
@@ -332,7 +343,7 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
             command = page.locator("[data-testid='stCode']", has_text="tensorboard --logdir").first.inner_text().strip()
             assert shlex.split(command) == ["tensorboard", "--logdir", str(runs_root)]
             with page.expect_download() as info:
-                page.get_by_role("button", name="CSV", exact=True).click()
+                page.locator(".st-key-dl_curves_csv button").first.click()
             import pandas as pd
 
             plotted = pd.read_csv(info.value.path())
@@ -347,8 +358,7 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
             _shot(page, "finetune_layers")
 
             _tab(page, "Run table")
-            table = page.locator("[data-testid='stDataFrame']").filter(has_text="arm.strategy")
-            assert table.count() >= 1
+            assert page.locator("[data-testid='stCaptionContainer']", has_text="arm.strategy").count() >= 1
             _shot(page, "finetune_runs")
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)

@@ -118,3 +118,30 @@ def test_setup_differences_name_each_field_or_nothing():
     why = frames.setup_differences(_experiment(), _experiment(finetune=pc.FinetuneConfig(steps=5, lr=0.02),
                                                               data_limit=20))
     assert why == ["data_limit:  vs 20", "finetune.lr: 0.01 vs 0.02"]
+
+
+def test_a_plain_loop_tracked_through_the_run_contract_shows_its_snapshots_and_curves(tmp_path):
+    import timm
+    import torch
+
+    data = pc.load_dataset("synthetic:classes=4,n=64,size=32", image_size=32, seed=0)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    fire = pc.ReinitConfig(strategy="fire", layers=["layer4.*"])
+    with pc.track(tmp_path, "own-loop", model=model, reinit=fire, data=data.val, total_steps=4, diagnose_every=2,
+                  diagnose_metrics=["dormant", "sfe_rel"]) as run:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        for step, (x, y) in enumerate(data.loader("train", batch_size=16), start=1):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(step, loss=loss)
+            if step == 4:
+                break
+    f = frames.FrameCache().poll([run.path])[0]
+    assert f.run.arm == "fire" and f.reinit_layers and all(n.startswith("layer4.") for n in f.reinit_layers)
+    assert f.series("loss")["step"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    m = frames.snapshot_matrix(f.snapshots(), "sfe_rel")
+    assert list(m.columns) == [2.0, 4.0] and len(m) > 0
+    assert (m.loc[[n for n in m.index if n.startswith("layer4.")]] > 0).all().all()  # moved from the pretrained weights

@@ -32,18 +32,22 @@ COMPARE_HELP = {
 # --- Per-layer snapshots taken by launches from this page (shown under "Layers over training") ---------------------
 SNAPSHOT_METRICS = ["dormant", "dead", "saturation", "sfe_rel", "dfi_si", "feature_erank"]
 SNAPSHOTS_PER_RUN = 10
+SNAPSHOT_MIN_GAP = 10  # steps: one snapshot costs about what 0.4 training steps cost (benchmarks/snapshot_overhead.py)
 
 
 def _snapshot_settings(steps: int) -> dict:
-    """FinetuneConfig fields for the per-layer snapshots (on by default: about SNAPSHOTS_PER_RUN per run on 2 probe
-    batches of the validation split, the cheap metrics only)."""
+    """FinetuneConfig fields for the per-layer snapshots (on by default: at most SNAPSHOTS_PER_RUN per run and at least
+    SNAPSHOT_MIN_GAP steps apart, on 2 probe batches of the validation split, the cheap metrics only: a few % of the
+    run's time)."""
     on = st.checkbox("Per-layer snapshots", value=kept("w_ft_snapshots", True), key="w_ft_snapshots",
-                     help=f"Every steps/{SNAPSHOTS_PER_RUN} steps, {', '.join(SNAPSHOT_METRICS)} per layer on 2 "
+                     help=f"Every steps/{SNAPSHOTS_PER_RUN} steps (at least {SNAPSHOT_MIN_GAP} apart), {', '.join(SNAPSHOT_METRICS)} per layer on 2 "
                           "validation batches, so the page can show how each layer's plasticity moves while the run "
                           "trains (measured cost: see README).")
-    every = max(1, steps // SNAPSHOTS_PER_RUN)
+    every = max(SNAPSHOT_MIN_GAP, steps // SNAPSHOTS_PER_RUN)
     if on:
-        st.caption(f"A snapshot every {every} steps ({steps // every} per run).")
+        st.caption(f"A per-layer snapshot every {every} steps ({steps // every} per run)." if steps >= every else
+                   f"No per-layer snapshot in a run of {steps} steps (at least {every} steps apart, to keep their "
+                   "cost at a few % of the run).")
     return {"diagnose_every": every if on else 0, "diagnose_metrics": list(SNAPSHOT_METRICS)}
 
 
