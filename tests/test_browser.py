@@ -280,7 +280,9 @@ def _tall_shot(page, name: str) -> None:
     """A screenshot of the whole page: the viewport grown to the app's scroll height (Streamlit scrolls inside)."""
     height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
     page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 6000)})
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(1500)  # images and charts below the old fold load now
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_timeout(1000)
     _shot(page, name)
     page.set_viewport_size({"width": 1500, "height": 1400})
 
