@@ -4,6 +4,7 @@ import torch
 
 import plasticity_core as pc
 from dashboard import forms, state
+from plasticity_core import samples
 
 st.title("Setup")
 st.caption("A pretrained backbone and the target dataset you want to fine-tune it on. The offline default "
@@ -92,3 +93,26 @@ if len(tied):
 st.subheader("Layers in network order")
 st.dataframe(table[["name", "kind", "shape", "params", "units", "group", "act_type", "norm", "depthwise", "head"]],
              hide_index=True, height=360, key="setup_layers")
+
+# --- The target data: per-class counts and a seeded sample of images per class (plasticity_core.samples) ----------
+st.subheader("Target data")
+counts = samples.class_counts(dat)
+grid = samples.sample_images(dat, per_class=8, seed=0)
+left, right = st.columns([3, 2])
+with left:
+    st.caption(f"8 training images per class, as the model sees them ({dat.image_size} px, a seeded draw).")
+    for cls, images in grid.items():
+        c1, c2 = st.columns([1, 5])
+        n = counts.loc[counts["class"] == cls, ["train", "val"]].iloc[0]
+        c1.markdown(f"**{cls}**  \n<small>{n['train']} train · {n['val']} val</small>", unsafe_allow_html=True)
+        if images:
+            c2.image(images, width=48)
+        else:
+            c2.caption("no training image of this class")
+with right:
+    st.caption("Images per class in each split.")
+    st.bar_chart(counts.set_index("class")[["train", "val"]], horizontal=True, stack=True, height=320)
+    st.dataframe(counts, hide_index=True, key="setup_class_counts")
+    if counts["train"].min() == 0 or counts["val"].min() == 0:
+        st.warning("Some classes have no image in a split: " + ", ".join(
+            counts.loc[(counts["train"] == 0) | (counts["val"] == 0), "class"]) + ".")
