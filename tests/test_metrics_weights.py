@@ -228,3 +228,25 @@ def pc_layers(m):
     from plasticity_core.layers import layer_map
 
     return layer_map(m)
+
+
+def test_sfe_is_cached_per_reference_tensor_and_recomputed_when_it_changes(monkeypatch):
+    import plasticity_core.metrics.weights as weights
+    from plasticity_core.metrics import diagnose
+
+    m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    ref = {k: v.clone() + 0.1 for k, v in m.state_dict().items()}
+    calls = []
+    original = weights.sfe_t
+    monkeypatch.setattr(weights, "sfe_t", lambda *a, **k: calls.append(1) or original(*a, **k))
+    a = diagnose(m, [], reference=ref, metrics=["sfe", "sfe_rel"])
+    first = len(calls)
+    b = diagnose(m, [], reference=ref, metrics=["sfe", "sfe_rel"])
+    assert first > 0 and len(calls) == first and a.wide().equals(b.wide())
+    ref["0.weight"].add_(1.0)  # the reference changes in place: its version moves
+    c = diagnose(m, [], reference=ref, metrics=["sfe"])
+    assert len(calls) > first and c.wide().at["0", "sfe"] > a.wide().at["0", "sfe"]
+    assert c.wide().at["2", "sfe"] == pytest.approx(a.wide().at["2", "sfe"])
+    other = {k: v.clone() for k, v in m.state_dict().items()}  # another reference (equal to the weights)
+    d = diagnose(m, [], reference=other, metrics=["sfe"])
+    assert (d.wide()["sfe"] == 0).all()
