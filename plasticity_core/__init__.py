@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # backbones, data, offline assets
-    "load_backbone": "models", "Backbone": "models", "BackboneError": "models",
+    "load_backbone": "models", "Backbone": "models", "BackboneError": "models", "probe_head": "head_probe",
     "load_dataset": "data", "DataBundle": "data", "DatasetError": "data",
     "fetch_assets": "assets", "AssetMissingError": "assets",
     # one-line messages for expected failures (the CLI and the dashboard show the same)
@@ -25,6 +25,8 @@ _EXPORTS = {
     # re-initialisation
     "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
+    # your own training loop as a run (Lightning / Hugging Face callbacks: plasticity_core.integrations.lightning / .hf)
+    "track": "integrations", "Tracker": "integrations", "IntegrationError": "integrations",
     # fine-tuning and runs
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",

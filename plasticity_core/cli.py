@@ -110,6 +110,10 @@ def cmd_layers(args) -> int:
     df = layer_table(_backbone(args).model)
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(df[["name", "kind", "shape", "params", "group", "act_type", "grouped", "patch_embed", "head"]].to_string())
+    for name, aliases in df.loc[df["aliases"] != "", ["name", "aliases"]].itertuples(index=False):
+        print(f"note: {name} is tied to {aliases} (one weight, listed once; changing it changes all)", file=sys.stderr)
+    for name, why in df.attrs.get("uncovered", []):
+        print(f"note: not in the layer map: {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -129,6 +133,11 @@ def cmd_diagnose(args) -> int:
                  progress=_progress("diagnose"))
     d.save(out)
     print(d.wide().round(4).to_string())
+    if d.meta.get("no_gradient"):
+        print(f"note: gradient metrics are n/a for {len(d.meta['no_gradient'])} layer(s) whose output never joined the "
+              f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
+    for name, why in d.meta.get("uncovered", []):
+        print(f"note: not diagnosed: {name}: {why}", file=sys.stderr)
     print(f"saved {out}", file=sys.stderr)
     return 0
 
@@ -169,6 +178,8 @@ class _RunBars:
     def __call__(self, run, event: dict) -> None:
         from tqdm import tqdm
 
+        from plasticity_core.train.events import FINAL
+
         kind, key = event.get("type"), f"{run.experiment}/{run.name}"
         if kind == "start":
             self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
@@ -178,7 +189,7 @@ class _RunBars:
             bar.update(max(0, event["step"] - bar.n))
             if kind == "eval":
                 bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
-        if kind in ("finished", "stopped", "failed"):
+        if kind in FINAL:
             if bar is not None:
                 bar.close()
             tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)
@@ -198,21 +209,43 @@ def cmd_finetune(args) -> int:
     import os
 
     from plasticity_core.config import ExperimentConfig
+    from plasticity_core.errors import UserError
     from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
+    from plasticity_core.runs.interrupt import StopOnSignals, resume_runs
 
-    index, resume = args.index, False
-    if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        index = int(os.environ["SLURM_ARRAY_TASK_ID"])
-        resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
-    config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
-    _preflight(config)
-    runs = run_experiment(config, args.store, on_event=_RunBars(), tag=args.tag, only=None if index is None else [index],
-                          executor=args.executor, parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
+    if args.resume:  # argparse gives --resume's list the KEY=VALUE words that follow it
+        moved = [a for a in args.resume if "=" in a and not Path(a).exists()]
+        args.resume, args.overrides = [a for a in args.resume if a not in moved], [*moved, *args.overrides]
+        extra = [o for o, v in (("--config", args.config), ("--tag", args.tag), ("--index", args.index)) if v is not None]
+        if extra:
+            raise UserError(f"--resume continues runs with the config in their folders; drop {', '.join(extra)}")
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = resume_runs(args.resume, args.store, executor=args.executor, parallel=args.parallel,
+                               overrides=args.overrides, on_event=_RunBars(), stop=stop)
+    else:
+        if not args.config:
+            raise UserError("plasticity finetune needs --config FILE (or --resume RUN_OR_EXPERIMENT_FOLDER)")
+        index, resume = args.index, False
+        if index is None and args.tag and os.environ.get("SLURM_ARRAY_TASK_ID"):
+            index = int(os.environ["SLURM_ARRAY_TASK_ID"])
+            resume = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # a requeued task takes its folder back
+        config = apply_overrides(ExperimentConfig.load(args.config), args.overrides)
+        _preflight(config)
+        with StopOnSignals() as stop:  # SIGINT / SIGTERM: every run stops at its next step, with its checkpoint
+            runs = run_experiment(config, args.store, on_event=_RunBars(), stop=stop, tag=args.tag,
+                                  only=None if index is None else [index], executor=args.executor,
+                                  parallel=args.parallel, allow_noop=args.allow_noop, resume=resume)
     _print_comparison(compare_runs(runs))
     for run in runs:
         s = run.summary()
         if s.get("status") != "finished":
             print(f"{run.name}: {s.get('status')}: {s.get('reason')}", file=sys.stderr)
+    interrupted = sorted({str(r.path.parent) for r in runs if r.status in ("stopped", "cancelled", "failed")})
+    if interrupted:
+        import shlex
+
+        print("resume with: plasticity finetune --resume " + " ".join(shlex.quote(p) for p in interrupted),
+              file=sys.stderr)
     return 0 if all(r.status == "finished" for r in runs) else 1
 
 
@@ -335,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_reinit)
 
     sp = sub.add_parser("finetune", help="run an ExperimentConfig (arms x seeds) through an executor, writing run folders")
-    sp.add_argument("--config", required=True, help="ExperimentConfig YAML/JSON")
+    sp.add_argument("--config", help="ExperimentConfig YAML/JSON (required unless --resume)")
+    sp.add_argument("--resume", nargs="+", metavar="FOLDER", default=None,
+                    help="resume the stopped, cancelled or failed runs of these run or experiment folders from their "
+                         "last checkpoint (--executor / --parallel may differ from the first launch)")
     sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="dotted overrides of the config, e.g. finetune.lr=0.02 seeds=[0,1,2] launch.parallel=2")
     sp.add_argument("--executor", default=None, help="process (default), ray or slurm (overrides launch.executor)")

@@ -4,6 +4,7 @@ import torch
 
 import plasticity_core as pc
 from dashboard import forms, state
+from plasticity_core import samples
 
 st.title("Setup")
 st.caption("A pretrained backbone and the target dataset you want to fine-tune it on. The offline default "
@@ -70,6 +71,38 @@ if dat.info.get("skipped"):
     st.warning(f"Skipped image files: {dat.info['skipped']}", icon=":material/warning:")
 if bb.head_seed is not None:
     st.caption(f"Fresh, untrained {bb.num_classes}-class head drawn from seed {bb.head_seed}.")
+if table.attrs.get("uncovered"):
+    st.warning("Not in the layer map (not measured, not re-initialised): "
+               + "; ".join(f"`{n}`: {why}" for n, why in table.attrs["uncovered"][:12])
+               + (f"; and {len(table.attrs['uncovered']) - 12} more" if len(table.attrs["uncovered"]) > 12 else ""),
+               icon=":material/warning:")
+tied = table[table["aliases"] != ""]
+if len(tied):
+    st.caption("Tied weights (one layer under several names; changing it changes all): "
+               + "; ".join(f"`{r.name}` = `{r.aliases}`" for r in tied.itertuples()))
 st.subheader("Layers in network order")
 st.dataframe(table[["name", "kind", "shape", "params", "units", "group", "act_type", "norm", "depthwise", "head"]],
              hide_index=True, height=360, key="setup_layers")
+
+# --- The target data: per-class counts and a seeded sample of images per class (plasticity_core.samples) ----------
+st.subheader("Target data")
+counts = samples.class_counts(dat)
+grid = samples.sample_images(dat, per_class=8, seed=0)
+left, right = st.columns([3, 2])
+with left:
+    st.caption(f"8 training images per class, as the model sees them ({dat.image_size} px, a seeded draw).")
+    for cls, images in grid.items():
+        c1, c2 = st.columns([1, 5])
+        n = counts.loc[counts["class"] == cls, ["train", "val"]].iloc[0]
+        c1.markdown(f"**{cls}**  \n<small>{n['train']} train · {n['val']} val</small>", unsafe_allow_html=True)
+        if images:
+            c2.image(images, width=48)
+        else:
+            c2.caption("no training image of this class")
+with right:
+    st.caption("Images per class in each split.")
+    st.bar_chart(counts.set_index("class")[["train", "val"]], horizontal=True, stack=True, height=320)
+    st.dataframe(counts, hide_index=True, key="setup_class_counts")
+    if counts["train"].min() == 0 or counts["val"].min() == 0:
+        st.warning("Some classes have no image in a split: " + ", ".join(
+            counts.loc[(counts["train"] == 0) | (counts["val"] == 0), "class"]) + ".")

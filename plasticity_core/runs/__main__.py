@@ -1,7 +1,8 @@
-"""``python -m plasticity_core.runs --config exp.yaml [...]`` is ``plasticity finetune --config exp.yaml [...]``.
+"""The worker entries the library starts (not meant to be typed): ``python -m plasticity_core.runs serve`` (a
+``process`` pool worker executing the run folders it reads from stdin) and ``... launch LAUNCHER FOLDER...`` (the
+background launcher of ``start_run``). Any other arguments are ``plasticity finetune``'s, for compatibility.
 
-Two internal entries, started by the library and not meant to be typed: ``serve`` (a ``process`` pool
-worker executing the run folders it reads from stdin) and ``launch LAUNCHER FOLDER...`` (the background launcher of ``start_run``).
+Nothing imports this module, so it may import the CLI without closing an import loop.
 """
 from __future__ import annotations
 
@@ -12,14 +13,21 @@ from typing import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["serve"]:
-        from plasticity_core.runs.execute import execute_run, terminate_on_sigterm
+        import signal
+
+        from plasticity_core.runs.execute import execute_run
+        from plasticity_core.runs.interrupt import AnyStop, ParentWatch, StopOnSignals
         from plasticity_core.runs.store import Run
 
-        terminate_on_sigterm()
+        # SIGINT (Ctrl-C in the terminal reaches the whole process group) is the launcher's to handle: it writes STOP
+        # files; SIGTERM (a service manager stopping the group) stops the run at its next step with its checkpoint,
+        # a second SIGTERM ends it at once; a launcher killed outright (SIGKILL) stops it instead of leaving an orphan
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop = AnyStop(StopOnSignals((signal.SIGTERM,), announce=False).__enter__(), ParentWatch())
         assert "streamlit" not in sys.modules, "a run worker must not import streamlit"
         for line in sys.stdin:  # one run folder per line, until the launcher closes stdin
             if line.strip():
-                execute_run(Run(line.strip()))
+                execute_run(Run(line.strip()), stop=stop)
         return 0
     if args[:1] == ["launch"] and len(args) >= 3:
         from plasticity_core.runs.executors import _launcher_main
