@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # backbones, data, offline assets
-    "load_backbone": "models", "Backbone": "models", "BackboneError": "models",
+    "load_backbone": "models", "Backbone": "models", "BackboneError": "models", "probe_head": "head_probe",
     "load_dataset": "data", "DataBundle": "data", "DatasetError": "data",
     "fetch_assets": "assets", "AssetMissingError": "assets",
     # one-line messages for expected failures (the CLI and the dashboard show the same)

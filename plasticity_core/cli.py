@@ -110,6 +110,10 @@ def cmd_layers(args) -> int:
     df = layer_table(_backbone(args).model)
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(df[["name", "kind", "shape", "params", "group", "act_type", "grouped", "patch_embed", "head"]].to_string())
+    for name, aliases in df.loc[df["aliases"] != "", ["name", "aliases"]].itertuples(index=False):
+        print(f"note: {name} is tied to {aliases} (one weight, listed once; changing it changes all)", file=sys.stderr)
+    for name, why in df.attrs.get("uncovered", []):
+        print(f"note: not in the layer map: {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -129,6 +133,11 @@ def cmd_diagnose(args) -> int:
                  progress=_progress("diagnose"))
     d.save(out)
     print(d.wide().round(4).to_string())
+    if d.meta.get("no_gradient"):
+        print(f"note: gradient metrics are n/a for {len(d.meta['no_gradient'])} layer(s) whose output never joined the "
+              f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
+    for name, why in d.meta.get("uncovered", []):
+        print(f"note: not diagnosed: {name}: {why}", file=sys.stderr)
     print(f"saved {out}", file=sys.stderr)
     return 0
 
@@ -169,6 +178,8 @@ class _RunBars:
     def __call__(self, run, event: dict) -> None:
         from tqdm import tqdm
 
+        from plasticity_core.train.events import FINAL
+
         kind, key = event.get("type"), f"{run.experiment}/{run.name}"
         if kind == "start":
             self.bars[key] = tqdm(total=int(event.get("total_steps") or 0), desc=f"{run.name:<24}", unit="step",
@@ -178,7 +189,7 @@ class _RunBars:
             bar.update(max(0, event["step"] - bar.n))
             if kind == "eval":
                 bar.set_postfix(val_acc=f"{event['val_acc']:.4f}")
-        if kind in ("finished", "stopped", "failed"):
+        if kind in FINAL:
             if bar is not None:
                 bar.close()
             tqdm.write(f"{run.name:<24} {kind} at step {event.get('step')}: {event.get('reason') or ''}", file=sys.stderr)

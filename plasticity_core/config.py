@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import yaml
 
@@ -22,6 +22,107 @@ SCHEMA_VERSION = 1
 
 class ConfigError(UserError):
     """A config field is missing, unknown, of the wrong type or out of range."""
+
+
+MAX_DEPTH = 8  # nesting of any config document or free-form mapping (slurm, params, metric_versions)
+MAX_NODES = 10_000  # values in one config document or one free-form mapping
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding and every framework accept 0 .. 2^32-1
+MAX_IMAGE_SIZE = 4096  # px per side
+MAX_INPUT_BATCH_BYTES = 16 * 2**30  # one float32 input batch (batch_size x 3 x image_size^2)
+MAX_NAME = 120  # characters of an experiment or arm name (run folder names derive from them)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 5,000-character input is named, not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} chars)"
+
+
+class Refused(Exception):
+    """Raised inside the YAML loader; ``from_yaml`` words it as a ConfigError of the config's kind."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``: the "billion laughs" expansion), duplicate keys
+    (YAML would keep the last one silently) and documents nested deeper than ``MAX_DEPTH`` or larger than
+    ``MAX_NODES`` values. Anchors alone (``&name`` without a use) are harmless and read."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise Refused(f"line {event.start_mark.line + 1}: the alias *{event.anchor} is not read (anchors and "
+                           f"aliases can expand a few bytes into billions of values); write the values out")
+        self._depth += 1
+        self._nodes += 1
+        if self._depth > MAX_DEPTH:
+            raise Refused(f"nested deeper than {MAX_DEPTH} levels (line {self.peek_event().start_mark.line + 1})")
+        if self._nodes > MAX_NODES:
+            raise Refused(f"more than {MAX_NODES} values; a config is far smaller")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise Refused(f"line {key_node.start_mark.line + 1}: the key {short(key_node.value)} appears "
+                                       f"twice in one mapping (first on line {seen[key]}); keep one")
+                    seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:  # never write anchors: StrictLoader would refuse them
+        return True
+
+
+def read_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through ``StrictLoader`` (raises ``Refused`` or ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def check_plain(kind: str, name: str, value: Any) -> None:
+    """A free-form value (``launch.slurm``, ``params``, ``metric_versions``) is plain data: str/int/finite float/bool/
+    None, lists and str-keyed mappings, at most ``MAX_DEPTH`` deep and ``MAX_NODES`` values (shared references count
+    each time, so a self-similar structure built in Python is refused before ``asdict`` would expand it)."""
+    budget = [MAX_NODES]
+
+    def walk(v: Any, depth: int, where: str) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"{kind}.{name}: more than {MAX_NODES} values; a config holds far fewer")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{kind}.{name}: nested deeper than {MAX_DEPTH} levels at {short(where)}")
+        if isinstance(v, dict):
+            for key, item in v.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{kind}.{where}: keys must be text, got {type(key).__name__} {short(key)}")
+                walk(item, depth + 1, f"{where}.{key}")
+        elif isinstance(v, (list, tuple)):
+            for i, item in enumerate(v):
+                walk(item, depth + 1, f"{where}[{i}]")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{kind}.{where}: must be a finite number, got {v}")
+        elif v is not None and not isinstance(v, (str, int, float, bool)):
+            raise ConfigError(f"{kind}.{where}: expected plain data (text, numbers, lists, mappings), "
+                              f"got {type(v).__name__}")
+
+    walk(value, 0, name)
+
+
+def _check_seed(kind: str, name: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{kind}.{name}: must be in 0..{SEED_MAX} (2^32-1), got {short(value)}")
 
 
 class SerializableConfig:
@@ -53,12 +154,14 @@ class SerializableConfig:
         return d
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_PlainDumper, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str):
         try:
-            data = yaml.safe_load(text)
+            data = read_yaml(text)
+        except Refused as e:
+            raise ConfigError(f"{cls.kind}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{cls.kind}: not valid YAML: {e}") from None
         return cls.from_dict(data)
@@ -72,6 +175,9 @@ class SerializableConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{cls.kind}: not valid JSON: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{cls.kind}: nested deeper than {MAX_DEPTH} levels") from None
+        check_plain(cls.kind, "(document)", data)
         return cls.from_dict(data)
 
     def save(self, path) -> None:
@@ -82,10 +188,26 @@ class SerializableConfig:
 
     @classmethod
     def load(cls, path):
+        """Read a YAML (or ``.json``) file; a folder, a FIFO, binary bytes or a huge file is one ConfigError naming it."""
+        import stat
         from pathlib import Path
 
         p = Path(path)
-        text = p.read_text()
+        where = str(p) if len(str(p)) <= 160 else f"{str(p)[:140]}...({len(str(p))} chars)"
+        mode = p.stat().st_mode  # FileNotFoundError names the path
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{where} is a folder, not a config file; give the YAML file inside it")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{where} is not a regular file (a FIFO, socket or device); give a YAML file")
+        if p.stat().st_size > 1 << 20:
+            raise ConfigError(f"{where}: {p.stat().st_size} bytes is not a config (they are a few KB)")
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where} is not a text (UTF-8) file (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                              f"give the YAML config") from None
+        if "\x00" in text:
+            raise ConfigError(f"{where} holds NUL bytes: a binary file, not a YAML config")
         return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
 
 
@@ -104,7 +226,15 @@ def _check_type(kind: str, name: str, value: Any, types: tuple[type, ...], allow
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(f"{kind}.{name}: expected {'/'.join(t.__name__ for t in types)}, got bool {value!r}")
     if not isinstance(value, types):
-        raise ConfigError(f"{kind}.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{kind}.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} "
+                          f"{short(value)}")
+
+
+def _check_finite(kind: str, obj: Any, names: Sequence[str]) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{kind}.{name}: must be a finite number, got {v}")
 
 
 @dataclass
@@ -150,15 +280,22 @@ class ReinitConfig(SerializableConfig):
                 _check_type(k, f"{name}[]", item, (str,))
             setattr(self, name, list(v))
         _check_type(k, "params", self.params, (dict,))
+        check_plain(k, "params", self.params)
         _check_type(k, "seed", self.seed, (int,))
+        _check_seed(k, "seed", self.seed)
         _check_type(k, "head_seed", self.head_seed, (int,))
+        _check_seed(k, "head_seed", self.head_seed)
         _check_type(k, "include_head", self.include_head, (bool,))
         _check_type(k, "recalibrate_bn", self.recalibrate_bn, (bool,))
         _check_type(k, "bn_batches", self.bn_batches, (int,))
         if self.bn_batches < 1:
             raise ConfigError(f"{k}.bn_batches: must be >= 1, got {self.bn_batches}")
         _check_type(k, "metric_versions", self.metric_versions, (dict,))
+        check_plain(k, "metric_versions", self.metric_versions)
+        for name, version in self.metric_versions.items():
+            _check_type(k, f"metric_versions[{short(name)}]", version, (int,))
         _check_type(k, "skipped_layers", self.skipped_layers, (dict,))
+        check_plain(k, "skipped_layers", self.skipped_layers)
         for name, why in self.skipped_layers.items():
             _check_type(k, "skipped_layers[]", name, (str,))
             _check_type(k, f"skipped_layers[{name!r}]", why, (str,))
@@ -232,11 +369,19 @@ class FinetuneConfig(SerializableConfig):
         _check_type(k, "compile", self.compile, (bool,))
         _check_type(k, "save_optimizer", self.save_optimizer, (bool,))
         _check_type(k, "data_memory_mb", self.data_memory_mb, (int, float))
+        _check_seed(k, "seed", self.seed)
+        if isinstance(self.diagnose_metrics, str):
+            raise ConfigError(f"{k}.diagnose_metrics: expected a list of metric names, got the text "
+                              f"{short(self.diagnose_metrics)}; write a list, e.g. [{self.diagnose_metrics[:40]}]")
+        _check_type(k, "diagnose_metrics", self.diagnose_metrics, (list, tuple))
+        for name in self.diagnose_metrics:
+            _check_type(k, "diagnose_metrics[]", name, (str,))
         if self.data_path not in ("auto", "device", "loader"):
             raise ConfigError(f"{k}.data_path: must be 'auto', 'device' or 'loader', got {self.data_path!r}")
         if self.checkpoint not in ("none", "final", "best"):
             raise ConfigError(f"{k}.checkpoint: must be 'none', 'final' or 'best', got {self.checkpoint!r}")
         self.data_memory_mb = float(self.data_memory_mb)
+        _check_finite(k, self, ("data_memory_mb",))
         if not self.data_memory_mb >= 0 or self.checkpoint_every < 0:
             raise ConfigError(f"{k}: data_memory_mb and checkpoint_every must be >= 0")
         if self.optimizer not in ("sgd", "adamw"):
@@ -248,6 +393,13 @@ class FinetuneConfig(SerializableConfig):
         for name in ("steps", "batch_size", "image_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{k}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"{k}.image_size: at most {MAX_IMAGE_SIZE} px, got {short(self.image_size)}")
+        batch_bytes = self.batch_size * 3 * self.image_size ** 2 * 4
+        if batch_bytes > MAX_INPUT_BATCH_BYTES:
+            raise ConfigError(f"{k}: one batch of {self.batch_size} images at {self.image_size} px is "
+                              f"{batch_bytes / 2**30:.0f} GiB of input alone (limit {MAX_INPUT_BATCH_BYTES // 2**30} GiB); "
+                              f"lower batch_size or image_size")
         for name in ("lr", "momentum", "weight_decay", "head_lr_scale", "backbone_lr_scale", "epochs", "grad_clip",
                      "time_limit_s"):
             v = getattr(self, name)
@@ -312,6 +464,7 @@ class LaunchConfig(SerializableConfig):
             v = getattr(self, name)
             _check_type(k, name, v, (int, float))
             setattr(self, name, float(v))
+        _check_finite(k, self, ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"))
         if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
             raise ConfigError(f"{k}: cpus_per_run must be > 0 and gpus_per_run >= 0")
         if not 0 < self.memory_gb_per_run < 1e6:
@@ -321,9 +474,12 @@ class LaunchConfig(SerializableConfig):
                               f"got {self.heartbeat_timeout_s:g}")
         _check_type(k, "address", self.address, (str,), allow_none=True)
         _check_type(k, "slurm", self.slurm, (dict,))
+        check_plain(k, "slurm", self.slurm)
         if isinstance(self.sinks, str):
             self.sinks = [self.sinks]
         _check_type(k, "sinks", self.sinks, (list, tuple))
+        for sink in self.sinks:
+            _check_type(k, "sinks[]", sink, (str,))
         self.sinks = list(self.sinks)
         from plasticity_core.runs.executors import EXECUTORS
         from plasticity_core.runs.sinks import SINKS
@@ -362,16 +518,24 @@ class ExperimentConfig(SerializableConfig):
     def __post_init__(self) -> None:
         k = self.kind
         _check_type(k, "name", self.name, (str,))
+        if not self.name.strip() or len(self.name) > MAX_NAME:
+            raise ConfigError(f"{k}.name: must be 1..{MAX_NAME} characters, got {len(self.name)} ({short(self.name, 60)})")
         _check_type(k, "backbone", self.backbone, (str,))
+        if not self.backbone.strip():
+            raise ConfigError(f"{k}.backbone: empty; name a model, e.g. timm:resnet18 or bundled:mobilenetv2_100")
         _check_type(k, "arch", self.arch, (str,), allow_none=True)
         if self.backbone.startswith("file:") and not self.arch:
             raise ConfigError(f"{k}.arch: a file: backbone needs its architecture, e.g. arch: timm:resnet18")
         _check_type(k, "data", self.data, (str,))
+        if not self.data.strip():
+            raise ConfigError(f"{k}.data: empty; name a dataset, e.g. folder:PATH or bundled:animal-silhouettes")
         _check_type(k, "pretrained", self.pretrained, (bool,))
         _check_type(k, "val_fraction", self.val_fraction, (int, float))
-        if not 0 < self.val_fraction < 1:
+        if not 0 < self.val_fraction < 1:  # NaN fails too
             raise ConfigError(f"{k}.val_fraction: must be in (0, 1), got {self.val_fraction}")
         _check_type(k, "data_limit", self.data_limit, (int,), allow_none=True)
+        if self.data_limit is not None and self.data_limit < 1:
+            raise ConfigError(f"{k}.data_limit: must be >= 1 (images to keep), or null for all; got {self.data_limit}")
         _check_type(k, "train_per_class", self.train_per_class, (int,), allow_none=True)
         if self.train_per_class is not None and self.train_per_class < 1:
             raise ConfigError(f"{k}.train_per_class: must be >= 1, got {self.train_per_class}")
@@ -380,12 +544,17 @@ class ExperimentConfig(SerializableConfig):
         if not self.arms:
             raise ConfigError(f"{k}.arms: at least one arm is needed")
         for name, arm in self.arms.items():
-            _check_type(k, f"arms[{name!r}]", arm, (ReinitConfig,), allow_none=True)
+            _check_type(k, "arms (names)", name, (str,))
+            if not name.strip() or len(name) > MAX_NAME:
+                raise ConfigError(f"{k}.arms: an arm name must be 1..{MAX_NAME} characters, got {len(name)} "
+                                  f"({short(name, 60)})")
+            _check_type(k, f"arms[{short(name)}]", arm, (ReinitConfig,), allow_none=True)
         _check_type(k, "seeds", self.seeds, (list, tuple))
         if not self.seeds:
             raise ConfigError(f"{k}.seeds: at least one seed is needed")
         for s in self.seeds:
             _check_type(k, "seeds[]", s, (int,))
+            _check_seed(k, "seeds[]", s)
         self.seeds = list(self.seeds)
         _check_type(k, "launch", self.launch, (LaunchConfig,))
 
@@ -401,6 +570,10 @@ class ExperimentConfig(SerializableConfig):
         if isinstance(d.get("launch"), dict):
             d["launch"] = LaunchConfig.from_dict(d["launch"])
         if isinstance(d.get("arms"), dict):
+            for name, arm in d["arms"].items():
+                if arm == {}:
+                    raise ConfigError(f"ExperimentConfig.arms[{short(name)}]: empty; write `{name[:40]}: null` "
+                                      f"for plain fine-tuning, or give its strategy, e.g. strategy: fire")
             d["arms"] = {
                 name: (ReinitConfig.from_dict(arm) if isinstance(arm, dict) else arm) for name, arm in d["arms"].items()
             }

@@ -36,6 +36,7 @@ from torch import nn
 
 from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
 from plasticity_core.errors import UserError
+from plasticity_core.train.events import Clock
 from plasticity_core.data import DeviceSplit, TrainBatches, eval_batches, plan_data_path
 
 Event = dict[str, Any]
@@ -294,15 +295,8 @@ def finetune(model: nn.Module, data: Any, cfg: FinetuneConfig, reinit: ReinitCon
     return result
 
 
-class _Emitter:
-    """Builds events (type, step, time since start) and hands them to the caller's callback."""
-
-    def __init__(self, on_event: Callable[[Event], None] | None, t0: float) -> None:
-        self.on_event, self.t0 = on_event, t0
-
-    def __call__(self, kind: str, step: int, **fields: Any) -> None:
-        if self.on_event is not None:
-            self.on_event({"type": kind, "step": step, "time": round(time.perf_counter() - self.t0, 4), **fields})
+class _Emitter(Clock):
+    """Builds the loop's events through the run contract (type, step, seconds since start) for the caller's callback."""
 
 
 @dataclass

@@ -6,7 +6,8 @@ handles are removed on exit, also when the forward raises.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -46,3 +47,15 @@ def hook_count(model: nn.Module) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """Inside the block the caller may switch ``model`` to eval; on exit every submodule gets its own train/eval flag
+    back (a frozen BatchNorm left in eval inside a model in train mode stays in eval), exception or not."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from plasticity_core.hooks import HookSet
+from plasticity_core.errors import UserError
+from plasticity_core.hooks import HookSet, kept_modes
 
 # class name (lower case) -> canonical activation type understood by the saturation metric
 ACTIVATIONS = {
@@ -67,6 +68,7 @@ class LayerInfo:
     depthwise: bool = False
     patch_embed: bool = False
     head: bool = False
+    aliases: tuple[str, ...] = ()  # other modules holding the same (tied) weight: one layer, every name listed
 
     def weight(self, model: nn.Module) -> torch.Tensor:
         """The layer's weight tensor (a view of the row block for q/k/v), sharing storage with the model."""
@@ -126,17 +128,76 @@ def layer_map(model: nn.Module, input_size: tuple[int, ...] | None = None) -> li
     return layers
 
 
+class LayerMapError(UserError):
+    """A model the layer map cannot describe (no Conv1d/Conv2d/Linear layer at all)."""
+
+
+_UNCOVERED_WHY = {
+    nn.Conv3d: "Conv3d: 3-D convolutions are not in the layer map (it covers Conv1d, Conv2d and Linear)",
+    nn.ConvTranspose1d: "transposed conv: its weight is C_in x C_out, not a map the metrics or strategies read",
+    nn.ConvTranspose2d: "transposed conv: its weight is C_in x C_out, not a map the metrics or strategies read",
+    nn.ConvTranspose3d: "transposed conv: its weight is C_in x C_out, not a map the metrics or strategies read",
+    nn.Embedding: "embedding table: a lookup, not a weight map over inputs",
+    nn.EmbeddingBag: "embedding table: a lookup, not a weight map over inputs",
+}
+
+
+def uncovered_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, reason) for every weight (a parameter of 2+ dims) the layer map does not cover: ``nn.MultiheadAttention``
+    (its packed ``in_proj_weight`` and ``out_proj`` are read by a functional call, never called as layers), Conv3d,
+    transposed convs, embeddings, custom parameters, and Conv/Linear modules the traced forward never called."""
+    try:
+        layers = layer_map(model)
+    except LayerMapError:
+        layers = []
+    covered = {n for layer in layers for n in (layer.module_name, *layer.aliases)}
+    tied = {id(model.get_submodule(layer.module_name).weight) for layer in layers}
+    out: list[tuple[str, str]] = []
+    inside_mha: list[str] = []
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside_mha):
+            continue
+        if isinstance(m, nn.MultiheadAttention):
+            inside_mha.append(name)
+            out.append((name or "(model)", "nn.MultiheadAttention: its packed in_proj_weight (q, k, v) and out_proj are "
+                        "used by F.multi_head_attention_forward, not called as layers: not measured or re-initialised "
+                        "(timm's fused qkv Linear is covered)"))
+            continue
+        if isinstance(m, WEIGHT_TYPES):
+            if name not in covered:
+                out.append((name, f"{type(m).__name__} not called in the traced forward pass (unused, or the trace input "
+                                  f"did not reach it)"))
+            continue
+        big = [(p, t) for p, t in m.named_parameters(recurse=False) if t.dim() >= 2 and id(t) not in tied]
+        if not big:
+            continue
+        why = next((w for t, w in _UNCOVERED_WHY.items() if isinstance(m, t)), None)
+        if why is not None:  # a known module type: named by its module
+            out.append((name or "(model)", why))
+            continue
+        for pname, t in big:
+            out.append((f"{name}.{pname}" if name else pname,
+                        why or f"a {'x'.join(map(str, t.shape))} parameter of a {type(m).__name__} module, not a "
+                               f"Conv1d/Conv2d/Linear layer"))
+    return out
+
+
 def layer_table(model: nn.Module) -> pd.DataFrame:
-    """One row per weight layer: name, kind, shape, params, group, activation, norm and flags."""
+    """One row per weight layer: name, kind, shape, params, group, activation, norm and flags; tied weights are one
+    row (``aliases`` names the other modules). ``attrs["uncovered"]`` lists the weights the map leaves out, with why."""
     rows = []
     for layer in layer_map(model):
         d = asdict(layer)
         d["shape"] = "x".join(map(str, layer.shape))
         d["rows"] = None if layer.rows is None else f"{layer.rows[0]}:{layer.rows[1]}"
+        d["aliases"] = ", ".join(layer.aliases)
         rows.append(d)
     cols = ["name", "kind", "shape", "params", "units", "group", "act", "act_type", "norm", "grouped",
-            "depthwise", "patch_embed", "head", "module_name", "rows", "input_from", "order", "act_call", "unit_dim"]
-    return pd.DataFrame(rows, columns=cols)
+            "depthwise", "patch_embed", "head", "module_name", "rows", "input_from", "order", "act_call", "unit_dim",
+            "aliases"]
+    df = pd.DataFrame(rows, columns=cols)
+    df.attrs["uncovered"] = uncovered_layers(model)
+    return df
 
 
 def select_layers(
@@ -159,7 +220,7 @@ def select_layers(
 
     def matches(layer: LayerInfo, patterns: list[str]) -> str | None:
         for p in patterns:
-            if fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.module_name, p):
+            if any(fnmatch.fnmatchcase(n, p) for n in (layer.name, layer.module_name, *layer.aliases)):
                 return p
         return None
 
@@ -265,6 +326,12 @@ def _trace_input(model: nn.Module, size: tuple[int, ...] | None) -> list[tuple[i
 
 
 def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerInfo]:
+    if not any(isinstance(m, WEIGHT_TYPES) for m in model.modules()):
+        gaps = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                if any(t.dim() >= 2 for t in m.parameters(recurse=False))]
+        raise LayerMapError(f"{type(model).__name__} has no Conv1d, Conv2d or Linear layer: nothing to measure or "
+                            f"re-initialise" + (f" (its weights: {', '.join(gaps[:6])}"
+                                                f"{' ...' if len(gaps) > 6 else ''})" if gaps else ""))
     names = {id(m): n for n, m in model.named_modules()}
     producer: dict[int, str] = {}
     keep: list[torch.Tensor] = []  # keeps traced tensors alive so their ids are not reused
@@ -341,10 +408,9 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
                 producer[id(out)] = name
             keep.append(out)
 
-    was_training = model.training
-    model.eval()
     error: Exception | None = None
-    try:
+    with kept_modes(model):
+        model.eval()
         with HookSet() as hooks, torch.no_grad():
             for _, m in model.named_modules():
                 if m is model:
@@ -363,8 +429,6 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
                     break
                 except Exception as e:  # wrong input size for this model: try the next candidate
                     error = e
-    finally:
-        model.train(was_training)
     if error is not None:
         raise RuntimeError(f"could not trace the model to build its layer map: {error}") from error
 
@@ -377,6 +441,16 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
 
     head_name = _head_name(model, order)
     weight_modules = list(dict.fromkeys(order))  # a module called twice is one layer
+    owner: dict[int, str] = {}  # a tied weight (one Parameter in several modules) is one layer under its first name
+    aliases: dict[str, list[str]] = {}
+    for name in list(weight_modules):
+        first_name = owner.setdefault(id(model.get_submodule(name).weight), name)
+        if first_name != name:
+            aliases.setdefault(first_name, []).append(name)
+            weight_modules.remove(name)
+    for name, m in model.named_modules():  # an uncalled module tied to a called one is a name of that layer too
+        if isinstance(m, WEIGHT_TYPES) and name not in order and id(m.weight) in owner:
+            aliases.setdefault(owner[id(m.weight)], []).append(name)
     labels = _group_labels(model, weight_modules, head_name)
     first = weight_modules[0] if weight_modules else None
     out: list[LayerInfo] = []
@@ -386,7 +460,8 @@ def _build(model: nn.Module, input_size: tuple[int, ...] | None) -> list[LayerIn
         is_conv = isinstance(m, (nn.Conv1d, nn.Conv2d))
         act, act_t, call, norm = feeds.get(name, (None, None, 0, None))
         norm = norm or after.get(name)
-        common = dict(module_name=name, group=labels[name], order=len(out), input_from=reads.get(name))
+        common = dict(module_name=name, group=labels[name], order=len(out), input_from=reads.get(name),
+                      aliases=tuple(aliases.get(name, ())))
         if is_conv:
             grouped = m.groups > 1
             ks = tuple(m.kernel_size)

@@ -51,6 +51,7 @@ class Backbone:
     pretrained: bool = True
     num_classes: int | None = None
     head_seed: int | None = None  # the seed the fresh classifier head was drawn from; None: the loaded head was kept
+    head_probe: dict[str, Any] | None = None  # the linear probe of the head, when one ran (plasticity_core.head_probe)
 
     def fresh_copy(self) -> nn.Module:
         """A deep copy of the model with the reference weights loaded (for per-session working copies)."""

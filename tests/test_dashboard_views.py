@@ -92,6 +92,24 @@ def test_curves_percent_axis_fixed_colours_and_a_band_without_markers():
     assert tuple(fig.layout.yaxis.range) == (0, 100)
 
 
+def test_curves_keep_a_stopped_seed_out_of_the_mean_and_label_the_seeds_per_step():
+    # baseline seed 1 stopped after step 10; fire seed 1 is still running at step 10 (live)
+    pts = pd.DataFrame({"arm": ["baseline"] * 5 + ["fire"] * 5, "seed": [0, 0, 0, 1, 1, 0, 0, 0, 1, 1],
+                        "step": [0, 10, 20, 0, 10, 0, 10, 20, 0, 10], "metric": "val_acc",
+                        "value": [0.1, 0.3, 0.5, 0.1, 0.2, 0.1, 0.4, 0.6, 0.1, 0.2],
+                        "status": ["finished"] * 3 + ["stopped"] * 2 + ["finished"] * 3 + ["running"] * 2})
+    fig = views.curves(pts, "val_acc", "acc", percent=True)
+    names = [t.name for t in fig.data]
+    base = next(t for t in fig.data if t.name == "baseline")
+    assert list(base.y) == pytest.approx([10, 30, 50])  # the stopped seed's 20 % is not averaged in
+    assert "baseline seed 1 (stopped)" in names
+    assert next(t for t in fig.data if t.name == "baseline seed 1 (stopped)").line.dash == "dash"
+    fire = next(t for t in fig.data if t.name and t.name.startswith("fire (mean"))
+    assert fire.name == "fire (mean of 1-2 seeds, per step)" and list(fire.customdata) == [2, 2, 1]
+    band = next(t for t in fig.data if t.name == "fire range")
+    assert list(band.x) == [0, 10, 10, 0]  # the band only where two seeds are present
+
+
 def test_export_command_is_shell_quoted_and_parses_back():
     setup = {"backbone": "file:/data/it's mine/model.pth", "arch": "timm:resnet18", "pretrained": False,
              "data": "folder:/data/x; rm -rf ~", "image_size": 64, "limit": 300}

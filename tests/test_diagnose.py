@@ -201,3 +201,29 @@ def test_metric_registry_lists_every_family():
     assert families == {"weights", "activations", "features", "gradients", "checks"}
     assert {m for m, info in METRICS.items() if info.unit_level} == {"dormant", "dead", "saturation", "grad_dormant"}
     assert pc.METRICS is METRICS and pc.diagnose is diagnose
+
+
+def test_diagnose_gives_every_submodule_its_mode_back():
+    """A frozen BatchNorm kept in eval inside a model in train mode stays in eval after diagnose (and after the layer
+    map's trace): a training loop that diagnoses mid-run must not start updating frozen statistics."""
+    import timm
+
+    from plasticity_core.layers import layer_map
+    from plasticity_core.metrics import diagnose
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    model.train()
+    frozen = model.bn1
+    frozen.eval()
+    frozen.requires_grad_(False)
+    before = {name: m.training for name, m in model.named_modules()}
+    stats = frozen.running_mean.clone()
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,)))]
+    diagnose(model, data, metrics=["dormant", "grad_norm"], max_batches=1)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    layer_map(model)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    model(torch.randn(4, 3, 32, 32))  # a training step's forward: the frozen BN does not move
+    assert torch.equal(frozen.running_mean, stats)
+    assert not frozen.weight.requires_grad

@@ -68,7 +68,7 @@ def experiment_yaml(path: Path, **finetune) -> str:
 
     cfg = ExperimentConfig(name="bad", backbone="timm:test_resnet", pretrained=False, data="synthetic:classes=2,n=16,size=16")
     d = cfg.to_dict()
-    d["finetune"].update(steps=2, image_size=16, **finetune)
+    d["finetune"].update({"steps": 2, "image_size": 16, **finetune})
     import yaml
 
     path.write_text(yaml.safe_dump(d))
@@ -130,6 +130,25 @@ def sweep(tmp_path_factory):
                          "time_limit_zero": {"time_limit_s": 0}, "eval_batches_zero": {"eval_batches": 0},
                          "batch_size_1_batchnorm": {"batch_size": 1}}.items():
         cases[name] = ["finetune", "--config", experiment_yaml(tmp / f"{name}.yaml", **fields), "--store", f"{tmp}/runs"]
+    (tmp / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    (tmp / "laughs.yaml").write_text("".join(
+        ["name: laughs\nlaunch:\n  slurm:\n    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"]
+        + [f"    {c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")]))
+    (tmp / "dup.yaml").write_text("name: a\narms:\n  baseline: null\n  baseline: {strategy: fire}\n")
+    (tmp / "emptyarm.yaml").write_text("name: a\narms:\n  x: {}\n")
+    (tmp / "a_folder.yaml").mkdir()
+    store = ["--store", f"{tmp}/runs"]
+    cases.update({
+        "config_binary": ["finetune", "--config", f"{tmp}/binary.yaml", *store],
+        "config_is_folder": ["finetune", "--config", f"{tmp}/a_folder.yaml", *store],
+        "config_billion_laughs": ["finetune", "--config", f"{tmp}/laughs.yaml", *store],
+        "config_duplicate_key": ["finetune", "--config", f"{tmp}/dup.yaml", *store],
+        "config_empty_arm": ["finetune", "--config", f"{tmp}/emptyarm.yaml", *store],
+        "reinit_config_binary": ["reinit", "--config", f"{tmp}/binary.yaml", *m, *syn, "--out", f"{tmp}/r.safetensors"],
+    })
+    for name, fields in {"image_size_huge": {"image_size": 100000}, "diagnose_metrics_text": {"diagnose_metrics": "dormant"},
+                         "seed_over_2_32": {"seed": 2**64}}.items():
+        cases[name] = ["finetune", "--config", experiment_yaml(tmp / f"{name}.yaml", **fields), *store]
     if not torch.cuda.is_available():
         cases["device_cuda_without_cuda"] = ["diagnose", *m, *syn, "--device", "cuda", "--out", out]
     from plasticity_core.models import host_reachable
@@ -173,6 +192,15 @@ EXPECT = {  # case -> substrings of the one-line message
     "time_limit_zero": ["FinetuneConfig.time_limit_s", "> 0"],
     "eval_batches_zero": ["FinetuneConfig.eval_batches", ">= 1"],
     "batch_size_1_batchnorm": ["batch_size", "BatchNorm", "batch_size >= 2"],
+    "config_binary": ["binary.yaml is not a text (UTF-8) file", "give the YAML config"],
+    "config_is_folder": ["a_folder.yaml is a folder, not a config file"],
+    "config_billion_laughs": ["the alias *a is not read", "write the values out"],
+    "config_duplicate_key": ["line 4: the key 'baseline' appears twice", "keep one"],
+    "config_empty_arm": ["arms['x']: empty", "x: null"],
+    "reinit_config_binary": ["binary.yaml is not a text (UTF-8) file"],
+    "image_size_huge": ["FinetuneConfig.image_size: at most 4096 px, got 100000"],
+    "diagnose_metrics_text": ["diagnose_metrics", "write a list, e.g. [dormant]"],
+    "seed_over_2_32": ["FinetuneConfig.seed: must be in 0..4294967295"],
     "device_cuda_without_cuda": ["--device cuda", "CUDA is not available", "--device cpu"],
     "timm_pretrained_offline": ["timm:test_resnet", "cannot be reached", "--random-init", "bundled:mobilenetv2_100"],
 }
@@ -191,6 +219,8 @@ def test_bad_input_is_one_line_and_exit_2(sweep, case):
     for part in EXPECT[case]:
         assert part in errors[0], (part, errors[0])
     assert "holds more than tensors" not in err
+    if case.startswith(("config_", "image_size_", "diagnose_metrics_", "seed_")):
+        assert not list(Path(sweep["_tmp"], "runs").glob("*/*")), "a refused config made a run folder"
 
 
 def test_out_is_checked_before_the_computation(sweep):

@@ -115,3 +115,69 @@ def test_group_labels_name_stages_in_forward_order():
     assert groups["conv_head"] == "conv_head" and groups["classifier"] == "head"
     tv = {l.name: l.group for l in layer_map(torchvision.models.resnet18())}
     assert (tv["conv1"], tv["layer3.1.conv2"], tv["fc"]) == ("stem", "layer3.1", "head")
+
+
+class Gaps(nn.Module):
+    """A Conv3d, an nn.MultiheadAttention and a tied pair of Linear layers around covered ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv3 = nn.Conv3d(3, 4, 1)
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.enc = nn.Linear(8, 8)
+        self.dec = nn.Linear(8, 8)
+        self.dec.weight = self.enc.weight  # tied
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.conv3(x.unsqueeze(2)).squeeze(2)
+        h = self.act(self.conv(h)).flatten(2).transpose(1, 2)
+        h, _ = self.attn(h, h, h)
+        h = self.act(self.dec(self.act(self.enc(h))))
+        return self.fc(h.mean(1))
+
+
+def test_layer_map_names_what_it_leaves_out_and_lists_tied_weights_once():
+    from plasticity_core.layers import layer_map, layer_table, select_layers
+
+    torch.manual_seed(0)
+    model = Gaps()
+    names = [l.name for l in layer_map(model, input_size=(3, 8, 8))]
+    assert names == ["conv", "enc", "fc"]  # dec is enc under a second name
+    enc = next(l for l in layer_map(model) if l.name == "enc")
+    assert enc.aliases == ("dec",)
+    assert select_layers(model, ["dec"]).names == ["enc"]  # either name selects the one layer
+    df = layer_table(model)
+    assert df.set_index("name").at["enc", "aliases"] == "dec"
+    gaps = dict(df.attrs["uncovered"])
+    assert "Conv3d" in gaps["conv3"] and "not in the layer map" in gaps["conv3"]
+    assert "in_proj_weight" in gaps["attn"] and "MultiheadAttention" in gaps["attn"]
+    assert "attn.out_proj" not in gaps and "dec" not in gaps and "enc" not in gaps
+
+
+def test_tied_weights_are_shrunk_once():
+    from plasticity_core.config import ReinitConfig
+    from plasticity_core.reinit import apply_reinit
+
+    torch.manual_seed(0)
+    model = Gaps()
+    layer_map(model, input_size=(3, 8, 8))
+    before = model.enc.weight.detach().clone()
+    apply_reinit(model, ReinitConfig(strategy="shrink_perturb", layers=["enc", "dec"],
+                                     params={"lam": 0.6, "sigma": 0.0}, recalibrate_bn=False))
+    assert model.dec.weight is model.enc.weight
+    assert torch.allclose(model.enc.weight, 0.6 * before)  # once, not 0.36
+
+
+def test_a_model_without_conv_or_linear_is_one_clear_message():
+    from plasticity_core.errors import user_message
+    from plasticity_core.layers import LayerMapError
+
+    model = nn.Sequential(nn.Conv3d(3, 4, 1), nn.ReLU())
+    with pytest.raises(LayerMapError) as e:
+        layer_map(model)
+    msg = user_message(e.value)
+    assert "Sequential has no Conv1d, Conv2d or Linear layer" in msg and "0 (Conv3d)" in msg
+    assert layer_table(nn.Sequential(nn.Linear(3, 3))).attrs["uncovered"] == []

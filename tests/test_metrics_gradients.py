@@ -81,3 +81,29 @@ def test_gradient_metrics_need_labels():
         diagnose(net, [torch.randn(2, 3, 8, 8)], metrics=["grad_norm"])
     d = diagnose(net, [torch.randn(2, 3, 8, 8)], metrics=["dead"])  # activation metrics do not
     assert d.wide().at["conv", "dead"] >= 0
+
+
+class FrozenUnderNoGrad(nn.Module):
+    """A frozen feature extractor run under ``torch.no_grad`` inside the model: no gradient is computed for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.act(self.stem(x))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_layer_no_gradient_is_computed_for_reads_n_a_not_zero():
+    torch.manual_seed(0)
+    d = diagnose(FrozenUnderNoGrad(), data(), metrics=["grad_norm", "grad_dormant", "dormant"])
+    w = d.wide()
+    assert np.isnan(w.at["stem", "grad_norm"]) and np.isnan(w.at["stem", "grad_dormant"])  # n/a, not 0.0
+    assert w.at["fc", "grad_norm"] > 0 and not np.isnan(w.at["stem", "dormant"])
+    assert d.meta["no_gradient"] == ["stem"]
+    side = diagnose(WithSideBranch(), data(), metrics=["grad_norm"])
+    assert side.meta["no_gradient"] == [] and side.wide().at["side", "grad_norm"] == 0.0  # a real zero stays 0

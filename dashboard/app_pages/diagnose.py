@@ -52,6 +52,13 @@ st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['dev
            "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
            "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
            "*Lasso Select* in the chart's toolbar and drag over the rows.")
+if meta.get("no_gradient"):
+    st.caption(f"Gradient metrics are *n/a* for {len(meta['no_gradient'])} layer(s) whose output never joined the "
+               f"autograd graph (run under no_grad or detached inside the model): {', '.join(meta['no_gradient'][:8])}"
+               + (" ..." if len(meta["no_gradient"]) > 8 else ""))
+if meta.get("uncovered"):
+    st.caption("Not in the diagnosis (outside the layer map): "
+               + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))
 if folded:
     st.caption("Not drawn (the same for every layer, nothing to compare): "
                + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")

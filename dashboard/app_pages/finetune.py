@@ -17,7 +17,8 @@ kept = forms.kept  # widgets start from the values this workspace last had (they
 COMPARE_HELP = {
     "arm": "the arm's name: baseline = plain fine-tuning; otherwise the re-init strategy applied before it",
     "runs": "how the arm's runs ended; a stopped or failed run is flagged because its numbers are not comparable",
-    "n_seeds": "seeds with at least one evaluation (these enter the means)",
+    "n_seeds": "finished seeds (only these enter the means and the target; stopped, failed and running runs are "
+               "listed under 'runs' and drawn dashed, apart from the mean)",
     "final_acc": "validation accuracy at the last evaluation, in %, mean ± sample std over seeds",
     "best_acc": "best validation accuracy over the run, in %, mean ± std over seeds",
     "steps_to_target": "first evaluated step at which accuracy reached 90 % of the baseline's best accuracy "
@@ -120,8 +121,8 @@ def _points(runs: list) -> pd.DataFrame:
             present = [m for m in metrics if m in df.columns]
             if present:
                 long = df.melt(id_vars="step", value_vars=present, var_name="metric")
-                frames.append(long.assign(arm=r.arm, seed=r.seed))
-    return pd.concat(frames) if frames else pd.DataFrame(columns=["arm", "seed", "step", "metric", "value"])
+                frames.append(long.assign(arm=r.arm, seed=r.seed, status=r.status))
+    return pd.concat(frames) if frames else pd.DataFrame(columns=["arm", "seed", "step", "metric", "value", "status"])
 
 
 def _progress_table(runs: list) -> pd.DataFrame:

@@ -70,6 +70,15 @@ if dat.info.get("skipped"):
     st.warning(f"Skipped image files: {dat.info['skipped']}", icon=":material/warning:")
 if bb.head_seed is not None:
     st.caption(f"Fresh, untrained {bb.num_classes}-class head drawn from seed {bb.head_seed}.")
+if table.attrs.get("uncovered"):
+    st.warning("Not in the layer map (not measured, not re-initialised): "
+               + "; ".join(f"`{n}`: {why}" for n, why in table.attrs["uncovered"][:12])
+               + (f"; and {len(table.attrs['uncovered']) - 12} more" if len(table.attrs["uncovered"]) > 12 else ""),
+               icon=":material/warning:")
+tied = table[table["aliases"] != ""]
+if len(tied):
+    st.caption("Tied weights (one layer under several names; changing it changes all): "
+               + "; ".join(f"`{r.name}` = `{r.aliases}`" for r in tied.itertuples()))
 st.subheader("Layers in network order")
 st.dataframe(table[["name", "kind", "shape", "params", "units", "group", "act_type", "norm", "depthwise", "head"]],
              hide_index=True, height=360, key="setup_layers")

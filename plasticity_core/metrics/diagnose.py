@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import plasticity_core
 from plasticity_core.data import probe_batches
-from plasticity_core.hooks import HookSet
-from plasticity_core.layers import LayerInfo, layer_map
+from plasticity_core.hooks import HookSet, kept_modes
+from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
 from plasticity_core.metrics.activations import ActivationView
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
@@ -76,13 +76,13 @@ def diagnose(
     dev = torch.device(device) if device is not None else home
     layers = layer_map(module)
     start = time.perf_counter()
-    was_training = module.training
     flags = [(p, p.requires_grad) for p in module.parameters()]
     batches = samples = 0
     slow_layers: list[str] = []
+    no_gradient: list[str] = []
     bad_inputs: torch.Tensor | None = None
     try:
-        with precision_policy(precision):
+        with precision_policy(precision), kept_modes(module):
             if dev != home:
                 module.to(dev)
             module.eval()
@@ -91,18 +91,21 @@ def diagnose(
                 probe = _Probe(module, layers, names, opts, dev, precision)
                 batches, samples = probe.run(_batches(data), _total(data, max_batches), max_batches, progress)
                 pending += probe.finish()
+                no_gradient = probe.no_gradient
                 bad_inputs = probe.bad_inputs
                 pending = _add_bad_units(pending, probe.bad)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        module.train(was_training)
         if dev != home:
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
             "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
             "head": head_meta(model, module),
+            # layers run under no_grad / detached inside the model: gradient metrics n/a (absent), not 0
+            "no_gradient": no_gradient,
+            "uncovered": [list(u) for u in uncovered_layers(module)],  # weights outside the layer map, with why
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
@@ -249,6 +252,19 @@ class _Probe:
         # output-gradient hooks need the backward to reach every layer: differentiate w.r.t. every weight
         self.weights = {l.module_name: module.get_submodule(l.module_name).weight for l in layers} if self.grads else {}
         self.bad_inputs = torch.zeros((), dtype=torch.int64, device=dev)
+        self.in_graph: set[str] = set()  # weight modules whose output was part of the autograd graph
+
+    @property
+    def no_gradient(self) -> list[str]:
+        """Layers whose output never joined the autograd graph (run under ``torch.no_grad`` or detached inside the
+        model, e.g. a frozen feature extractor): their gradient is not measurable, so gradient metrics are n/a."""
+        if not self.grads:
+            return []
+        return [l.name for l in self.layers if l.module_name not in self.in_graph]
+
+    def _graph_seen(self, name: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            self.in_graph.add(name)
 
     def _hooks(self, hooks: HookSet) -> None:
         for act in {a for a, _ in self.by_call}:
@@ -259,6 +275,9 @@ class _Probe:
         for name, members in self.by_module.items():
             hooks.forward(self.module.get_submodule(name),
                           lambda m, args, out, members=members: self._layer_out(members, out, hooks))
+        if self.grads:
+            for name in self.weights:
+                hooks.forward(self.module.get_submodule(name), lambda m, args, out, name=name: self._graph_seen(name, out))
 
     def _check(self, l: LayerInfo, view: ActivationView) -> None:
         s = view.abs_sum()
@@ -347,8 +366,10 @@ class _Probe:
     def finish(self) -> Pending:
         out: Pending = []
         bad = self.bad
+        no_gradient = set(self.no_gradient)
         for m in self.metrics:
-            layers = [l for l in self.layers if m in self.acc.get(l.name, {})]
+            layers = [l for l in self.layers if m in self.acc.get(l.name, {})
+                      and not (METRICS[m].needs == "gradients" and l.name in no_gradient)]
             accs = [self.acc[l.name][m] for l in layers]
             if not accs:
                 continue
@@ -379,13 +400,16 @@ def head_meta(model: Any, module: nn.Module) -> dict[str, Any]:
     head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layer_map(module) if l.head), None)
     classes = int(head[1].weight.shape[0]) if head is not None and hasattr(head[1], "weight") else None
     seed = None if isinstance(model, nn.Module) else getattr(model, "head_seed", None)
+    probe = None if isinstance(model, nn.Module) else getattr(model, "head_probe", None)
     if head is None:
         text = "no classifier head found: gradient metrics use the model's output as logits"
     elif seed is None:
         text = f"the model's own {classes}-class head `{head[0]}` (as given; not drawn here)"
     else:
-        text = f"a fresh, untrained {classes}-class head `{head[0]}` drawn from seed {seed}"
-    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "text": text}
+        text = f"a fresh {classes}-class head `{head[0]}` drawn from seed {seed}, " + (
+            f"linear-probed for {probe['steps']} steps (seed {probe['seed']}, last train acc {probe['last_acc']:.0%})"
+            if probe else "untrained (a random projection)")
+    return {"module": head[0] if head else None, "classes": classes, "seed": seed, "probe": probe, "text": text}
 
 
 def _unwrap(model: Any, reference: Mapping | None) -> tuple[nn.Module, Mapping | None]:

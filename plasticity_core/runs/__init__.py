@@ -7,7 +7,8 @@ as written), ``summary.json`` (status and reason), and ``error.txt`` / ``diagnos
 they apply, a heartbeat and TensorBoard event files (``sinks``). ``execute_run`` runs one folder in this process
 (``execute``); executors chosen by name (``EXECUTORS``: process, ray, slurm) give runs their workers
 (``executors``); ``compare_runs`` summarises arms over seeds and names the folders it skips (``compare``);
-``main`` is the command line (the ``plasticity finetune`` parser).
+``__main__`` is the workers' entry. The run folder's contents (events, summary, heartbeat) are the run contract
+of ``plasticity_core.train.events``.
 """
 from __future__ import annotations
 
@@ -20,12 +21,6 @@ from plasticity_core.runs.spec import (LaunchError, MissingExtraError, RunExists
 from plasticity_core.runs.store import ACTIVE, FINAL, ROOT_ENV, Run, RunStore, default_root, read_events
 
 __all__ = ["ACTIVE", "EXECUTORS", "FINAL", "LaunchError", "MissingExtraError", "ROOT_ENV", "RunExistsError", "Run", "RunHandle", "RunStore", "SINKS", "apply_overrides",
-           "compare_runs", "default_root", "execute_run", "expand_experiment", "launch", "main", "noop_arms",
+           "compare_runs", "default_root", "execute_run", "expand_experiment", "launch", "noop_arms",
            "read_events", "run_experiment", "run_name", "slug", "start_run"]
 
-
-def main(argv=None) -> int:
-    """``python -m plasticity_core.runs ...``: the same as ``plasticity finetune ...`` (one parser, in ``cli``)."""
-    from plasticity_core.runs.__main__ import main as _main
-
-    return _main(argv)

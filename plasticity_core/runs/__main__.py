@@ -1,7 +1,8 @@
-"""``python -m plasticity_core.runs --config exp.yaml [...]`` is ``plasticity finetune --config exp.yaml [...]``.
+"""The worker entries the library starts (not meant to be typed): ``python -m plasticity_core.runs serve`` (a
+``process`` pool worker executing the run folders it reads from stdin) and ``... launch LAUNCHER FOLDER...`` (the
+background launcher of ``start_run``). Any other arguments are ``plasticity finetune``'s, for compatibility.
 
-Two internal entries, started by the library and not meant to be typed: ``serve`` (a ``process`` pool
-worker executing the run folders it reads from stdin) and ``launch LAUNCHER FOLDER...`` (the background launcher of ``start_run``).
+Nothing imports this module, so it may import the CLI without closing an import loop.
 """
 from __future__ import annotations
 

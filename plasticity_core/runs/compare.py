@@ -10,7 +10,7 @@ import pandas as pd
 from plasticity_core.runs.store import Run
 
 
-COLUMNS = ["arm", "strategy", "n_seeds", "n_failed", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+COLUMNS = ["arm", "strategy", "n_seeds", "n_failed", "n_stopped", "n_unfinished", "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
            "steps_to_target_mean", "reached_target", "target_acc", "wall_time_s_mean", "final_acc", "best_acc",
            "steps_to_target"]
 
@@ -39,14 +39,16 @@ def _pm(mean: float, std: float, n: int) -> str:
 
 
 def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None = None, fraction: float = 0.9) -> pd.DataFrame:
-    """One row per arm over its seeds: final and best val accuracy (mean, sample std), steps to reach ``fraction``
-    of the baseline's best accuracy (mean best over baseline seeds; first eval at or above it, mean over the seeds
-    that reached it, ``never`` when none did), wall time.
+    """One row per arm over its *finished* seeds: final and best val accuracy (mean, sample std), steps to reach
+    ``fraction`` of the baseline's best accuracy (mean best over the baseline's finished seeds; first eval at or above
+    it, mean over the seeds that reached it, ``never`` when none did), wall time.
 
-    ``baseline``: the arm name; default the arm called ``baseline``, else the first arm without a re-init.
-    Failed or cancelled runs and runs without any eval count in ``n_failed`` and stay out of the means. A folder
-    that cannot be read (corrupt config.yaml, not a run) is skipped and named in ``table.attrs["skipped"]``
-    (``{folder: reason}``), which the CLI and the dashboard print.
+    Only runs whose final status is ``finished`` (with at least one eval) enter the means, the target and
+    ``n_seeds``: a stopped run's last accuracy is from the middle of its schedule, so it is counted apart in
+    ``n_stopped``, failed/cancelled runs and runs without an eval in ``n_failed``, queued/running ones in
+    ``n_unfinished``. ``baseline``: the arm name; default the arm called ``baseline``, else the first arm without a
+    re-init. A folder that cannot be read (corrupt config.yaml, not a run) is skipped and named in
+    ``table.attrs["skipped"]`` (``{folder: reason}``), which the CLI and the dashboard print.
     """
     items = [r if isinstance(r, Run) else Run(r) for r in runs]
     per_arm: dict[str, dict[str, Any]] = {}
@@ -58,8 +60,15 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
         except Exception as e:  # noqa: BLE001 - one broken folder must not hide the others
             skipped[str(r.path)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             continue
-        entry = per_arm.setdefault(arm, {"reinit": reinit, "ok": [], "failed": 0})
-        if s.get("status") in ("failed", "cancelled") or not ok:
+        entry = per_arm.setdefault(arm, {"reinit": reinit, "ok": [], "failed": 0, "stopped": 0, "unfinished": 0})
+        status = s.get("status")
+        if status == "stopped":
+            entry["stopped"] += 1
+            continue
+        if status != "finished" and status not in ("failed", "cancelled"):
+            entry["unfinished"] += 1
+            continue
+        if status != "finished" or not ok:
             entry["failed"] += 1
             continue
         entry["ok"].append({"seed": seed, "final": ok[-1]["val_acc"], "best": max(e["val_acc"] for e in ok),
@@ -80,11 +89,13 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
         steps_mean = sum(reached) / len(reached) if reached else math.nan
         rows.append({
             "arm": arm, "strategy": "none" if e["reinit"] is None else e["reinit"].strategy, "n_seeds": n,
-            "n_failed": e["failed"], "final_acc_mean": final[0], "final_acc_std": final[1], "best_acc_mean": best[0],
+            "n_failed": e["failed"], "n_stopped": e["stopped"], "n_unfinished": e["unfinished"],
+            "final_acc_mean": final[0], "final_acc_std": final[1], "best_acc_mean": best[0],
             "best_acc_std": best[1], "steps_to_target_mean": steps_mean, "reached_target": f"{len(reached)}/{n}",
             "target_acc": threshold, "wall_time_s_mean": _mean_std([o["wall"] for o in ok])[0],
             "final_acc": _pm(*final, n), "best_acc": _pm(*best, n),
-            "steps_to_target": "never" if not reached else f"{steps_mean:.0f}",
+            "steps_to_target": ("n/a: no finished baseline run" if math.isnan(threshold)
+                                else "never" if not reached else f"{steps_mean:.0f}"),
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["skipped"] = skipped

@@ -8,18 +8,15 @@ readers say ``failed``).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import time
 import traceback
 from typing import Any, Callable, Iterable
 
-import pandas as pd
-
 from plasticity_core.config import ExperimentConfig
 from plasticity_core.errors import user_message
-from plasticity_core.runs.store import FINAL, Heartbeat, Run, _write_json
+from plasticity_core.runs.store import Run
+from plasticity_core.train.events import FINAL, RunWriter, make_event, write_json as _write_json
 
 
 _REQUEUE: dict[str, bool] = {"pending": False}  # set by a cluster task's checkpoint hook just before it exits
@@ -95,8 +92,6 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     Never raises for a failure of the run itself: the folder says ``failed`` with the traceback in ``error.txt``.
     Returns the final summary.
     """
-    from plasticity_core.finetune import finetune
-
     previous = run.raw_summary()
     if previous.get("status") in FINAL:
         return previous
@@ -104,102 +99,68 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
     if previous.get("status") == "running" and not resume and not previous.get("stale") and run.status == "running":
         raise RuntimeError(f"{run.path} is already running ({previous.get('host')} pid {previous.get('pid')}); "
                            f"pass resume=True to take it over")
-    attempt = int(previous.get("attempt", 0)) + 1
-    base = {"experiment": run.experiment, "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
-            "attempt": attempt, **{k: previous[k] for k in ("launch", "job_id", "created_at", "heartbeat_timeout_s")
-                                   if k in previous}}
+    writer = RunWriter.for_folder(run.path, on_event=on_event, heartbeat_s=None)
     try:
         cfg = run.config
-        base.update(arm=run.arm, seed=run.seed, heartbeat_timeout_s=cfg.launch.heartbeat_timeout_s)
+        writer.base.update(arm=run.arm, seed=run.seed, heartbeat_timeout_s=cfg.launch.heartbeat_timeout_s)
     except Exception as e:  # an unreadable config.yaml: say so in the folder instead of dying silently
         tb = traceback.format_exc()
         (run.path / "error.txt").write_text(tb)
-        summary = {**base, "status": "failed", "reason": f"config.yaml: {type(e).__name__}: {e}", "traceback": tb,
-                   "ended_at": time.time()}
+        summary = {**writer.base, "status": "failed", "reason": f"config.yaml: {type(e).__name__}: {e}",
+                   "traceback": tb, "ended_at": time.time()}
         _write_json(run.path / "summary.json", summary)
         return summary
     stopper = _StopFile(run, stop)
     if stopper.is_set():
-        summary = {**base, "status": "stopped", "reason": "stop requested before the run started", "steps": 0,
+        summary = {**writer.base, "status": "stopped", "reason": "stop requested before the run started", "steps": 0,
                    "ended_at": time.time()}
         _write_json(run.path / "summary.json", summary)
         return summary
-    with Heartbeat(run.path / "heartbeat.json", cfg.launch.heartbeat_s, attempt=attempt) as heartbeat:
-        # a requeued or reopened folder (``interrupt.reopen``) continues from its checkpoint on whatever executor runs it
-        resuming = bool(previous.get("requeued")) or (resume and previous.get("status") == "running")
-        return _execute(run, cfg, base, stopper, heartbeat, on_event, resuming, finetune)
+    writer.heartbeat_s = cfg.launch.heartbeat_s
+    # a requeued or reopened folder (``interrupt.reopen``) continues from its checkpoint on whatever executor runs it
+    resuming = bool(previous.get("requeued")) or (resume and previous.get("status") == "running")
+    return _execute(run, cfg, writer, stopper, resuming)
 
 
-def _execute(run: Run, cfg: ExperimentConfig, base: dict[str, Any], stopper: _StopFile, heartbeat: Heartbeat,
-             on_event: Callable[[dict], None] | None, resuming: bool, finetune: Callable) -> dict[str, Any]:
-    _write_json(run.path / "summary.json", {**base, "status": "running", "reason": "loading backbone and data"})
-    diagnoses: list[dict[str, Any]] = []
-    ended = False
-    sinks: list[Any] = []
-    with open(run.path / "metrics.jsonl", "a", buffering=1) as log:
-        def write(event: dict[str, Any]) -> None:
-            log.write(json.dumps(event, default=str) + "\n")
-            log.flush()
-            nonlocal ended
-            ended = ended or event["type"] in ("finished", "stopped", "failed")
-            if event.get("step") is not None:
-                heartbeat.update(step=event["step"])
-            if event["type"] == "diagnosis":
-                diagnoses.extend({"step": event["step"], **row} for row in event.get("rows", []))
-            elif event["type"] == "start":
-                _write_json(run.path / "summary.json", {**base, "status": "running", "reason": "training",
-                                                        "total_steps": event.get("total_steps")})
-            for sink in sinks:
-                sink.write(event)
-            if on_event is not None:
-                on_event(event)
+def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopFile, resuming: bool) -> dict[str, Any]:
+    from plasticity_core.finetune import STATE_FILE, finetune
 
+    writer.open()
+    writer.status("running", "loading backbone and data")
+    try:
+        writer.sinks.extend(_open_sinks(run, cfg))
+        from_checkpoint = resuming and (run.path / STATE_FILE).exists()
+        if resuming and not from_checkpoint:  # the training loop emits its own resume event at the checkpoint's step
+            writer.write(make_event("resume", 0, None, attempt=writer.base["attempt"],
+                                    reason=f"resumed; no checkpoint ({STATE_FILE}) in the folder, restarting from "
+                                           f"step 0 (finetune.checkpoint_every > 0 makes a requeued run continue "
+                                           f"instead)"))
+        bb, data = load_inputs(cfg)
+        result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=writer.write, stop=stopper,
+                          checkpoint_dir=run.path, resume=from_checkpoint)
+    except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
+        if isinstance(e, SystemExit) and _REQUEUE["pending"]:  # preempted: the scheduler runs it again
+            step = writer.heartbeat.fields.get("step") if writer.heartbeat is not None else None
+            reason = f"preempted or timed out at step {step}; requeued, the next attempt resumes from the folder"
+            writer.sinks = []  # the requeued attempt continues the trackers; nothing more is sent from here
+            writer._log.write(json.dumps(make_event("requeued", step, None, reason=reason)) + "\n")
+            writer.close()
+            writer.status("queued", reason, requeued=True, launcher=None)
+            raise
+        tb = traceback.format_exc()
+        interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, Terminated) and stopper.is_set())
+        reason = ("stop requested; " + str(e) if isinstance(e, Terminated) else "interrupted (SIGINT / Ctrl-C)") \
+            if interrupted else (user_message(e) or f"{type(e).__name__}: {e}")  # expected failures in one line
         try:
-            sinks.extend(_open_sinks(run, cfg))
-            from plasticity_core.finetune import STATE_FILE
-
-            from_checkpoint = resuming and (run.path / STATE_FILE).exists()
-            if resuming and not from_checkpoint:  # the training loop emits its own resume event at the checkpoint's step
-                write({"type": "resume", "step": 0, "time": None, "attempt": base["attempt"],
-                       "reason": f"resumed; no checkpoint ({STATE_FILE}) in the folder, restarting from step 0 "
-                                 f"(finetune.checkpoint_every > 0 makes a requeued run continue instead)"})
-            bb, data = load_inputs(cfg)
-            result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=write, stop=stopper,
-                              checkpoint_dir=run.path, resume=from_checkpoint)
-            summary = {**base, **result.summary()}
-        except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
-            if isinstance(e, SystemExit) and _REQUEUE["pending"]:  # preempted: the scheduler runs it again
-                step = heartbeat.fields.get("step")
-                reason = f"preempted or timed out at step {step}; requeued, the next attempt resumes from the folder"
-                log.write(json.dumps({"type": "requeued", "step": step, "time": None, "reason": reason}) + "\n")
-                _write_json(run.path / "summary.json", {**base, "status": "queued", "requeued": True, "reason": reason,
-                                                        "launcher": None})
-                raise
-            tb = traceback.format_exc()
-            interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, Terminated) and stopper.is_set())
-            reason = ("stop requested; " + str(e) if isinstance(e, Terminated) else "interrupted (SIGINT / Ctrl-C)") \
-                if interrupted else (user_message(e) or f"{type(e).__name__}: {e}")  # expected failures in one line
-            summary = {**base, "status": "stopped" if interrupted else "failed", "reason": reason, "traceback": tb}
-            try:
-                (run.path / "error.txt").write_text(tb)
-                if not ended or interrupted:  # the last final event agrees with the summary (finetune wrote 'failed')
-                    log.write(json.dumps({"type": summary["status"], "step": None, "time": None, "reason": reason}) + "\n")
-            except OSError:
-                pass  # e.g. disk full: the summary below may still fit; if not, the heartbeat goes stale
-            if not isinstance(e, Exception):
-                _write_json(run.path / "summary.json", {**summary, "ended_at": time.time()})
-                raise
-        finally:
-            for sink in sinks:
-                try:
-                    sink.close()
-                except Exception:  # noqa: BLE001 - a tracker failing at close must not hide the run's own status
-                    pass
-    if diagnoses:
-        pd.DataFrame(diagnoses).to_parquet(run.path / "diagnosis.parquet")
-    summary["ended_at"] = time.time()
-    _write_json(run.path / "summary.json", summary)
-    return summary
+            (run.path / "error.txt").write_text(tb)
+        except OSError:
+            pass  # e.g. disk full: the summary below may still fit; if not, the heartbeat goes stale
+        summary = writer.finish("stopped" if interrupted else "failed", reason, traceback=tb)
+        if not isinstance(e, Exception):
+            raise
+        return summary
+    fields = {k: v for k, v in result.summary().items() if k not in ("status", "reason")}
+    return writer.finish(result.status, result.reason, **fields)
 
 
 def _floats(values: Iterable[float]) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 from plasticity_core.registry import Registry
 from plasticity_core.runs.spec import MissingExtraError
+from plasticity_core.train.events import FINAL
 
 # event type -> {field: scalar tag}; the tags a reader finds in TensorBoard / MLflow
 SCALARS = {"step": {"loss": "train/loss", "lr": "train/lr"}, "eval": {"val_acc": "val/acc", "val_loss": "val/loss"}}
@@ -80,7 +81,7 @@ class MLflowSink:
     def write(self, event: dict[str, Any]) -> None:
         for tag, value, step in _scalars(event):
             self.mlflow.log_metric(tag.replace("/", "_"), value, step=step)
-        if event.get("type") in ("finished", "stopped", "failed"):
+        if event.get("type") in FINAL:
             self.mlflow.set_tag("status", event["type"])
 
     def close(self) -> None:

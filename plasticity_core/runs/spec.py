@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from plasticity_core.config import ConfigError, ExperimentConfig
+from plasticity_core.config import ConfigError, ExperimentConfig, Refused, read_yaml, short
 from plasticity_core.errors import UserError
 
 
@@ -53,7 +53,15 @@ def run_name(single: ExperimentConfig) -> str:
 
 
 def check_experiment(config: ExperimentConfig) -> None:
-    """Refuse an experiment whose runs would share a folder (arm names equal after ``slug``, repeated seeds)."""
+    """Refuse an experiment whose runs would share a folder (arm names equal after ``slug``, repeated seeds) or whose
+    ``diagnose_metrics`` names a metric that is not registered."""
+    from plasticity_core.metrics.base import METRICS
+
+    for metric in config.finetune.diagnose_metrics:
+        try:
+            METRICS.get(metric)
+        except KeyError as e:
+            raise ConfigError(f"FinetuneConfig.diagnose_metrics: {e}") from None
     names: dict[str, str] = {}
     for single in expand_experiment(config):
         name, arm = run_name(single), next(iter(single.arms))
@@ -75,7 +83,9 @@ def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> Exper
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. finetune.lr=0.02 or seeds=[0,1,2]")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = read_yaml(text) if text.strip() else None
+        except Refused as e:
+            raise ConfigError(f"override {short(item)}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({e.problem})") from None
         node, parts = d, key.strip().split(".")

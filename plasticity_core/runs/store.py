@@ -11,12 +11,10 @@ Liveness is read from files, never from PIDs, so a run on another host reads rig
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,11 +23,12 @@ from typing import Any, Sequence
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
+from plasticity_core.train.events import (ACTIVE, FINAL, Heartbeat, EventReader, drop_superseded, heartbeat_age,
+                                          read_events)
+from plasticity_core.train.events import read_json as _read_json, write_json as _write_json
 from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
 
 ROOT_ENV = "PLASTICITY_RUNS"  # overrides the default store root ./runs
-ACTIVE = ("queued", "running")
-FINAL = ("finished", "stopped", "failed", "cancelled")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -45,92 +44,6 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-# ---------------------------------------------------------------------------------------------- files
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of ``metrics.jsonl``; a half-written or corrupt line is skipped, never raised."""
-    try:
-        raw = Path(path).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    events = []
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-class Heartbeat:
-    """A daemon thread rewriting ``path`` with ``{host, pid, time, **fields}`` every ``interval`` seconds.
-
-    It stops at ``close()`` or at the first failed write (disk full, folder gone): a reader then sees the
-    heartbeat go stale, which is the truth. ``update(**fields)`` changes what the next beat says.
-    """
-
-    def __init__(self, path: Path, interval: float, **fields: Any) -> None:
-        self.path, self.interval = Path(path), interval
-        self.fields = {"host": socket.gethostname(), "pid": os.getpid(), **fields}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat:{self.path}", daemon=True)
-        self.error: str | None = None
-
-    def __enter__(self) -> "Heartbeat":
-        self.beat()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def update(self, **fields: Any) -> None:
-        self.fields.update(fields)
-
-    def beat(self) -> bool:
-        try:
-            _write_json(self.path, {**self.fields, "time": time.time(), "interval_s": self.interval})
-            return True
-        except OSError as e:
-            self.error = f"{type(e).__name__}: {e}"
-            return False
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.interval):
-            if not self.beat():
-                return
-
-    def close(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.interval + 1)
-
-
-def heartbeat_age(path: Path, fallback: float | None = None) -> tuple[float | None, dict[str, Any]]:
-    """Seconds since the heartbeat file's last beat (``fallback`` time when there is none yet) and its content."""
-    hb = _read_json(path) or {}
-    last = hb.get("time", fallback)
-    return (None if last is None else max(0.0, time.time() - float(last))), hb
-
-
 # ---------------------------------------------------------------------------------------------- a run
 class Run:
     """One run folder, read-only: config, events, summary and the status as a reader should see it."""
@@ -138,6 +51,7 @@ class Run:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._config: ExperimentConfig | None = None
+        self._reader: EventReader | None = None  # reads only the bytes appended since the last events() call
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
@@ -173,12 +87,9 @@ class Run:
     def events(self, types: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The events in order; after a ``resume`` event (a requeued run restarting from step k) the events of the
         interrupted attempt beyond step k are dropped, so a curve never has two points for one step."""
-        events: list[dict[str, Any]] = []
-        for e in read_events(self.path / "metrics.jsonl"):
-            if e.get("type") == "resume":
-                k = e.get("step") or 0
-                events = [x for x in events if not (isinstance(x.get("step"), (int, float)) and x["step"] > k)]
-            events.append(e)
+        if self._reader is None:
+            self._reader = EventReader(self.path / "metrics.jsonl")
+        events = drop_superseded(self._reader.read())
         if types is None:
             return events
         wanted = {types} if isinstance(types, str) else set(types)
