@@ -68,6 +68,8 @@ def _writable(path: str, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():  # /dev/full, a FIFO: a write would vanish or block, and "saved" would be a lie
+        raise UserError(f"{flag} {p} is a device, not a file (a FIFO, socket or device); give a file path")
     blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
