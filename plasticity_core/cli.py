@@ -68,6 +68,8 @@ def _writable(path: str, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():  # /dev/full, a FIFO: a write would vanish or block, and "saved" would be a lie
+        raise UserError(f"{flag} {p} is a device, not a file (a FIFO, socket or device); give a file path")
     blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
@@ -129,6 +131,12 @@ def cmd_diagnose(args) -> int:
               f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
               f"(--head-seed; gradient metrics use it)", file=sys.stderr)
         bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
+    if args.head_probe_steps:
+        from plasticity_core.head_probe import probe_head
+
+        probe = probe_head(bb, data.train, steps=args.head_probe_steps, seed=args.head_seed)
+        print(f"note: head linear-probed for {probe['steps']} steps (seed {probe['seed']}, last train acc "
+              f"{probe['last_acc']:.0%})", file=sys.stderr)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
@@ -160,6 +168,16 @@ def cmd_reinit(args) -> int:
         bundle = _data(args, bb)
         check_head(bb, bundle, fix="num_classes=")
         data = bundle.train
+    if cfg.head_probe_steps:
+        from plasticity_core.errors import UserError
+        from plasticity_core.head_probe import probe_head
+
+        if data is None:
+            raise UserError(f"the config's head was linear-probed for {cfg.head_probe_steps} steps before scoring: "
+                            f"give --data to repeat that probe")
+        probe_head(bb, data, steps=cfg.head_probe_steps, seed=head_seed)
+        print(f"note: head linear-probed for {cfg.head_probe_steps} steps (seed {head_seed}), as the config records",
+              file=sys.stderr)
     report = apply_reinit(bb.model, cfg, data=data)
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
@@ -319,10 +337,30 @@ def cmd_dashboard(args) -> int:
 
     if not dashboard_app().is_file():
         raise UserError(f"the dashboard is not installed at {dashboard_app()}; reinstall plasticity-lab")
+    import signal
+
+    server = subprocess.Popen(dashboard_command(args.streamlit_args))
+
+    def forward(signum, frame) -> None:  # the server ends with us: no Streamlit left holding the port
+        if server.poll() is None:
+            server.send_signal(signum)
+
+    handled = [sig for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
-        return subprocess.call(dashboard_command(args.streamlit_args))
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = server.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.poll() is None:  # we are leaving for another reason (an error): take the server with us
+            server.terminate()
+            server.wait(timeout=10)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batches", type=int, default=8, help="probe batches")
     sp.add_argument("--head-seed", type=int, default=0,
                     help="seed of the fresh classifier head when the data's classes differ from the model's (default 0)")
+    sp.add_argument("--head-probe-steps", type=int, default=0,
+                    help="linear-probe the head for N steps on the train split before the gradient metrics (default 0)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_diagnose)
