@@ -370,6 +370,22 @@ def _table(shown: list) -> None:
                        key="dl_run_table", icon=":material/download:")
 
 
+def _resume_button(runs: list) -> None:
+    """Resume the experiment's stopped, cancelled and failed runs from their last checkpoint (``pc.start_resume``)."""
+    interrupted = [r for r in runs if r.status in ("stopped", "cancelled", "failed")]
+    if interrupted and st.button(f"Resume {len(interrupted)} interrupted run{'s' * (len(interrupted) > 1)}",
+                                 key="btn_resume", icon=":material/play_arrow:",
+                                 help="continue each stopped, cancelled or failed run from its last checkpoint "
+                                      "(finetune.checkpoint_every; from step 0 where there is none), as "
+                                      "`plasticity finetune --resume` does"):
+        try:
+            pc.start_resume(interrupted, store)
+        except forms.errors() as e:
+            st.error(state.message(e))
+        else:
+            st.rerun(scope="app")
+
+
 def _live_view() -> None:
     runs = store.runs(chosen)
     table = store.table(chosen)
@@ -385,6 +401,8 @@ def _live_view() -> None:
         if s3.button("Stop this run", key="btn_stop_one", disabled=one is None):
             next(r for r in going if r.name == one).request_stop()
             st.toast(f"Stop requested for {one}: it ends at its next step; the others go on.")
+    if not running:
+        _resume_button(runs)
     polled = _frame_cache().poll(r.path for r in runs)  # the one incremental read per run of this tick
     runs = [f.run for f in polled]  # the same Run objects tick after tick: each config is parsed once
     st.dataframe(_progress_table(runs, polled), hide_index=True, key="progress_table", width="stretch", column_config={

@@ -16,12 +16,12 @@ from typing import Any, Callable, Iterable, Sequence
 from plasticity_core.config import ExperimentConfig
 from plasticity_core.config import LaunchConfig
 from plasticity_core.runs.execute import terminate_on_sigterm
-from plasticity_core.runs.interrupt import collect_resumable, reopen
+from plasticity_core.runs.interrupt import collect_resumable, reopen, resume_problem
 from plasticity_core.runs.executors.base import EXECUTORS, _env, launch
 from plasticity_core.runs.sinks import SINKS
 from plasticity_core.runs.spec import LaunchError, apply_overrides, noop_arms
 from plasticity_core.runs.store import Run, RunStore, check_name
-from plasticity_core.train.events import ACTIVE, read_json as _read_json, write_json as _write_json
+from plasticity_core.train.events import ACTIVE, FINAL, read_json as _read_json, write_json as _write_json
 
 _CHILDREN: list[subprocess.Popen] = []  # background launchers this process started; polled so that they are reaped
 
@@ -51,7 +51,12 @@ def _claim(config: ExperimentConfig, store: RunStore | str | os.PathLike | None,
     info = EXECUTORS.get(config.launch.executor)
     launcher = f".launcher-{os.getpid()}-{time.time_ns()}.json" if info.holds_queue else None
     reason = "waiting for a worker" if info.holds_queue else "waiting to be submitted"
-    return store.create(config, tag=tag, only=only, resume=resume, launcher=launcher, queued_reason=reason), launcher
+    runs = store.create(config, tag=tag, only=only, resume=resume, launcher=launcher, queued_reason=reason)
+    if resume:  # adopted folders that ended stopped / cancelled / failed continue from their checkpoint
+        for run in runs:
+            if run.raw_summary().get("status") in FINAL and resume_problem(run) is None:
+                reopen(run, launcher=launcher, queued_reason=reason)
+    return runs, launcher
 
 
 def run_experiment(config: ExperimentConfig | str | os.PathLike, store: RunStore | str | os.PathLike | None = None,
@@ -62,7 +67,8 @@ def run_experiment(config: ExperimentConfig | str | os.PathLike, store: RunStore
 
     ``executor`` / ``parallel`` override ``config.launch``; ``on_event(run, event)`` sees every event (progress
     bars); ``stop.is_set()`` stops all runs. Arms that would do nothing are refused (``allow_noop=True`` runs
-    them anyway). ``resume=True`` adopts existing folders of the same runs (a requeued cluster task).
+    them anyway). ``resume=True`` adopts existing folders of the same runs (a requeued cluster task, ``--index``)
+    and continues those that ended stopped, cancelled or failed from their checkpoint.
     Returns the run folders, each with a final status.
     """
     config = _prepare(config, executor, parallel, allow_noop, tag)
