@@ -47,10 +47,10 @@ DEFAULT_SETUP: dict[str, Any] = {
 RUNS_ENV = "PLASTICITY_RUNS"
 WS_PARAM = "ws"
 FORM_PREFIXES = ("w_ft_",)  # widget keys whose values are kept in the workspace's "form"
-NOT_KEPT = ("w_ft_anyway", "w_ft_experiment", "w_ft_own", "w_ft_name")  # per launch, or kept only when typed
+NOT_KEPT = ("w_ft_anyway", "w_ft_experiment", "w_ft_own", "w_ft_name", "w_ft_stop_one")  # per launch, or kept only when typed
 # plain session keys that make up the workspace (JSON-able); diagnosis, preview and re-init config have own files
 PERSISTED = ("setup", "loaded_setup", "selected_layers", "diag_metrics", "diag_batches", "strategy", "strategy_params",
-             "form", "experiment", "preview_for")
+             "form", "experiment", "preview_for", "my_experiments")
 REINIT_WIDGETS = ("w_param_", "w_reinit_seed", "w_exclude", "w_recal")  # Re-init's form: redrawn from reinit_cfg
 
 
