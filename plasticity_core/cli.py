@@ -327,8 +327,16 @@ def dashboard_app() -> Path:
 def dashboard_command(extra: list[str]) -> list[str]:
     """The ``streamlit run`` command line ``plasticity dashboard`` executes: ``serve.py`` beside ``app.py``, the same
     app as an ``st.App`` whose middleware forbids framing the page elsewhere (frame-ancestors / X-Frame-Options)."""
+    import importlib.util
+
     options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app().parent / "serve.py"), *options, *extra]
+    script = dashboard_app()
+    if importlib.util.find_spec("streamlit.web.server.starlette") is not None:  # st.App (ASGI) exists
+        script = script.parent / "serve.py"
+    else:
+        print("note: this Streamlit has no st.App: the page is served without frame-ancestors / X-Frame-Options; "
+              "pip install -U streamlit to forbid framing it", file=sys.stderr)
+    return [sys.executable, "-m", "streamlit", "run", str(script), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:
