@@ -272,6 +272,8 @@ def _print_comparison(table) -> None:
     print(table.to_string(index=False) if len(table) else "no readable runs to compare")
     for folder, why in table.attrs.get("skipped", {}).items():
         print(f"skipped {folder}: {why}", file=sys.stderr)
+    for note in table.attrs.get("notes", {}).values():
+        print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -286,8 +288,15 @@ def cmd_compare(args) -> int:
     from plasticity_core.runs import RunStore, compare_runs
 
     store = RunStore(args.store)
-    runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    _print_comparison(compare_runs(runs))
+    if args.runs:
+        _print_comparison(compare_runs([store.get(ref) for ref in args.runs]))
+        return 0
+    experiments = store.experiments()  # without refs: one table per experiment, never baselines pooled across them
+    if not experiments:
+        print(f"no runs in {store.root}")
+    for i, experiment in enumerate(experiments):
+        print(("\n" if i else "") + f"== {experiment}")
+        _print_comparison(compare_runs(store.runs(experiment)))
     return 0
 
 

@@ -96,6 +96,17 @@ class Run:
         wanted = {types} if isinstance(types, str) else set(types)
         return [e for e in events if e.get("type") in wanted]
 
+    @property
+    def event_notes(self) -> str | None:
+        """What the reader left out of ``metrics.jsonl`` (mistyped or impossible values), naming the folder, or None."""
+        if self._reader is None:
+            self.events()
+        rejected = self._reader.rejected if self._reader is not None else []
+        if not rejected:
+            return None
+        return (f"{self.path / 'metrics.jsonl'}: {len(rejected)} event line(s) left out ({'; '.join(rejected[:3])}"
+                f"{' ...' if len(rejected) > 3 else ''})")
+
     def curve(self, kind: str = "eval") -> pd.DataFrame:
         """The events of one type as a DataFrame (``eval``: step, val_acc, val_loss; ``step``: loss, lr, ...)."""
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
