@@ -55,11 +55,13 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         if cfg is not None and own:
             arms[cfg.strategy] = cfg
         for name in others:
-            params = {"maturity": max(1, int(steps) // 10)} if name == "cbp" else {}
+            params = pc.STRATEGIES.get(name).params_for_run(int(steps))  # e.g. cbp: maturity a tenth of the steps
             arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed, params=params)
-        if "cbp" in others:
-            st.caption(f"cbp compared with maturity = {max(1, int(steps) // 10)} (a tenth of the run's steps): with its "
-                       "default of 1000 no unit would be old enough to be replaced in a short run.")
+            if params:
+                defaults = pc.STRATEGIES.get(name).defaults()
+                st.caption(f"{name} compared with " + ", ".join(f"{k} = {v} (default {defaults.get(k)})"
+                                                               for k, v in params.items())
+                           + f" for a run of {int(steps)} steps: with its defaults it would do nothing in a short run.")
         default_name = "-vs-".join(arms) or "experiment"
         n1, n2 = st.columns([2, 1])
         name = n1.text_input("Experiment name", value=kept("w_ft_name", default_name), key="w_ft_name",

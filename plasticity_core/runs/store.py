@@ -52,6 +52,8 @@ class Run:
         self.path = Path(path)
         self._config: ExperimentConfig | None = None
         self._reader: EventReader | None = None  # reads only the bytes appended since the last events() call
+        self._events: tuple[int, list[dict[str, Any]]] = (-1, [])  # (events parsed, after dropping superseded ones)
+        self._files: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}  # name -> (stat key, content)
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
@@ -89,7 +91,10 @@ class Run:
         interrupted attempt beyond step k are dropped, so a curve never has two points for one step."""
         if self._reader is None:
             self._reader = EventReader(self.path / "metrics.jsonl")
-        events = drop_superseded(self._reader.read())
+        parsed = self._reader.read()
+        if self._events[0] != len(parsed):
+            self._events = (len(parsed), drop_superseded(parsed))
+        events = list(self._events[1])
         if types is None:
             return events
         wanted = {types} if isinstance(types, str) else set(types)
@@ -99,9 +104,28 @@ class Run:
         """The events of one type as a DataFrame (``eval``: step, val_acc, val_loss; ``step``: loss, lr, ...)."""
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
 
+    def _json(self, path: Path) -> dict[str, Any] | None:
+        """A JSON file of the folder, read again only when it changed (writers replace it: a new inode each time)."""
+        try:
+            st = path.stat()
+        except OSError:
+            self._files.pop(str(path), None)
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._files.get(str(path))
+        if cached is None or cached[0] != key:
+            cached = (key, _read_json(path))
+            self._files[str(path)] = cached
+        return dict(cached[1]) if cached[1] is not None else None
+
     def raw_summary(self) -> dict[str, Any]:
         """``summary.json`` as written (``queued`` when there is none yet)."""
-        return _read_json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
+        return self._json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
+
+    def _heartbeat_age(self, path: Path, fallback: float | None) -> tuple[float | None, dict[str, Any]]:
+        hb = self._json(path) or {}
+        last = hb.get("time", fallback)
+        return (None if last is None else max(0.0, time.time() - float(last))), hb
 
     def summary(self) -> dict[str, Any]:
         """``summary.json`` with the status a reader should trust.
@@ -112,7 +136,7 @@ class Run:
         s = self.raw_summary()
         status, timeout = s.get("status"), float(s.get("heartbeat_timeout_s") or 60.0)
         if status == "running":
-            age, hb = heartbeat_age(self.path / "heartbeat.json", s.get("started_at"))
+            age, hb = self._heartbeat_age(self.path / "heartbeat.json", s.get("started_at"))
             if age is not None and age > timeout:
                 who = f"{hb.get('host', s.get('host', '?'))} pid {hb.get('pid', s.get('pid', '?'))}"
                 step = f", last step {hb['step']}" if hb.get("step") is not None else ""
@@ -121,7 +145,7 @@ class Run:
                                f"worker was killed, crashed, or lost its host or disk{step}; see "
                                f"{self.path / 'worker.log'} if it exists"}
         elif status == "queued" and s.get("launcher"):
-            age, hb = heartbeat_age(self.path.parent / s["launcher"], s.get("created_at"))
+            age, hb = self._heartbeat_age(self.path.parent / s["launcher"], s.get("created_at"))
             if age is not None and age > timeout:
                 who = f"{hb.get('host', '?')} pid {hb.get('pid', '?')}"
                 s = {**s, "status": "cancelled", "stale": True,
@@ -151,10 +175,11 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------- the store
 class RunStore:
-    """The folders under a root (default ``./runs`` or ``$PLASTICITY_RUNS``): create, list, load and compare runs."""
+    """The folders under a root (default ``./runs`` or ``$PLASTICITY_RUNS``): create, list and load runs."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self._known: dict[Path, Run] = {}  # one Run per folder, so repeated listings reuse what each has read
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -245,7 +270,7 @@ class RunStore:
         if not self.root.is_dir():
             return []
         found = sorted(p.parent for p in self.root.glob("*/*/config.yaml"))
-        return [Run(p) for p in found if experiment is None or p.parent.name == experiment]
+        return [self._known.setdefault(p, Run(p)) for p in found if experiment is None or p.parent.name == experiment]
 
     def experiments(self) -> list[str]:
         return sorted({r.experiment for r in self.runs()})
@@ -274,8 +299,3 @@ class RunStore:
                          "reason": s.get("reason"), "path": str(r.path)})
         return pd.DataFrame(rows, columns=["experiment", "run", "arm", "seed", "status", "steps", "best_val_acc",
                                            "final_val_acc", "wall_time_s", "reason", "path"])
-
-    def compare(self, experiment: str) -> pd.DataFrame:
-        from plasticity_core.runs.compare import compare_runs
-
-        return compare_runs(self.runs(experiment))
