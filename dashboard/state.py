@@ -39,6 +39,7 @@ DEFAULT_SETUP: dict[str, Any] = {
     "limit": 0,  # 0: the whole dataset
     "device": "cpu",
     "head_seed": 0,  # the fresh classifier head is drawn from this seed (load_backbone(..., seed=head_seed))
+    "head_probe_steps": 0,  # linear probe of that head before gradient metrics (experiments/head_probe.py: default 0)
 }
 RUNS_ENV = "PLASTICITY_RUNS"
 WS_PARAM = "ws"
@@ -175,6 +176,7 @@ def adopt_config(model: torch.nn.Module, cfg: pc.ReinitConfig, diagnosis: pc.Dia
     Re-init widgets are reset so that they show this config."""
     setup = st.session_state.get("loaded_setup") or {}
     cfg.head_seed = head_seed(setup)
+    cfg.head_probe_steps = int(setup.get("head_probe_steps", 0))
     if diagnosis is not None:
         cfg.metric_versions = dict(diagnosis.meta.get("metric_versions", {}))
     plan = pc.plan_reinit(model, cfg)
@@ -223,12 +225,15 @@ def _release(backbone: pc.Backbone) -> None:
 
 @st.cache_resource(show_spinner=False, scope="session", max_entries=1, on_release=_release)
 def working_backbone(spec: str, pretrained: bool, arch: str, num_classes: int, device: str,
-                     head_seed: int = 0) -> pc.Backbone:
+                     head_seed: int = 0, probe_steps: int = 0, data_key: tuple = (), _train=None) -> pc.Backbone:
     """This session's own copy with a fresh head for the target classes drawn from ``head_seed`` (the same head
-    the CLI, the exported snippet and a run with that seed draw); its reference includes that head."""
+    the CLI, the exported snippet and a run with that seed draw), linear-probed for ``probe_steps`` on ``_train``
+    (the data named by ``data_key``) when asked; its reference includes that head."""
     shared = pretrained_backbone(spec, pretrained, arch)
     bb = pc.load_backbone(shared.fresh_copy(), num_classes=num_classes, device=device, seed=int(head_seed))
     bb.name, bb.source, bb.data_config, bb.pretrained = shared.name, shared.source, shared.data_config, shared.pretrained
+    if probe_steps:
+        pc.probe_head(bb, _train, steps=int(probe_steps), seed=int(head_seed))
     return bb
 
 
@@ -239,9 +244,12 @@ def load(setup: dict[str, Any], step=lambda msg: None) -> Loaded:
     cfg = shared.data_config
     step(f"Data: {setup['data']} at {setup['image_size']} px")
     data = dataset(setup["data"], int(setup["image_size"]), int(setup["limit"]), tuple(cfg["mean"]), tuple(cfg["std"]))
-    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)})")
+    probe = int(setup.get("head_probe_steps", 0))
+    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)}"
+         + (f", linear-probed for {probe} steps)" if probe else ")"))
     bb = working_backbone(setup["backbone"], setup["pretrained"], setup["arch"], data.num_classes, setup["device"],
-                          head_seed(setup))
+                          head_seed(setup), probe, (setup["data"], int(setup["image_size"]), int(setup["limit"])),
+                          data.train)
     start_weight_metrics(bb)
     return Loaded(dict(setup), bb, data)
 

@@ -306,9 +306,12 @@ def python_snippet(setup: Mapping[str, Any], num_classes: int | str) -> str:
     if setup.get("limit"):
         data_args.append(f"limit={int(setup['limit'])}")
     data_args.append("data_config=bb.data_config")
+    probe = ("pc.probe_head(bb, data.train, steps=cfg.head_probe_steps, seed=cfg.head_seed)  # as in the preview\n"
+             if int(setup.get("head_probe_steps", 0)) else "")
     return (f"import plasticity_core as pc\n\n"
             f"cfg = pc.ReinitConfig.load(\"reinit_config.yaml\")\n"
             f"bb = pc.load_backbone({', '.join(bb_args)})\n"
             f"data = pc.load_dataset({', '.join(data_args)})\n"
+            f"{probe}"
             f"report = pc.apply_reinit(bb.model, cfg, data=data.train)  # recalibrates BatchNorm on your data\n"
             f"print(report.table)")

@@ -25,6 +25,8 @@ _EXPORTS = {
     # re-initialisation
     "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
+    # your own training loop as a run (Lightning / Hugging Face callbacks: plasticity_core.integrations.lightning / .hf)
+    "track": "integrations", "Tracker": "integrations", "IntegrationError": "integrations",
     # fine-tuning and runs
     "RunResult": "finetune",
     "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",

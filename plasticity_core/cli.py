@@ -129,6 +129,12 @@ def cmd_diagnose(args) -> int:
               f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
               f"(--head-seed; gradient metrics use it)", file=sys.stderr)
         bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
+    if args.head_probe_steps:
+        from plasticity_core.head_probe import probe_head
+
+        probe = probe_head(bb, data.train, steps=args.head_probe_steps, seed=args.head_seed)
+        print(f"note: head linear-probed for {probe['steps']} steps (seed {probe['seed']}, last train acc "
+              f"{probe['last_acc']:.0%})", file=sys.stderr)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
@@ -160,6 +166,16 @@ def cmd_reinit(args) -> int:
         bundle = _data(args, bb)
         check_head(bb, bundle, fix="num_classes=")
         data = bundle.train
+    if cfg.head_probe_steps:
+        from plasticity_core.errors import UserError
+        from plasticity_core.head_probe import probe_head
+
+        if data is None:
+            raise UserError(f"the config's head was linear-probed for {cfg.head_probe_steps} steps before scoring: "
+                            f"give --data to repeat that probe")
+        probe_head(bb, data, steps=cfg.head_probe_steps, seed=head_seed)
+        print(f"note: head linear-probed for {cfg.head_probe_steps} steps (seed {head_seed}), as the config records",
+              file=sys.stderr)
     report = apply_reinit(bb.model, cfg, data=data)
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
@@ -354,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batches", type=int, default=8, help="probe batches")
     sp.add_argument("--head-seed", type=int, default=0,
                     help="seed of the fresh classifier head when the data's classes differ from the model's (default 0)")
+    sp.add_argument("--head-probe-steps", type=int, default=0,
+                    help="linear-probe the head for N steps on the train split before the gradient metrics (default 0)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_diagnose)

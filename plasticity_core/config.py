@@ -249,7 +249,8 @@ class ReinitConfig(SerializableConfig):
     ``seed`` draws the strategy's randomness (fresh weights, noise); ``head_seed`` is the seed of the fresh classifier
     head of the model the config was chosen and previewed on (``load_backbone(..., num_classes=N, seed=head_seed)``):
     unit scores by gradient run through that head, so ``plasticity reinit`` and the exported snippet load it from the
-    same seed to reproduce the preview.
+    same seed to reproduce the preview. ``head_probe_steps`` > 0: that head was linear-probed for so many steps
+    (``pc.probe_head(bb, data.train, steps, seed=head_seed)``) before the units were scored; the CLI repeats it.
     """
 
     kind: ClassVar[str] = "ReinitConfig"
@@ -260,6 +261,7 @@ class ReinitConfig(SerializableConfig):
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     head_seed: int = 0
+    head_probe_steps: int = 0
     include_head: bool = False
     recalibrate_bn: bool = True
     bn_batches: int = 20
@@ -286,6 +288,10 @@ class ReinitConfig(SerializableConfig):
         _check_seed(k, "seed", self.seed)
         _check_type(k, "head_seed", self.head_seed, (int,))
         _check_seed(k, "head_seed", self.head_seed)
+        _check_type(k, "head_probe_steps", self.head_probe_steps, (int,))
+        if not 0 <= self.head_probe_steps <= 100_000:
+            raise ConfigError(f"{k}.head_probe_steps: must be in 0..100000 (0: no probe of the head), "
+                              f"got {self.head_probe_steps}")
         _check_type(k, "include_head", self.include_head, (bool,))
         _check_type(k, "recalibrate_bn", self.recalibrate_bn, (bool,))
         _check_type(k, "bn_batches", self.bn_batches, (int,))

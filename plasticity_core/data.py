@@ -211,6 +211,13 @@ def probe_batches(data: Any, batch_size: int = 32, seed: int = 0) -> Any:
     of batches are used as given.
     """
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
+        try:
+            empty = len(data) == 0  # type: ignore[arg-type]
+        except TypeError:
+            empty = False
+        if empty:
+            raise DatasetError(f"the {type(data).__name__} given as data is empty (0 items): nothing to measure or "
+                               f"recalibrate on; pass a Dataset or DataLoader with images")
         return DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     return data
 
@@ -401,13 +408,17 @@ def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], str]:
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist or is not a directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    hidden_top = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name.startswith("."))
     if not class_dirs:
         raise DatasetError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image files>)")
     files, labels = [], []
-    bad: dict[str, list[Path]] = {"unreadable": [], "too large": []}
+    bad: dict[str, list[Path]] = {"unreadable": [], "too large": [], "hidden": []}
     for c, d in enumerate(class_dirs):
         for p in sorted(d.rglob("*")):
             if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+                continue
+            if any(part.startswith(".") for part in p.relative_to(d).parts):  # .ipynb_checkpoints/, .DS_Store, ._x.png
+                bad["hidden"].append(p)
                 continue
             problem = _check_image(p)
             if problem:
@@ -415,7 +426,7 @@ def _scan_folder(root: Path) -> tuple[list[Path], list[int], list[str], str]:
                 continue
             files.append(p)
             labels.append(c)
-    skipped = _skipped_sentence(root, bad, len(files))
+    skipped = _skipped_sentence(root, bad, len(files), hidden_top)
     if skipped:
         warnings.warn(skipped, SkippedFilesWarning, stacklevel=3)
     if not files:
@@ -447,16 +458,21 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def _skipped_sentence(root: Path, bad: dict[str, list[Path]], kept: int) -> str:
+def _skipped_sentence(root: Path, bad: dict[str, list[Path]], kept: int, hidden_top: Sequence[str] = ()) -> str:
     from PIL import Image
 
     parts = []
+    if bad.get("hidden"):
+        parts.append(f"{len(bad['hidden'])} in hidden files or folders, ignored (e.g. {bad['hidden'][0].relative_to(root)}: "
+                     f"copies such as .ipynb_checkpoints/ would be duplicates)")
     if bad["unreadable"]:
         parts.append(f"{len(bad['unreadable'])} unreadable (e.g. {bad['unreadable'][0].relative_to(root)})")
     if bad["too large"]:
         parts.append(f"{len(bad['too large'])} over PIL's decompression limit of {Image.MAX_IMAGE_PIXELS} pixels "
                      f"(e.g. {bad['too large'][0].relative_to(root)})")
     total = kept + sum(map(len, bad.values()))
+    if hidden_top:
+        parts.append(f"hidden folder(s) {', '.join(hidden_top[:5])} not read as classes")
     return f"skipped {total - kept} of {total} image files in {root}: {', '.join(parts)}" if parts else ""
 
 

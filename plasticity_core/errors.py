@@ -11,7 +11,10 @@ A leaf module: it imports nothing from plasticity_core.
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -28,6 +31,7 @@ ENTRY_SPELLINGS: dict[str, dict[str, str]] = {
         "val_fraction must": "--val-fraction must",
         "image_size must": "--image-size must",
         "max_batches must": "--batches must",
+        "pass data= (a DataLoader or Dataset)": "pass --data SPEC (e.g. --data folder:PATH)",
     },
     "dashboard": {
         "pretrained=False": "untick 'Pretrained weights' in Setup",
@@ -35,6 +39,7 @@ ENTRY_SPELLINGS: dict[str, dict[str, str]] = {
         "device='cpu'": "device cpu",
         "device=": "device ",
         "arch=": "Architecture ",
+        "pass data= (a DataLoader or Dataset)": "load a dataset in Setup",
     },
 }
 
@@ -72,6 +77,9 @@ def _message(exc: BaseException) -> str | None:
         if exc.filename:
             return f"{exc.filename}: no such file or folder; check the path"
         return exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_ADVICE and (exc.filename or exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        where = f"{short_path(exc.filename)}: " if exc.filename else ""
+        return f"{where}{exc.strerror or os.strerror(exc.errno)}; {_ERRNO_ADVICE[exc.errno]}"
     if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError)) and exc.filename:
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}; choose a path you can write"
     text = str(exc)
@@ -82,6 +90,49 @@ def _message(exc: BaseException) -> str | None:
                     f"(or a model that accepts any size)")
         if "CUDA" in text and ("not compiled" in text or "no NVIDIA driver" in text or "not available" in text):
             return "CUDA is not available on this machine: use device='cpu'"
+    return None
+
+
+_ERRNO_ADVICE = {  # an OSError a user's environment causes -> what to do (by errno, whatever the exception class)
+    errno.ENOSPC: "the disk is full: free space or choose another folder (nothing half-written was kept)",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another folder",
+    errno.EROFS: "that file system is read-only: choose a folder you can write",
+    errno.EEXIST: "it already exists: choose another name or remove it",
+    errno.ENAMETOOLONG: "a file or folder name is too long (most file systems allow 255 bytes per name): use a shorter one",
+    errno.ELOOP: "the path is a symlink loop: point it at a real file",
+}
+
+
+def short_path(path: object, limit: int = 160) -> str:
+    """A path for a message, cut in the middle when longer than ``limit`` characters (a 5,000-character name is not
+    echoed whole)."""
+    text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 3:]} ({len(text)} chars)"
+
+
+def file_problem(path: str | os.PathLike, what: str = "file") -> str | None:
+    """Why ``path`` cannot be read as a regular ``what`` file (missing, a folder, a FIFO/socket/device, a symlink loop,
+    a name too long, not permitted), as a sentence naming it; ``None`` when it is a readable regular file."""
+    p = short_path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"{what} {p} does not exist"
+    except NotADirectoryError:
+        return f"{what} {p} does not exist (a part of the path is a file, not a folder)"
+    except PermissionError:
+        return f"{what} {p}: permission denied on a folder of the path"
+    except OSError as e:
+        if e.errno in _ERRNO_ADVICE:
+            return f"{what} {p}: {e.strerror}; {_ERRNO_ADVICE[e.errno]}"
+        return f"{what} {p} cannot be read: {e.strerror}"
+    if stat.S_ISDIR(mode):
+        return f"{what} {p} is a folder, not a file: give the file inside it"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"{what} {p} is {kind}, not a regular file"
+    if not os.access(path, os.R_OK):
+        return f"{what} {p}: permission denied; make it readable"
     return None
 
 

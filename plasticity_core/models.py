@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from plasticity_core.errors import UserError
+from plasticity_core.errors import UserError, file_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -275,8 +275,9 @@ def _file(path: str, arch: str | None, pretrained: bool, num_classes: int | None
     p = Path(path).expanduser()
     if arch is None:
         raise BackboneError(f"file:{path} needs arch=..., e.g. arch='timm:resnet18' or 'torchvision:resnet18'")
-    if not p.is_file():
-        raise BackboneError(f"checkpoint {p} does not exist")
+    problem = file_problem(p, "checkpoint")
+    if problem:
+        raise BackboneError(problem)
     state = read_checkpoint(p)
     scheme, _, arch_name = arch.partition(":")
     if scheme not in ("timm", "torchvision"):

@@ -37,7 +37,10 @@ def test_launch_runs_two_arms_in_the_background_and_compares_them(tmp_path, monk
     assert sorted(compare["arm"]) == ["baseline", "shrink_perturb"] and (compare["n_seeds"] == 1).all()
     expected = pc.compare_runs(runs).set_index("arm")["final_acc_mean"]
     assert compare.set_index("arm")["final_acc"].to_dict() == {a: f"{100 * v:.1f} % (1 seed)" for a, v in expected.items()}
-    assert len(at.get("plotly_chart")) == 2  # accuracy and loss curves
+    charts = [c.proto.id for c in at.get("plotly_chart")]
+    assert len(charts) >= 7  # accuracy, loss, val loss, lr, images/s curves; per-layer snapshots of both arms, delta
+    run_table = next(d.value for d in at.dataframe if "arm.strategy" in d.value.columns)
+    assert sorted(run_table["arm.strategy"]) == ["none", "shrink_perturb"] and len(run_table) == 2
 
 
 def test_a_new_session_reattaches_and_stop_ends_the_runs(tmp_path, monkeypatch):

@@ -352,3 +352,30 @@ def test_cuda_device_path_gives_the_cpu_batches():
         (xa, ya), (xb, yb), (xc, yc) = next(cpu), next(cuda), next(via_loader)
         assert xb.is_cuda and torch.equal(ya, yb.cpu()) and torch.equal(ya, yc.cpu())
         assert torch.allclose(xa, xb.cpu(), atol=1e-6, rtol=0) and torch.allclose(xa, xc.cpu(), atol=1e-6, rtol=0)
+
+
+def test_hidden_folders_inside_class_folders_are_ignored_and_said(tmp_path):
+    """Jupyter's .ipynb_checkpoints/ copies inside a class folder are not images of that class (duplicates that could
+    land in val); they are left out and the skipped sentence says so, as for a hidden folder beside the classes."""
+    import warnings
+
+    from PIL import Image
+
+    from plasticity_core.data import load_dataset
+
+    for c in ("a", "b"):
+        for i in range(4):
+            (tmp_path / "imgs" / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (40 * i, 100 if c == "a" else 200, 30)).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "a" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / "a" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "imgs" / "b" / "._1.png")
+    (tmp_path / "imgs" / ".cache").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = load_dataset(f"folder:{tmp_path}/imgs", image_size=16, val_fraction=0.25)
+    assert len(bundle.train) + len(bundle.val) == 8 and bundle.classes == ["a", "b"]
+    said = bundle.info["skipped"]
+    assert "2 in hidden files or folders, ignored" in said and ".ipynb_checkpoints" in said
+    assert "hidden folder(s) .cache not read as classes" in said
+    assert any(".ipynb_checkpoints" in str(w.message) for w in caught)

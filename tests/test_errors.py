@@ -146,6 +146,18 @@ def sweep(tmp_path_factory):
         "config_empty_arm": ["finetune", "--config", f"{tmp}/emptyarm.yaml", *store],
         "reinit_config_binary": ["reinit", "--config", f"{tmp}/binary.yaml", *m, *syn, "--out", f"{tmp}/r.safetensors"],
     })
+    (tmp / "ckptdir").mkdir()
+    os.symlink(tmp / "loop_b", tmp / "loop_a")
+    os.symlink(tmp / "loop_a", tmp / "loop_b")
+    os.mkfifo(tmp / "fifo.pt")
+    (tmp / "redo.yaml").write_text("strategy: redo\nlayers: ['layer*']\n")
+    cases.update({
+        "checkpoint_name_300": ["layers", "--model", f"file:{tmp}/{'c' * 300}.pt", *arch],
+        "checkpoint_is_folder": ["layers", "--model", f"file:{tmp}/ckptdir", *arch],
+        "checkpoint_symlink_loop": ["layers", "--model", f"file:{tmp}/loop_a", *arch],
+        "checkpoint_fifo": ["layers", "--model", f"file:{tmp}/fifo.pt", *arch],
+        "redo_without_data": ["reinit", "--config", f"{tmp}/redo.yaml", *m, "--out", f"{tmp}/r.safetensors"],
+    })
     for name, fields in {"image_size_huge": {"image_size": 100000}, "diagnose_metrics_text": {"diagnose_metrics": "dormant"},
                          "seed_over_2_32": {"seed": 2**64}}.items():
         cases[name] = ["finetune", "--config", experiment_yaml(tmp / f"{name}.yaml", **fields), *store]
@@ -201,6 +213,11 @@ EXPECT = {  # case -> substrings of the one-line message
     "image_size_huge": ["FinetuneConfig.image_size: at most 4096 px, got 100000"],
     "diagnose_metrics_text": ["diagnose_metrics", "write a list, e.g. [dormant]"],
     "seed_over_2_32": ["FinetuneConfig.seed: must be in 0..4294967295"],
+    "checkpoint_name_300": ["checkpoint", "ccccc...", "(", "chars)", "File name too long", "255 bytes"],
+    "checkpoint_is_folder": ["checkpoint", "ckptdir is a folder, not a file"],
+    "checkpoint_symlink_loop": ["checkpoint", "loop_a", "symlink loop"],
+    "checkpoint_fifo": ["checkpoint", "fifo.pt is a FIFO, not a regular file"],
+    "redo_without_data": ["strategy 'redo' scores units on target data", "pass --data SPEC"],
     "device_cuda_without_cuda": ["--device cuda", "CUDA is not available", "--device cpu"],
     "timm_pretrained_offline": ["timm:test_resnet", "cannot be reached", "--random-init", "bundled:mobilenetv2_100"],
 }

@@ -1,5 +1,6 @@
 """apply_reinit / preview_reinit plumbing: preview leaves the model bit-identical, optimizer state of touched
 slices is zeroed, BatchNorm statistics are recalibrated to the hand-computed values."""
+import pytest
 import timm
 import torch
 from torch import nn
@@ -96,3 +97,53 @@ def test_no_data_note_and_bad_cfg_type():
         assert "ReinitConfig" in str(e)
     else:
         raise AssertionError("a dict config must be refused")
+
+
+def test_an_optimizer_that_does_not_hold_the_layers_is_refused():
+    import timm
+
+    from plasticity_core.config import ReinitConfig
+    from plasticity_core.errors import UserError, user_message
+    from plasticity_core.reinit import apply_reinit
+
+    torch.manual_seed(0)
+    model, other = timm.create_model("test_resnet", num_classes=3), timm.create_model("test_resnet", num_classes=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(UserError) as e:
+        apply_reinit(model, ReinitConfig(strategy="fire", layers=["layer1*"]), optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+    assert "holds none of the" in user_message(e.value) and "layer1" in user_message(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any change
+    head_only = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("layer1.0")], lr=0.1)
+    report = apply_reinit(model, ReinitConfig(strategy="fire", layers=["layer*"]), optimizer=head_only)
+    assert any("does not hold" in n and "layer1.0" in n for n in report.notes)
+
+
+def test_an_empty_dataset_is_our_message():
+    import timm
+    from torch.utils.data import TensorDataset
+
+    from plasticity_core.config import ReinitConfig
+    from plasticity_core.errors import user_message
+    from plasticity_core.metrics import diagnose
+    from plasticity_core.reinit import apply_reinit
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    empty = TensorDataset(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+    for call in (lambda: diagnose(model, empty, metrics=["dormant"]),
+                 lambda: apply_reinit(model, ReinitConfig(strategy="redo"), data=empty)):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert "TensorDataset given as data is empty (0 items)" in (user_message(e.value) or "")
+
+
+def test_redo_without_data_is_spelled_per_entry_point():
+    import timm
+
+    from plasticity_core.config import ReinitConfig
+    from plasticity_core.errors import user_message
+    from plasticity_core.reinit import apply_reinit
+
+    with pytest.raises(ValueError) as e:
+        apply_reinit(timm.create_model("test_resnet", num_classes=3), ReinitConfig(strategy="redo"))
+    assert "pass --data SPEC" in user_message(e.value, "cli") and "data=" not in user_message(e.value, "cli")
+    assert "load a dataset in Setup" in user_message(e.value, "dashboard")

@@ -1,12 +1,44 @@
 """Diagnose: per-layer metrics on the target data as a heatmap; select layers by clicking it or from a recommendation."""
+import copy
+import time
+
 import streamlit as st
 
 import plasticity_core as pc
 from dashboard import checks, forms, state, views
 from plasticity_core import directions
+from plasticity_core.metrics import ranking
 
 st.title("Diagnose")
 current = state.require_loaded()
+
+
+# --- History: every diagnosis of this workspace is kept (<workspace>/diagnoses/), newest first ----------------------
+def _history_dir():
+    return state.workspace_dir(st.session_state["ws_restored"]) / "diagnoses"
+
+
+def _keep(d: pc.Diagnosis) -> None:
+    folder = _history_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    d.save(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(folder.glob('*.parquet'))):03d}.parquet")
+
+
+def _history() -> dict[str, pc.Diagnosis]:
+    """label -> diagnosis, newest first (a file that does not read is named, not fatal)."""
+    out = {}
+    for path in sorted(_history_dir().glob("*.parquet"), reverse=True):
+        try:
+            d = pc.Diagnosis.load(path)
+        except (OSError, ValueError) as e:
+            st.caption(f"Earlier diagnosis {path.name} could not be read: {e}")
+            continue
+        m = d.meta
+        stamp = path.stem[:15].replace("-", " ")
+        note = m.get("note") or "loaded model"
+        out[f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]} · {note} · "
+            f"{len(d.metrics)} metrics · {m.get('samples', '?')} images"] = d
+    return out
 
 st.caption(state.weight_metrics_status(current.backbone))
 all_metrics = pc.METRICS.names()
@@ -29,6 +61,7 @@ if run:
             max_batches=int(batches), device=current.device,
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
+        _keep(st.session_state["diagnosis"])
     except forms.errors() as e:
         st.error(state.message(e))
     bar.empty()
@@ -130,6 +163,59 @@ with right:
         st.caption("No per-unit scores for this layer (no activation metrics requested, or no activation after it).")
     st.dataframe(wide_all.loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
 
+# --- Rank layers by a metric (top k), and compare with an earlier diagnosis of this workspace -----------------------
+st.subheader("Top layers by a metric")
+t1, t2, t3 = st.columns([2, 1, 3])
+rank_metric = t1.selectbox("Metric to rank by", list(wide_all.columns), key="w_diag_rank_metric",
+                           help="Worst first: highest for higher-is-worse metrics, lowest for lower-is-worse ones, "
+                                "highest for metrics with no direction.")
+k = t2.number_input("k", 1, max(1, len(wide_all)), min(10, len(wide_all)), key="w_diag_top_k")
+direction = {"high": "higher is worse", "low": "lower is worse"}.get(directions.worse(rank_metric), "no better/worse: highest first")
+t3.caption(f"**{rank_metric}**: {direction}. {directions.plain(rank_metric)}")
+st.dataframe(ranking.top_layers(wide_all, rank_metric, int(k)), hide_index=True, key="diag_top_k",
+             column_config={"value": st.column_config.NumberColumn(rank_metric, format="%.4g")})
+
+history = _history()
+st.subheader("Compare with an earlier diagnosis")
+cfg = st.session_state.get("reinit_cfg")
+if cfg is not None and st.button(f"Diagnose after the previewed {cfg.strategy} re-init", key="btn_diag_after_reinit",
+                                 help="Re-initialises a copy of the loaded model with the Re-init page's config (BatchNorm "
+                                      "recalibrated), diagnoses it with the same metrics and probe batches and keeps it "
+                                      "here as 'after'; the loaded model and the diagnosis above are not changed."):
+    with st.spinner(f"Re-initialising a copy ({cfg.strategy}) and diagnosing it…"):
+        try:
+            after_model = copy.deepcopy(current.model)
+            pc.apply_reinit(after_model, cfg, data=current.data.loader("train", batch_size=32))
+            d = pc.diagnose(after_model, current.data.loader("val", batch_size=32, shuffle=False),
+                            reference={k: v.detach().clone() for k, v in current.model.state_dict().items()},
+                            metrics=list(diagnosis.metrics), max_batches=int(meta.get("batches") or 4),
+                            device=current.device)
+            d.meta["note"] = f"after {cfg.strategy} re-init of {len(cfg.resolved_layers or cfg.layers)} layer(s)"
+            _keep(d)
+            del after_model
+        except forms.errors() as e:
+            st.error(state.message(e))
+    history = _history()
+labels = list(history)
+if len(labels) < 2:
+    st.caption("Every diagnosis run here is kept with this workspace; run another one (e.g. after changing the "
+               "model or the probe) to compare the two layer by layer.")
+else:
+    h1, h2, h3 = st.columns([3, 3, 2])
+    before_label = h1.selectbox("Before", labels, index=1, key="w_diag_hist_before")
+    after_label = h2.selectbox("After", labels, index=0, key="w_diag_hist_after")
+    before, after = history[before_label].wide(), history[after_label].wide()
+    shared = [m for m in after.columns if m in before.columns]
+    if not shared:
+        st.warning("These two diagnoses have no metric in common.")
+    else:
+        metric = h3.selectbox("Metric", shared, key="w_diag_hist_metric")
+        change = ranking.diagnosis_change(before, after, metric)
+        st.dataframe(change, hide_index=True, key="diag_history_change", column_config={
+            c: st.column_config.NumberColumn(c, format="%.4g") for c in ("before", "after", "change")})
+        st.caption(f"{metric} per layer, after − before ({int(change['change'].notna().sum())} layers in both); "
+                   "click a header to sort.")
+
 st.subheader("Layer table")
 f1, f2, f3 = st.columns([2, 2, 2])
 name_filter = f1.text_input("Name contains", key="w_diag_filter")
@@ -145,3 +231,4 @@ if kinds:
 if stage_filter:
     table = table[table["stage"].isin(stage_filter)]
 st.dataframe(table, hide_index=True, key="diag_table")
+

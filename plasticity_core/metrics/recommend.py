@@ -51,13 +51,15 @@ class Recommendation:
     params: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     head_seed: int = 0  # the seed of the fresh head the diagnosis ran through (0 when it used the model's own head)
+    head_probe_steps: int = 0  # steps of the linear probe of that head before the diagnosis (0: none)
 
     def to_config(self, seed: int = 0):
         """The proposal as a ``ReinitConfig``: strategy, params, layers, ``seed`` and the diagnosis' head seed."""
         from plasticity_core.config import ReinitConfig
 
         return ReinitConfig(strategy=self.strategy, layers=list(self.layers), params=dict(self.params), seed=seed,
-                            head_seed=self.head_seed, resolved_layers=list(self.layers))
+                            head_seed=self.head_seed, head_probe_steps=self.head_probe_steps,
+                            resolved_layers=list(self.layers))
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "strategy": self.strategy, "params": self.params, "reason": self.reason,
@@ -148,7 +150,9 @@ def recommend(d: "Diagnosis", budget: float | int = 0.25, min_score: float = 0.0
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"budget must be a fraction of parameters in (0, 1] or a number of layers >= 1, got {budget!r}")
     rec = _recommend(d, budget, min_score)
-    rec.head_seed = int((d.meta.get("head") or {}).get("seed") or 0)
+    head = d.meta.get("head") or {}
+    rec.head_seed = int(head.get("seed") or 0)
+    rec.head_probe_steps = int((head.get("probe") or {}).get("steps") or 0)
     return rec
 
 

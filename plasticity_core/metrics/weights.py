@@ -53,6 +53,36 @@ def gram(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return x.transpose(1, 2) @ x
 
 
+GRAM_SPLIT_N = 192  # from this many columns on, the Gram's norms come from its upper block triangle (3/4 of the flops)
+
+
+def gram_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tap of ``x`` (``(taps, m, n)`` tall): ``||X^T X - I||_F^2`` and ``||X^T X||_F^2``, fp32.
+
+    For ``n >= GRAM_SPLIT_N`` the columns are split in two halves ``[X1 X2]`` and only ``X1^T X1``, ``X2^T X2`` and
+    ``X1^T X2`` are formed (the lower block is the transpose of the upper one): 3/4 of the GEMM flops. The
+    identity is subtracted on the diagonal blocks before squaring (no cancellation near an isometry).
+    """
+    n = x.shape[-1]
+    if n < GRAM_SPLIT_N:
+        g = x.transpose(1, 2) @ x
+        fro = g.square().sum((1, 2))
+        g.diagonal(dim1=1, dim2=2).sub_(1)
+        return g.square().sum((1, 2)), fro
+    x = x.contiguous()
+    h = n // 2
+    x1, x2 = x[:, :, :h], x[:, :, h:]
+    fro = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    dev = torch.zeros_like(fro)
+    for xi in (x1, x2):
+        g = xi.transpose(1, 2) @ xi
+        fro = fro + g.square().sum((1, 2))
+        g.diagonal(dim1=1, dim2=2).sub_(1)
+        dev = dev + g.square().sum((1, 2))
+    off = 2 * (x1.transpose(1, 2) @ x2).square().sum((1, 2))
+    return dev + off, fro + off
+
+
 def tap_fro2(w: torch.Tensor) -> torch.Tensor:
     """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation."""
     w = w.detach().float()
@@ -217,6 +247,7 @@ class WeightView:
         self.w = w.detach()
         self.w0 = None if w0 is None else w0.detach().to(self.w.device)
         self._gram: torch.Tensor | None = None
+        self._gram_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
         self.spectra = spectra if spectra is not None else SpectraBatch()
@@ -228,6 +259,13 @@ class WeightView:
         if self._gram is None:
             self._gram = gram(self.w)
         return self._gram
+
+    @property
+    def gram_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||X^T X - I||_F^2, ||X^T X||_F^2)`` per tap (computed on first use: only ``dfi`` / ``dfi_si`` read them)."""
+        if self._gram_norms is None:
+            self._gram_norms = gram_norms(self.taps)
+        return self._gram_norms
 
     @property
     def taps(self) -> torch.Tensor:
@@ -330,13 +368,16 @@ def _sfe_rel(v: WeightView, eps: float) -> torch.Tensor | None:
 @register_metric("dfi", family="weights",
                  definition="||X^T X - I_n||_F^2 of the tall matrix X (conv: mean over spatial taps)")
 def _dfi(v: WeightView) -> torch.Tensor:
-    return _dfi_g(v.gram)
+    return v.gram_norms[0].mean()
 
 
 @register_metric("dfi_si", family="weights",
                  definition="n ||X^T X||_F^2 / ||X||_F^4 - 1, 0 iff all singular values are equal (conv: mean over taps)")
 def _dfi_si(v: WeightView) -> torch.Tensor:
-    return _dfi_si_g(v.gram)
+    n = v.taps.shape[-1]
+    sq = v.fro2.square()  # ||X||_F^4 per tap
+    ratio = n * v.gram_norms[1] / sq.clamp_min(torch.finfo(sq.dtype).tiny)
+    return torch.where(sq > 0, (ratio - 1).clamp_min(0), torch.zeros_like(ratio)).mean()
 
 
 @register_metric("fro_norm", family="weights", definition="||W||_F over the whole tensor (float64 accumulation)")

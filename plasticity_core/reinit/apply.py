@@ -15,6 +15,7 @@ from torch import nn
 
 from plasticity_core.config import ReinitConfig
 from plasticity_core.data import probe_batches
+from plasticity_core.errors import UserError
 from plasticity_core.layers import select_layers
 from plasticity_core.reinit.base import STRATEGIES, Context
 from plasticity_core.reinit.report import COLUMNS, ReinitReport, layer_row
@@ -104,6 +105,21 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, touched: Touched) ->
     return zeroed
 
 
+def _check_optimizer(model: nn.Module, optimizer: Any, layers: list, notes: list[str]) -> None:
+    """Refuse an optimizer that holds none of the selected layers' weights (another model's: resetting its state
+    would do nothing, silently); note the selected layers it does not hold (e.g. frozen ones left out of it)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UserError(f"apply_reinit: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [layer.name for layer in layers if id(model.get_submodule(layer.module_name).weight) not in held]
+    if len(missing) == len(layers):
+        raise UserError(f"apply_reinit: the optimizer holds none of the {len(layers)} selected layers' weights (e.g. "
+                        f"{missing[0]}); pass the optimizer built on this model's parameters, or none and build it after")
+    if missing:
+        notes.append(f"the optimizer does not hold {len(missing)} selected layer(s) (e.g. {missing[0]}): their state "
+                     f"was not reset")
+
+
 def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimizer: torch.optim.Optimizer | None = None) -> ReinitReport:
     """Re-initialise the layers ``cfg`` selects, in place, and report per layer what changed.
 
@@ -124,6 +140,8 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
     notes: list[str] = []
     if not sel.layers:
         notes.append("no layer selected: nothing changed")
+    if optimizer is not None and sel.layers:
+        _check_optimizer(model, optimizer, sel.layers, notes)
     before = {layer.name: layer.weight(model).detach().clone() for layer in sel.layers}
     ctx = Context(model, sel.layers, params, cfg.seed, data, _device(model), notes)
     changes = info.fn(ctx) if sel.layers else []

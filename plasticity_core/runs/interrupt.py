@@ -111,6 +111,9 @@ def resume_problem(run: Run) -> str | None:
     status = s.get("status")
     if status == "finished":
         return "it finished already"
+    if s.get("source") not in (None, "plasticity"):  # written by an integration around the user's own training script
+        return (f"it was trained by your own script (through the {s['source']} integration), which plasticity cannot "
+                f"rerun: run that script again under a new name")
     if status in ACTIVE:
         return f"it is still {status} ({s.get('reason')}); stop it first or wait for it to end"
     if status not in RESUMABLE:
