@@ -2,7 +2,7 @@
 
 A tick is what the page's ``_live_view`` fragment does every second while runs are active (dashboard/app_pages/
 finetune.py): list the experiment's runs, its status table, the progress table (events + summary per run), the
-curves (eval and step events per run), each run's strategy and step count from its config. The script writes the
+curves and snapshots (events per run), each run's strategy from its config. The script writes the
 store's files as a worker does (200 step events and 20 evals per run), then counts every file
 opened during a first tick (cold) and the following ticks (warm, while 10 runs append events), by patching
 ``io.open`` / ``builtins.open`` (which ``Path.read_text`` / ``read_bytes`` and the YAML loader use).
@@ -68,11 +68,22 @@ def make_store(root: Path) -> tuple[RunStore, str, list[Path]]:
     return store, runs[0].experiment, running
 
 
-def tick(store: RunStore, chosen: str) -> None:
-    """The library calls of one ``_live_view`` tick, in the page's order."""
+def tick(store: RunStore, chosen: str, cache) -> None:
+    """The library calls of one ``_live_view`` tick, in the page's order (the page of this checkout: with a
+    ``runs.frames.FrameCache`` when it has one, else the earlier page that read every run's files itself)."""
     runs = store.runs(chosen)
     table = store.table(chosen)
     table["status"].isin(["queued", "running"]).any()
+    if cache is not None:  # the page since runs/frames.py: one FrameCache poll per run, its Run objects reused
+        polled = cache.poll(r.path for r in runs)
+        runs = [f.run for f in polled]
+        for r, f in zip(runs, polled):  # _progress_table
+            run_progress(f.events, r.summary())
+            r.summary().get("reason", "")
+        {r.arm: (r.config.arms[r.arm].strategy if r.config.arms[r.arm] is not None else "none") for r in runs}
+        for f in polled:  # _curve_figures / _snapshots
+            f.scalars(), f.run.seed, f.run.status, f.snapshots()
+        return
     for r in runs:  # _progress_table
         run_progress(r.events(), r.summary())
         r.summary().get("reason", "")
@@ -136,11 +147,16 @@ class OpenCounter:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store, chosen, running = make_store(Path(tmp))
+        try:
+            from plasticity_core.runs.frames import FrameCache
+            cache = FrameCache()
+        except ImportError:
+            cache = None
         assert len(store.runs(chosen)) == 20
         results = []
         for n in range(4):
             with OpenCounter() as c:
-                tick(store, chosen)
+                tick(store, chosen, cache)
             results.append((c.opened, c.bytes))
             for path in running:  # the running runs go on between ticks: 10 new steps, a fresh heartbeat
                 _append(path / "metrics.jsonl", [{"type": "step", "step": k, "time": k * 0.1, "loss": 1.0 / k}

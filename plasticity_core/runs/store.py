@@ -29,6 +29,8 @@ from plasticity_core.train.events import read_json as _read_json, write_json as 
 from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
 
 ROOT_ENV = "PLASTICITY_RUNS"  # overrides the default store root ./runs
+# path -> ((inode, mtime_ns, size), content) of summary / heartbeat files read by any Run object of this process
+_JSON_CACHE: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -53,7 +55,6 @@ class Run:
         self._config: ExperimentConfig | None = None
         self._reader: EventReader | None = None  # reads only the bytes appended since the last events() call
         self._events: tuple[int, list[dict[str, Any]]] = (-1, [])  # (events parsed, after dropping superseded ones)
-        self._files: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}  # name -> (stat key, content)
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
@@ -105,17 +106,18 @@ class Run:
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
 
     def _json(self, path: Path) -> dict[str, Any] | None:
-        """A JSON file of the folder, read again only when it changed (writers replace it: a new inode each time)."""
+        """A JSON file of the folder, read again only when it changed (writers replace it: a new inode each time);
+        the cache is the process's, so every ``Run`` object of a folder shares one read."""
         try:
             st = path.stat()
         except OSError:
-            self._files.pop(str(path), None)
+            _JSON_CACHE.pop(str(path), None)
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._files.get(str(path))
+        cached = _JSON_CACHE.get(str(path))
         if cached is None or cached[0] != key:
             cached = (key, _read_json(path))
-            self._files[str(path)] = cached
+            _JSON_CACHE[str(path)] = cached
         return dict(cached[1]) if cached[1] is not None else None
 
     def raw_summary(self) -> dict[str, Any]:
