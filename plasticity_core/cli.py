@@ -68,6 +68,8 @@ def _writable(path: str, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():  # /dev/full, a FIFO: a write would vanish or block, and "saved" would be a lie
+        raise UserError(f"{flag} {p} is a device, not a file (a FIFO, socket or device); give a file path")
     blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
@@ -336,10 +338,30 @@ def cmd_dashboard(args) -> int:
 
     if not dashboard_app().is_file():
         raise UserError(f"the dashboard is not installed at {dashboard_app()}; reinstall plasticity-lab")
+    import signal
+
+    server = subprocess.Popen(dashboard_command(args.streamlit_args))
+
+    def forward(signum, frame) -> None:  # the server ends with us: no Streamlit left holding the port
+        if server.poll() is None:
+            server.send_signal(signum)
+
+    handled = [sig for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
-        return subprocess.call(dashboard_command(args.streamlit_args))
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = server.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.poll() is None:  # we are leaving for another reason (an error): take the server with us
+            server.terminate()
+            server.wait(timeout=10)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def build_parser() -> argparse.ArgumentParser:

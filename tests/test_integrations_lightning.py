@@ -115,6 +115,15 @@ def test_lightning_bad_input_before_training(tmp_path, synthetic):
         _fit(module, callback, synthetic)
     assert not (tmp_path / "bad").exists() and module.trainer.global_step == 0
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+    class NoOptimizer(Lit):
+        def configure_optimizers(self):
+            return None  # Lightning runs without an optimizer: nothing for cbp to step after
+
+    cbp = pc.ReinitConfig(strategy="cbp", layers=["layer3.*"])
+    module = NoOptimizer()
+    with pytest.raises(UserError, match="replaces units after every optimizer step but there is no optimizer"):
+        _fit(module, PlasticityCallback(cbp, tmp_path, "noopt"), synthetic)
+    assert not (tmp_path / "noopt").exists() and module.trainer.global_step == 0
     _fit(Lit(), PlasticityCallback(None, tmp_path, "taken"), synthetic, steps=1)
     with pytest.raises(UserError, match="exists already"):
         PlasticityCallback(None, tmp_path, "taken")

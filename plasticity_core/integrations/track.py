@@ -172,20 +172,6 @@ def _unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-class _Optimizers:
-    """Several optimizers seen as one for ``reset_optimizer_state`` (state of a parameter: whichever holds it)."""
-
-    def __init__(self, optimizers: Sequence[Any]) -> None:
-        self.optimizers = list(optimizers)
-
-    @property
-    def state(self) -> dict:
-        merged: dict = {}
-        for opt in self.optimizers:
-            merged.update(opt.state)
-        return merged
-
-
 class Tracker:
     """One tracked run of a training loop that is not ours (see the module docstring; ``pc.track`` makes one).
 
@@ -300,10 +286,7 @@ class Tracker:
             if model is None:
                 raise IntegrationError("reinit= needs the model to apply it to: pass model= (or call "
                                        "pc.apply_reinit(model, cfg) yourself and track without reinit=)")
-            opt = None
-            if self.optimizers:
-                inner = [_unwrap_optimizer(o) for o in self.optimizers]
-                opt = inner[0] if len(inner) == 1 else _Optimizers(inner)
+            opt = self._holder(self.module)
             try:
                 report = apply_reinit(self.module, self.reinit, data=self.data, optimizer=opt)
             except UserError:
@@ -321,6 +304,20 @@ class Tracker:
             self.notes.extend(n for n in report.notes if not n.startswith("no optimizer given"))
         self._prepared = True
         return self.report
+
+    def _holder(self, module: nn.Module) -> Any:
+        """The torch optimizer among the run's that updates most of ``module``'s parameters (None: none does, so none
+        can hold state of them)."""
+        params = {id(p) for p in module.parameters()}
+        counts = []
+        for o in (_unwrap_optimizer(o) for o in self.optimizers):
+            held = sum(id(p) in params for g in getattr(o, "param_groups", []) for p in g["params"])
+            if held:
+                counts.append((held, o))
+        if len(counts) > 1:
+            self.notes.append(f"{len(counts)} optimizers update {type(module).__name__}: the re-init reset the state in "
+                              f"the one holding most of its parameters")
+        return max(counts, key=lambda c: c[0])[1] if counts else None
 
     def skip_reinit(self, model: nn.Module, note: str) -> None:
         """Prepared without applying the re-init (a run resumed from a checkpoint that holds it); ``note`` says so."""

@@ -51,6 +51,8 @@ class _StopFile:
         self.run, self.extra = run, extra
 
     def is_set(self) -> bool:
+        if not self.run.path.is_dir():  # the run folder was deleted under the run: nothing it writes would be kept
+            return True
         return self.run.stop_requested or bool(self.extra is not None and self.extra.is_set())
 
 

@@ -55,6 +55,7 @@ class Run:
         self._config: ExperimentConfig | None = None
         self._reader: EventReader | None = None  # reads only the bytes appended since the last events() call
         self._events: tuple[int, list[dict[str, Any]]] = (-1, [])  # (events parsed, after dropping superseded ones)
+        self._unsaved: dict[str, Any] | None = None  # a final status finalise could not write (disk full, folder gone)
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
@@ -121,8 +122,30 @@ class Run:
         return dict(cached[1]) if cached[1] is not None else None
 
     def raw_summary(self) -> dict[str, Any]:
-        """``summary.json`` as written (``queued`` when there is none yet)."""
-        return self._json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
+        """``summary.json`` as written (``queued`` when there is none yet), read again only when it was replaced.
+
+        Without a readable summary the folder still tells the truth: a folder deleted under a run reads ``failed``;
+        a summary deleted mid-run reads from the events (their final event) or the heartbeat (``running``, so a
+        dead worker goes stale); a final status ``finalise`` could not write (disk full) is kept in memory.
+        """
+        s = self._json(self.path / "summary.json")
+        if s is not None and (s.get("status") in FINAL or self._unsaved is None):
+            return s
+        if self._unsaved is not None:
+            return dict(self._unsaved)
+        if not self.path.is_dir():
+            return {"status": "failed", "reason": f"its run folder {self.path} was deleted (nothing of the run is left)"}
+        events = self.events()
+        final = next((e for e in reversed(events) if e.get("type") in FINAL), None)
+        if final is not None:
+            steps = final.get("step") if isinstance(final.get("step"), int) else None
+            return {"status": final["type"], "reason": f"{final.get('reason') or final['type']} (summary.json is "
+                                                       f"missing; read from metrics.jsonl)", "steps": steps}
+        hb = self._json(self.path / "heartbeat.json")
+        if events or hb is not None:
+            return {"status": "running", "reason": "summary.json is missing (deleted?); status read from the heartbeat",
+                    "started_at": (hb or {}).get("time")}
+        return {"status": "queued", "reason": "no summary written yet"}
 
     def _heartbeat_age(self, path: Path, fallback: float | None) -> tuple[float | None, dict[str, Any]]:
         hb = self._json(path) or {}
@@ -160,8 +183,12 @@ class Run:
         return self.summary().get("status", "queued")
 
     def request_stop(self) -> None:
-        """Ask the worker to stop this run; it checks before every step (and before a queued run starts)."""
-        (self.path / "STOP").touch()
+        """Ask the worker to stop this run; it checks before every step (and before a queued run starts). A folder
+        that is gone or cannot be written is left alone: there is nothing to stop there."""
+        try:
+            (self.path / "STOP").touch()
+        except OSError:
+            pass
 
     @property
     def stop_requested(self) -> bool:
@@ -171,7 +198,14 @@ class Run:
         """Write a final status for a run that cannot write one itself (its worker is gone or never came)."""
         assert status in FINAL, status
         s = {**self.raw_summary(), **fields, "status": status, "reason": reason, "ended_at": time.time()}
-        _write_json(self.path / "summary.json", s)
+        if not self.path.is_dir():  # deleted under the run: nothing to write, the status stays in memory
+            self._unsaved = s
+            return s
+        try:
+            _write_json(self.path / "summary.json", s)
+        except OSError as e:  # disk full or read-only: never raise into the launcher loop (the other runs go on)
+            s = {**s, "not_saved": f"summary.json not written: {e.strerror or type(e).__name__}"}
+            self._unsaved = s
         return s
 
 
@@ -207,6 +241,8 @@ class RunStore:
             if bad:
                 raise LaunchError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
             singles = [singles[i] for i in only]
+        if self.root.exists() and not self.root.is_dir():
+            raise LaunchError(f"the run store {self.root} is a file, not a folder: choose a folder (--store DIR)")
         self.root.mkdir(parents=True, exist_ok=True)
         base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
         exp_dir = self._claim_experiment(base, whole=only is None and not resume, explicit=tag is not None)

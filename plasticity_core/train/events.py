@@ -87,8 +87,15 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:  # disk full, folder deleted, read-only: never leave a temp file behind
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 class Heartbeat:
@@ -170,6 +177,8 @@ class RunWriter:
         self.ended: str | None = None  # the final event type written, if any
         self.summary: dict[str, Any] | None = None  # the final summary once finished
         self.diagnoses: list[dict[str, Any]] = []
+        self.last_step: int | None = None  # the highest step written: a run that fails says where it got to
+        self.write_error: str | None = None  # why the final summary could not be written (disk full, folder gone)
         self._log: Any = None
 
     @classmethod
@@ -244,6 +253,8 @@ class RunWriter:
         self._log.flush()
         if kind in FINAL:
             self.ended = kind
+        if isinstance(event.get("step"), int) and not isinstance(event.get("step"), bool):
+            self.last_step = max(self.last_step or 0, event["step"])
         if event.get("step") is not None and self.heartbeat is not None:
             self.heartbeat.update(step=event["step"])
         if kind == "diagnosis":
@@ -260,6 +271,8 @@ class RunWriter:
         final ``summary.json`` (``{**base, **fields, status, reason, ended_at}``), returned."""
         if status not in FINAL:
             raise ValueError(f"finish: status must be one of {FINAL}, got {status!r}")
+        if fields.get("steps") is None and self.last_step is not None:
+            fields["steps"] = self.last_step  # a run that failed at step 51 says 51, not 0
         if self.ended != status:  # the last final event agrees with the summary (e.g. Ctrl-C after the loop's 'failed')
             try:
                 self.write(make_event(status, fields.get("steps"), time.perf_counter() - self.t0, reason=reason))
@@ -274,7 +287,11 @@ class RunWriter:
             except Exception:  # noqa: BLE001 - the snapshots are also in metrics.jsonl
                 pass
         self.summary = {**self.base, **fields, "status": status, "reason": reason, "ended_at": time.time()}
-        write_json(self.path / SUMMARY_FILE, self.summary)
+        try:
+            write_json(self.path / SUMMARY_FILE, self.summary)
+        except OSError as e:  # disk full, read-only, the folder deleted: the caller gets the true status in memory
+            self.write_error = f"{self.path / SUMMARY_FILE} not written: {e.strerror or type(e).__name__}"
+            self.summary["not_saved"] = self.write_error
         return self.summary
 
 
