@@ -5,7 +5,7 @@ import streamlit as st
 
 import plasticity_core as pc
 from dashboard import charts, forms, state, views
-from plasticity_core.progress import run_progress
+from plasticity_core.train.events import ACTIVE, run_progress
 from plasticity_core.reinit import noop_reason
 from plasticity_core.runs import frames
 
@@ -126,7 +126,7 @@ experiments = store.experiments()
 if not experiments:
     st.info("No runs yet.")
     st.stop()
-active = [r.experiment for r in store.runs() if r.status in ("queued", "running")]
+active = [r.experiment for r in store.runs() if r.status in ACTIVE]
 # after a browser reload the session is new: re-attach to a running experiment, else show the latest
 default = st.session_state.get("experiment")
 if default not in experiments:
@@ -337,7 +337,7 @@ def _table(shown: list) -> None:
 def _live_view() -> None:
     runs = store.runs(chosen)
     table = store.table(chosen)
-    running = table["status"].isin(["queued", "running"]).any()
+    running = table["status"].isin(ACTIVE).any()
     if running and st.button("Stop", key="btn_stop", icon=":material/stop:"):
         for r in runs:
             r.request_stop()
@@ -379,5 +379,5 @@ def _live_view() -> None:
     st.session_state["was_running"] = running
 
 
-is_running = store.table(chosen)["status"].isin(["queued", "running"]).any()
+is_running = store.table(chosen)["status"].isin(ACTIVE).any()
 st.fragment(_live_view, run_every=1.0 if is_running else None)()
