@@ -46,10 +46,52 @@ def normalise_columns(wide: pd.DataFrame) -> pd.DataFrame:
     return (wide - lo) / span
 
 
-def badness(wide: pd.DataFrame, worse: Mapping[str, str | None]) -> pd.DataFrame:
+ROBUST_PCT = (5, 95)  # the heatmap's colour scale spans these percentiles of each column; beyond them it saturates
+
+
+def robust_columns(wide: pd.DataFrame, pct: tuple[float, float] = ROBUST_PCT) -> pd.DataFrame:
+    """Per-metric scaling to [0, 1] between the column's ``pct`` percentiles (clipped beyond them), so one outlier
+    layer does not set the scale and paint every other layer alike; a constant column maps to 0; NaN stays NaN."""
+    lo = wide.quantile(pct[0] / 100, numeric_only=True, interpolation="higher")  # actual layers' values: with few
+    hi = wide.quantile(pct[1] / 100, numeric_only=True, interpolation="lower")  # layers, not halfway to an outlier
+    few = ~(hi > lo)  # too few distinct layers for percentiles: min to max
+    lo, hi = lo.where(~few, wide.min(numeric_only=True)), hi.where(~few, wide.max(numeric_only=True))
+    span = (hi - lo).where(hi > lo, other=np.inf)
+    return ((wide - lo) / span).clip(0, 1).where(wide.notna())
+
+
+# metrics that grow with a layer's width, coloured per unit of width (the hover shows the raw value and this one)
+WIDTH_NORMALISED = {
+    "stable_rank": "stable_rank / min(d_out, d_in) per tap: the share of the possible rank used (a depthwise tap "
+                   "has d_in = 1, so 1.0 is its full rank, not its worst)",
+    "feature_erank": "feature_erank / units: the share of the layer's units that carry independent features",
+    "grad_norm": "grad_norm / fro_norm: the relative gradient (a wide layer has a large gradient norm because it "
+                 "has many weights)",
+}
+
+
+def width_normalised(wide: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+    """``wide`` with the ``WIDTH_NORMALISED`` metrics divided by their width measure (from the diagnosis' layer
+    meta: ``name``, ``units``, ``shape``); other metrics unchanged. Used for colour only."""
+    out = wide.copy()
+    if not len(layers):
+        return out
+    meta = layers.set_index("name").reindex(out.index)
+    if "stable_rank" in out.columns and "shape" in meta.columns:
+        width = meta["shape"].map(lambda s: float(min(s[0], s[1])) if isinstance(s, (list, tuple)) and len(s) >= 2 else np.nan)
+        out["stable_rank"] = out["stable_rank"] / width
+    if "feature_erank" in out.columns and "units" in meta.columns:
+        out["feature_erank"] = out["feature_erank"] / meta["units"].astype(float)
+    if "grad_norm" in out.columns and "fro_norm" in out.columns:
+        out["grad_norm"] = out["grad_norm"] / out["fro_norm"].where(out["fro_norm"] > 0)
+    return out
+
+
+def badness(wide: pd.DataFrame, worse: Mapping[str, str | None], robust: bool = False) -> pd.DataFrame:
     """Per metric, 0 = the best layer and 1 = the worst ("high" metrics as is, "low" metrics flipped); metrics with
-    no direction keep low -> high."""
-    norm = normalise_columns(wide)
+    no direction keep low -> high. ``robust``: between the 5th and 95th percentile layers (``robust_columns``)
+    instead of min to max."""
+    norm = robust_columns(wide) if robust else normalise_columns(wide)
     for m in norm.columns:
         if worse.get(m) == "low":
             norm[m] = 1 - norm[m]
@@ -74,7 +116,8 @@ def _wrap(text: str, width: int = 56) -> str:
 
 def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[str, str],
             selected: Sequence[str] = (), worse: Mapping[str, str | None] | None = None,
-            plain: Mapping[str, str] | None = None) -> tuple[go.Figure, list[tuple[str, str]]]:
+            plain: Mapping[str, str] | None = None,
+            colour_by: pd.DataFrame | None = None) -> tuple[go.Figure, list[tuple[str, str]]]:
     """Layers (rows, network order, stage bands) x metrics (columns), coloured so that worse is always darker red.
 
     Metrics with a direction (``worse[m]`` "high" or "low") share one red scale: per metric the best layer is
@@ -84,7 +127,8 @@ def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[
     """
     worse, plain = dict(worse or {}), dict(plain or {})
     layers, metrics = list(wide.index), list(wide.columns)
-    norm = badness(wide, worse)
+    # ``colour_by``: the values the colours come from (width-normalised, robustly scaled); the hover shows both
+    norm = badness(wide, worse) if colour_by is None else badness(colour_by.reindex(index=wide.index, columns=wide.columns), worse, robust=True)
     cells, xs, ys, custom = [], [], [], []
     for i, layer in enumerate(layers):
         for j, metric in enumerate(metrics):
@@ -94,6 +138,8 @@ def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[
             raw = wide.iat[i, j]
             direction = {"high": "higher is worse", "low": "lower is worse"}.get(worse.get(metric), "neither good nor bad")
             note = "n/a: this metric does not apply to this layer" if _fmt(raw) == "n/a" else direction
+            if colour_by is not None and metric in WIDTH_NORMALISED and metric in colour_by.columns and _fmt(raw) != "n/a":
+                note += f"; coloured by {metric.split('_')[0]} per width = {_fmt(colour_by.at[layer, metric])}"
             custom.append([layer, stages.get(layer, ""), metric, _fmt(raw), note,
                            _wrap(plain.get(metric) or definitions.get(metric, ""))])
     directed = [j for j, m in enumerate(metrics) if worse.get(m) in ("high", "low")]
@@ -271,6 +317,19 @@ def curves(points: pd.DataFrame, metric: str, title: str, colours: Mapping[str, 
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def launch_plan(n_runs: int, parallel: int, steps: int, seconds_per_step: float | None) -> str:
+    """The launch plan in words: "6 runs, 2 at a time, ~3 min" (the time from a past run of the same setup)."""
+    if n_runs < 1:
+        return "No arm chosen: nothing to launch."
+    at_once = min(parallel, n_runs)
+    text = f"{n_runs} run{'s' if n_runs != 1 else ''}, {'one' if at_once == 1 else at_once} at a time"
+    if seconds_per_step is None:
+        return text + " (time unknown until a run of this setup has finished; the progress table shows an ETA)."
+    waves = -(-n_runs // at_once)
+    minutes = waves * steps * seconds_per_step / 60
+    return text + f", ~{max(1, round(minutes))} min (from a finished run of this setup; runs at once share the machine)."
 
 
 def reinit_argv(setup: Mapping[str, Any], num_classes: int | str) -> list[str]:

@@ -231,7 +231,8 @@ def cmd_finetune(args) -> int:
     from plasticity_core.config import ExperimentConfig
     from plasticity_core.errors import UserError
     from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
-    from plasticity_core.runs.interrupt import StopOnSignals, resume_runs
+    from plasticity_core.runs import resume_runs
+    from plasticity_core.runs.interrupt import StopOnSignals
 
     if args.resume:  # argparse gives --resume's list the KEY=VALUE words that follow it
         moved = [a for a in args.resume if "=" in a and not Path(a).exists()]

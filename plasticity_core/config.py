@@ -441,7 +441,7 @@ class LaunchConfig(SerializableConfig):
     A worker writes a heartbeat into its run folder every ``heartbeat_s``; a reader that sees none for
     ``heartbeat_timeout_s`` reports the run ``failed`` (worker killed or its host lost). ``sinks`` are the
     tracker sinks fed from the event stream besides ``metrics.jsonl`` (``tensorboard``, ``mlflow``).
-    ``address`` is a Ray cluster address (default ``$RAY_ADDRESS`` or a local Ray runtime); ``slurm`` holds
+    ``memory_gb_per_run`` is the memory a Slurm task asks for (``--mem``). ``address`` is a Ray cluster address (default ``$RAY_ADDRESS`` or a local Ray runtime); ``slurm`` holds
     submitit parameters (``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cluster: local`` for tests).
     """
 
@@ -451,6 +451,7 @@ class LaunchConfig(SerializableConfig):
     parallel: int = 1
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
+    memory_gb_per_run: float = 8.0  # the Slurm memory request of one run (--mem; launch.slurm mem_gb etc. win)
     address: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
     sinks: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -464,13 +465,15 @@ class LaunchConfig(SerializableConfig):
         _check_type(k, "parallel", self.parallel, (int,))
         if self.parallel < 1:
             raise ConfigError(f"{k}.parallel: must be >= 1 (runs at once), got {self.parallel}")
-        for name in ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"):
+        for name in ("cpus_per_run", "gpus_per_run", "memory_gb_per_run", "heartbeat_s", "heartbeat_timeout_s"):
             v = getattr(self, name)
             _check_type(k, name, v, (int, float))
             setattr(self, name, float(v))
         _check_finite(k, self, ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"))
         if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
             raise ConfigError(f"{k}: cpus_per_run must be > 0 and gpus_per_run >= 0")
+        if not 0 < self.memory_gb_per_run < 1e6:
+            raise ConfigError(f"{k}.memory_gb_per_run: must be a number of GB above 0, got {self.memory_gb_per_run:g}")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s < 2 * self.heartbeat_s:
             raise ConfigError(f"{k}.heartbeat_timeout_s: must be at least twice heartbeat_s ({self.heartbeat_s:g}), "
                               f"got {self.heartbeat_timeout_s:g}")

@@ -75,12 +75,14 @@ meta = diagnosis.meta
 wide_all = diagnosis.wide()
 folded = views.constant_columns(wide_all)
 wide = wide_all.drop(columns=list(folded))
+normalised = [m for m in views.WIDTH_NORMALISED if m in wide.columns]
 head_words = (meta.get("head") or {}).get("text")
 if head_words and any(pc.METRICS[m].needs == "gradients" for m in diagnosis.metrics):
     st.caption(f"Gradient metrics (grad_norm, grad_dormant) go through {head_words}: they measure the backbone as "
                "seen through that head, and change with it.")
 st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
-           "**Darker red = worse** for that metric (each column scaled from its best layer to its worst); blue columns "
+           "**Darker red = worse** for that metric (each column scaled between its 5th and 95th percentile layers, "
+           "so one outlier does not set the scale); blue columns "
            "have no better or worse (norms, movement from the pretrained weights). Grey *n/a*: the metric does not "
            "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
            "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
@@ -92,6 +94,9 @@ if meta.get("no_gradient"):
 if meta.get("uncovered"):
     st.caption("Not in the diagnosis (outside the layer map): "
                + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))
+if normalised:
+    st.caption("Coloured per unit of width (the hover shows the raw value and this one): "
+               + "; ".join(f"**{m}**: {views.WIDTH_NORMALISED[m]}" for m in normalised) + ".")
 if folded:
     st.caption("Not drawn (the same for every layer, nothing to compare): "
                + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")
@@ -104,7 +109,8 @@ stages = {r["name"]: views.stage_of(r["group"]) for r in layers_meta.to_dict("re
 order = diagnosis.layer_names
 fig, cells = views.heatmap(wide, stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
                            selected=st.session_state["selected_layers"],
-                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN)
+                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN,
+                           colour_by=views.width_normalised(wide_all, layers_meta))
 rows = list(wide.index)
 
 

@@ -143,7 +143,12 @@ def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopF
             raise
         return summary
     fields = {k: v for k, v in result.summary().items() if k not in ("status", "reason")}
-    return writer.finish(result.status, result.reason, **fields)
+    status, reason, flag = result.status, result.reason, stopper.extra
+    if status == "stopped" and getattr(flag, "ends_as", "stopped") != "stopped" and flag.is_set():  # e.g. scancel
+        status = flag.ends_as
+        reason = (f"{status} by {flag.received} from {flag.source} at step {result.steps}; its checkpoint is kept: "
+                  f"resume with plasticity finetune --resume {run.path.parent}")
+    return writer.finish(status, reason, **fields)
 
 
 load_inputs = load_setup  # the name this module had for it

@@ -68,6 +68,9 @@ class Launch:
                  stop: Any = None) -> None:
         self.runs, self.config, self.on_event, self.stop = list(runs), config, on_event, stop
         self._readers = {r: EventReader(r.path / "metrics.jsonl") for r in self.runs}
+        for r, reader in self._readers.items():
+            if r.raw_summary().get("requeued"):
+                reader.poll()  # a resumed run: its earlier attempts' events were shown when they happened
         self.stopping = False
 
     def last_step(self, run: Run) -> int | None:
