@@ -319,6 +319,19 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def launch_plan(n_runs: int, parallel: int, steps: int, seconds_per_step: float | None) -> str:
+    """The launch plan in words: "6 runs, 2 at a time, ~3 min" (the time from a past run of the same setup)."""
+    if n_runs < 1:
+        return "No arm chosen: nothing to launch."
+    at_once = min(parallel, n_runs)
+    text = f"{n_runs} run{'s' if n_runs != 1 else ''}, {'one' if at_once == 1 else at_once} at a time"
+    if seconds_per_step is None:
+        return text + " (time unknown until a run of this setup has finished; the progress table shows an ETA)."
+    waves = -(-n_runs // at_once)
+    minutes = waves * steps * seconds_per_step / 60
+    return text + f", ~{max(1, round(minutes))} min (from a finished run of this setup; runs at once share the machine)."
+
+
 def reinit_argv(setup: Mapping[str, Any], num_classes: int | str) -> list[str]:
     """The ``plasticity reinit`` command line that applies the exported config to this setup's model (the fresh
     head's seed comes from the config's ``head_seed``, the one the preview used)."""

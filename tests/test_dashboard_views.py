@@ -140,3 +140,10 @@ def test_robust_scale_is_not_set_by_one_outlier_and_width_normalised_metrics_say
     directed = fig.data[0].z
     assert directed[0][0] == 0.0 and directed[1][0] == 1.0  # the depthwise row is the best stable_rank here
     assert "per width" in fig.data[3].customdata[0][4]
+
+
+def test_launch_plan_says_runs_at_once_and_the_time_when_known():
+    assert views.launch_plan(6, 2, 100, 0.6) == ("6 runs, 2 at a time, ~3 min (from a finished run of this setup; "
+                                                 "runs at once share the machine).")
+    assert views.launch_plan(6, 1, 100, None).startswith("6 runs, one at a time (time unknown")
+    assert views.launch_plan(1, 4, 10, 1.0).startswith("1 run, one at a time, ~1 min")

@@ -142,3 +142,20 @@ def test_hf_bad_input_and_failure(tmp_path, synthetic):
     assert s["status"] == "failed" and s["reason"] == "ValueError: bad batch at step 2" and s["steps"] == 2
     with pytest.raises(UserError, match="exists already"):
         PlasticityCallback(None, tmp_path, "boom")
+
+
+def test_hf_model_init_model_is_reinitialised_before_its_first_step(tmp_path, synthetic):
+    cfg = pc.ReinitConfig(strategy="reset", layers=[TOUCHED], seed=0)
+    callback = PlasticityCallback(cfg, tmp_path, "init", data=synthetic.train)
+    made = []
+
+    def model_init():
+        made.append(Classifier())
+        return made[-1]
+
+    trainer = _trainer(tmp_path, None, callback, synthetic, steps=2, model_init=model_init)
+    trainer.train()  # model_init makes a second model here; the Trainer built its optimizer on it already
+    assert len(made) == 2 and callback.tracker.module is made[-1].model
+    assert callback.applied_in == "on_train_begin" and callback.tracker.reinit_optimizers == 1
+    assert callback.tracker.run.events("reinit")[0]["resolved_layers"] == [TOUCHED]
+    assert callback.tracker.run.summary()["status"] == "finished"

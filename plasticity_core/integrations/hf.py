@@ -102,12 +102,15 @@ class PlasticityCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         tracker = self.tracker
+        if self.trainer is not None:  # with model_init, train() makes a new model; callbacks are still handed the old one
+            model = self.trainer.model
+            optimizer = self.trainer.optimizer if self.trainer.optimizer is not None else optimizer
         if tracker.writer is not None:
             raise RuntimeError(f"this PlasticityCallback wrote run {tracker.path} already: give another train() a "
                                f"new PlasticityCallback (another name, arm or seed)")
-        if model is not None and tracker.model is not None and model is not tracker.model and tracker.report is None \
-                and tracker.reinit is not None:
-            tracker._prepared = False  # model_init made a new model at train(): re-initialise that one
+        if model is not None and tracker.model is not None and model is not tracker.model:
+            tracker.close_hooks()  # model_init made a new model at train(): re-initialise (and diagnose) that one
+            tracker._prepared, tracker.report, tracker.module, tracker.notes = False, None, None, []
         tracker.attach(optimizer)
         if not tracker._prepared:
             tracker.prepare(model, [optimizer])

@@ -422,6 +422,11 @@ class Tracker:
             data=f"{self.source}:data", finetune=FinetuneConfig.from_dict(finetune), arms={self.arm: self.reinit},
             seeds=[self.seed], launch=self.launch)
         config.save(folder / ".config.yaml.tmp")
+        text = (folder / ".config.yaml.tmp").read_text()
+        (folder / ".config.yaml.tmp").write_text(
+            f"# Written by the {self.source} integration around a training script of the user's own: name, arms, seeds,\n"
+            f"# finetune.steps / seed / diagnose_* and what `config=` gave describe this run; the other finetune fields\n"
+            f"# are defaults, not the script's settings (those are in metrics.jsonl's start event, `params`).\n" + text)
         os.replace(folder / ".config.yaml.tmp", folder / "config.yaml")
         write_json(folder / SUMMARY_FILE, {
             "status": "queued", "reason": f"starting ({self.source})", "experiment": self.name, "arm": self.arm,
