@@ -325,9 +325,10 @@ def dashboard_app() -> Path:
 
 
 def dashboard_command(extra: list[str]) -> list[str]:
-    """The ``streamlit run`` command line ``plasticity dashboard`` executes."""
+    """The ``streamlit run`` command line ``plasticity dashboard`` executes: ``serve.py`` beside ``app.py``, the same
+    app as an ``st.App`` whose middleware forbids framing the page elsewhere (frame-ancestors / X-Frame-Options)."""
     options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app()), *options, *extra]
+    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app().parent / "serve.py"), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:

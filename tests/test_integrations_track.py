@@ -263,3 +263,17 @@ def test_other_processes_of_a_distributed_launch_reinit_but_do_not_write(tmp_pat
     with pytest.raises(UserError, match="distributed launch"):
         pc.track(tmp_path, "ddp", model=model, reinit=pc.ReinitConfig(strategy="cbp", layers=["layer3.*"]),
                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1)).__enter__()
+
+
+def test_the_dashboard_offers_no_resume_for_a_tracked_run(tmp_path, monkeypatch):
+    from dashboard.testing import no_exception, tiny_app
+
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        with pc.track(tmp_path, "mine") as run:
+            run.log(1, loss=1.0, val_acc=0.5)
+            raise KeyboardInterrupt
+    at = tiny_app()
+    at.switch_page("app_pages/finetune.py").run()
+    no_exception(at)
+    assert "btn_resume" not in [b.key for b in at.button]

@@ -8,6 +8,7 @@ from dashboard import charts, forms, state, views
 from plasticity_core.progress import run_progress
 from plasticity_core.reinit import noop_reason
 from plasticity_core.runs import frames
+from plasticity_core.runs.interrupt import resume_problem
 
 st.title("Fine-tune")
 store = pc.RunStore(state.runs_root())
@@ -372,7 +373,7 @@ def _table(shown: list) -> None:
 
 def _resume_button(runs: list) -> None:
     """Resume the experiment's stopped, cancelled and failed runs from their last checkpoint (``pc.start_resume``)."""
-    interrupted = [r for r in runs if r.status in ("stopped", "cancelled", "failed")]
+    interrupted = [r for r in runs if resume_problem(r) is None]  # not runs of the user's own script (integrations)
     if interrupted and st.button(f"Resume {len(interrupted)} interrupted run{'s' * (len(interrupted) > 1)}",
                                  key="btn_resume", icon=":material/play_arrow:",
                                  help="continue each stopped, cancelled or failed run from its last checkpoint "

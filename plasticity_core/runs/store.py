@@ -121,9 +121,13 @@ class Run:
             return {"status": final["type"], "reason": f"{final.get('reason') or final['type']} (summary.json is "
                                                        f"missing; read from metrics.jsonl)", "steps": steps}
         hb = _read_json(self.path / "heartbeat.json")
-        if events or hb is not None:
-            return {"status": "running", "reason": "summary.json is missing (deleted?); status read from the heartbeat",
-                    "started_at": (hb or {}).get("time")}
+        if events or hb is not None:  # it ran: running while its heartbeat (or its event log) stays fresh, then failed
+            try:
+                since = (self.path / "metrics.jsonl").stat().st_mtime
+            except OSError:
+                since = time.time()
+            return {"status": "running", "reason": "summary.json is missing or unreadable; status read from the "
+                                                   "heartbeat and metrics.jsonl", "started_at": since}
         return {"status": "queued", "reason": "no summary written yet"}
 
     def summary(self) -> dict[str, Any]:
