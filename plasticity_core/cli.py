@@ -124,13 +124,15 @@ def cmd_diagnose(args) -> int:
 
     out = _writable(args.out)
     device = _device(args.device)
-    bb = _backbone(args)
+    from plasticity_core.setup import load_setup
+
+    bb = _backbone(args, head_seed=args.head_seed)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
         print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
               f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
               f"(--head-seed; gradient metrics use it)", file=sys.stderr)
-        bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
+    bb, data = load_setup(bb, data, head_seed=args.head_seed)  # the setup's order; the weights were loaded once
     if args.head_probe_steps:
         from plasticity_core.head_probe import probe_head
 

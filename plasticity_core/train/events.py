@@ -324,6 +324,12 @@ class EventReader:
     def poll(self) -> list[dict[str, Any]]:
         """The events appended since the last poll (also added to ``events``)."""
         try:
+            st = os.stat(self.path)  # unchanged since the last poll: nothing to open
+        except OSError:
+            return []
+        if (st.st_dev, st.st_ino) == self._ident and st.st_size == self.offset:
+            return []
+        try:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
                 ident = (st.st_dev, st.st_ino)
