@@ -29,7 +29,7 @@ from plasticity_core.runs.spec import LaunchError
 from plasticity_core.runs.store import Run
 from plasticity_core.train.events import FINAL
 
-AUTH_HINT = ("if the cluster uses token authentication (Ray's default since 2.52), set RAY_AUTH_MODE=token and "
+AUTH_HINT = ("if the cluster uses token authentication (Ray's default for a new cluster), set RAY_AUTH_MODE=token and "
              "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on the head node)")
 
 
