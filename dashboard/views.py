@@ -6,16 +6,22 @@ scatter's ``point_index`` and ``cells[i]`` says which (layer, metric) that is.
 """
 from __future__ import annotations
 
+import io
 import re
 import shlex
+import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from plasticity_core import directions
+from plasticity_core.metrics import METRICS
 
 # Okabe-Ito, colour-blind safe; the baseline is always grey and each strategy keeps its colour everywhere
 BASELINE_COLOUR = "#7f7f7f"
@@ -64,13 +70,14 @@ def robust_columns(wide: pd.DataFrame, pct: tuple[float, float] = ROBUST_PCT) ->
 WIDTH_NORMALISED = {
     "stable_rank": "stable_rank / min(d_out, d_in) per tap: the share of the possible rank used (a depthwise tap "
                    "has d_in = 1, so 1.0 is its full rank, not its worst)",
-    "feature_erank": "feature_erank / units: the share of the layer's units that carry independent features",
+    "feature_erank": "feature_erank / min(units, probe images): the share of the rank the probe could show (the "
+                     "pooled features of N images have rank <= N)",
     "grad_norm": "grad_norm / fro_norm: the relative gradient (a wide layer has a large gradient norm because it "
                  "has many weights)",
 }
 
 
-def width_normalised(wide: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+def width_normalised(wide: pd.DataFrame, layers: pd.DataFrame, samples: int | None = None) -> pd.DataFrame:
     """``wide`` with the ``WIDTH_NORMALISED`` metrics divided by their width measure (from the diagnosis' layer
     meta: ``name``, ``units``, ``shape``); other metrics unchanged. Used for colour only."""
     out = wide.copy()
@@ -81,7 +88,8 @@ def width_normalised(wide: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
         width = meta["shape"].map(lambda s: float(min(s[0], s[1])) if isinstance(s, (list, tuple)) and len(s) >= 2 else np.nan)
         out["stable_rank"] = out["stable_rank"] / width
     if "feature_erank" in out.columns and "units" in meta.columns:
-        out["feature_erank"] = out["feature_erank"] / meta["units"].astype(float)
+        units = meta["units"].astype(float)
+        out["feature_erank"] = out["feature_erank"] / (units.clip(upper=float(samples)) if samples else units)
     if "grad_norm" in out.columns and "fro_norm" in out.columns:
         out["grad_norm"] = out["grad_norm"] / out["fro_norm"].where(out["fro_norm"] > 0)
     return out
@@ -317,6 +325,26 @@ def curves(points: pd.DataFrame, metric: str, title: str, colours: Mapping[str, 
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def diagnosis_parquet(d: Any) -> bytes:
+    """The diagnosis as parquet bytes (``Diagnosis.save``); Export calls it when its button is pressed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "diagnosis.parquet"
+        d.save(path)
+        return path.read_bytes()
+
+
+def heatmap_html(d: Any) -> str:
+    """The diagnosis heatmap as self-contained HTML (several MB with plotly.js); Export renders it on request."""
+    wide = d.wide()
+    stages = {r["name"]: stage_of(r["group"]) for r in d.meta["layers"]}
+    fig, _ = heatmap(wide, stages, {m: METRICS[m].definition for m in d.metrics},
+                     worse={m: directions.worse(m) for m in d.metrics}, plain=directions.PLAIN,
+                     colour_by=width_normalised(wide, d.layers(), d.meta.get("samples")))
+    buf = io.StringIO()
+    fig.write_html(buf, include_plotlyjs=True, full_html=True)
+    return buf.getvalue()
 
 
 def launch_plan(n_runs: int, parallel: int, steps: int, seconds_per_step: float | None) -> str:

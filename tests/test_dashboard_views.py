@@ -134,6 +134,7 @@ def test_robust_scale_is_not_set_by_one_outlier_and_width_normalised_metrics_say
     n = views.width_normalised(w, layers)
     assert n.at["dw", "stable_rank"] == 1.0 and n.at["pw", "stable_rank"] == 0.25  # depthwise: full rank, not worst
     assert n.at["dw", "feature_erank"] == 0.5 and n.at["pw", "feature_erank"] == 0.25
+    assert views.width_normalised(w, layers, samples=32).at["pw", "feature_erank"] == 0.5  # rank <= probe images
     assert n.at["pw", "grad_norm"] == 0.5 and w.at["pw", "grad_norm"] == 4.0  # colours only; the data is untouched
     fig, _ = views.heatmap(w, {"dw": "s", "pw": "s"}, {}, worse={"stable_rank": "low", "feature_erank": "low",
                                                                "grad_norm": "low"}, colour_by=n)
@@ -147,3 +148,15 @@ def test_launch_plan_says_runs_at_once_and_the_time_when_known():
                                                  "runs at once share the machine).")
     assert views.launch_plan(6, 1, 100, None).startswith("6 runs, one at a time (time unknown")
     assert views.launch_plan(1, 4, 10, 1.0).startswith("1 run, one at a time, ~1 min")
+
+
+def test_export_files_render_on_request_and_read_back(tmp_path):
+    import plasticity_core as pc
+
+    bb = pc.load_backbone("timm:test_resnet", pretrained=False, num_classes=4)
+    data = pc.load_dataset("synthetic:classes=4,n=64,size=32", image_size=32)
+    d = pc.diagnose(bb, data.val, metrics=["dormant", "stable_rank"], max_batches=1)
+    (tmp_path / "d.parquet").write_bytes(views.diagnosis_parquet(d))
+    assert pc.Diagnosis.load(tmp_path / "d.parquet").wide().equals(d.wide())
+    html = views.heatmap_html(d)
+    assert "<html>" in html[:100] and "plotly" in html and "stable_rank" in html

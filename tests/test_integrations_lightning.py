@@ -141,3 +141,16 @@ def test_lightning_exception_in_training_reads_failed(tmp_path, synthetic):
         _fit(Boom(), callback, synthetic)
     s = callback.tracker.run.summary()
     assert s["status"] == "failed" and s["reason"] == "ValueError: bad batch at step 2" and s["steps"] == 2
+
+
+def test_lightning_stop_request_from_the_dashboard_stops_the_fit(tmp_path, synthetic):
+    class Stopped(Lit):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2:
+                self.callback.tracker.run.request_stop()  # what the dashboard's Stop button does
+            return super().training_step(batch, batch_idx)
+
+    callback = PlasticityCallback(None, tmp_path, "stop")
+    trainer = _fit(Stopped(), callback, synthetic, steps=50)
+    s = callback.tracker.run.summary()
+    assert trainer.global_step == 3 and s["status"] == "stopped" and "stop requested" in s["reason"]

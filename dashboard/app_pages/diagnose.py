@@ -110,7 +110,7 @@ order = diagnosis.layer_names
 fig, cells = views.heatmap(wide, stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
                            selected=st.session_state["selected_layers"],
                            worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN,
-                           colour_by=views.width_normalised(wide_all, layers_meta))
+                           colour_by=views.width_normalised(wide_all, layers_meta, meta.get("samples")))
 rows = list(wide.index)
 
 

@@ -69,6 +69,7 @@ class PlasticityCallback(TrainerCallback):
         self.val_acc_key, self.val_loss_key = val_acc_key, val_loss_key
         self.applied_in: str | None = None  # "on_init_end" (before the Trainer's optimizer) or "on_train_begin"
         self.trainer: Trainer | None = None
+        self._warned_keys = False
 
     # -- before training
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -143,6 +144,11 @@ class PlasticityCallback(TrainerCallback):
         if acc is not None or loss is not None:
             self.tracker.eval(step, val_acc=scalar(logs[acc]) if acc else None,
                               val_loss=scalar(logs[loss]) if loss else None)
+        if loss is not None and acc is None and not self._warned_keys:
+            self._warned_keys = True
+            self.tracker.warn(f"no evaluation accuracy in the Trainer's logs ({sorted(logs)}): pass compute_metrics "
+                              f"returning {{'accuracy': ...}} (or val_acc_key=) for the accuracy curve and the "
+                              f"comparison", step=step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tracker, step = self.tracker, int(state.global_step)
