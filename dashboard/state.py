@@ -31,6 +31,7 @@ import torch
 
 import plasticity_core as pc
 from plasticity_core.files import write_atomic
+from plasticity_core.setup import with_head
 from plasticity_core.metrics import precompute_weight_metrics
 
 DEFAULT_SETUP: dict[str, Any] = {
@@ -420,9 +421,7 @@ def working_backbone(spec: str, pretrained: bool, arch: str, num_classes: int, d
     """This session's own copy with a fresh head for the target classes drawn from ``head_seed`` (the same head
     the CLI, the exported snippet and a run with that seed draw), linear-probed for ``probe_steps`` on ``_train``
     (the data named by ``data_key``) when asked; its reference includes that head."""
-    shared = pretrained_backbone(spec, pretrained, arch)
-    bb = pc.load_backbone(shared.fresh_copy(), num_classes=num_classes, device=device, seed=int(head_seed))
-    bb.name, bb.source, bb.data_config, bb.pretrained = shared.name, shared.source, shared.data_config, shared.pretrained
+    bb = with_head(pretrained_backbone(spec, pretrained, arch), num_classes, int(head_seed), device=device, copy=True)
     if probe_steps:
         pc.probe_head(bb, _train, steps=int(probe_steps), seed=int(head_seed))
     return bb

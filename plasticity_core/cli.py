@@ -124,13 +124,15 @@ def cmd_diagnose(args) -> int:
 
     out = _writable(args.out)
     device = _device(args.device)
-    bb = _backbone(args)
+    from plasticity_core.setup import load_setup
+
+    bb = _backbone(args, head_seed=args.head_seed)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
         print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
               f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
               f"(--head-seed; gradient metrics use it)", file=sys.stderr)
-        bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
+    bb, data = load_setup(bb, data, head_seed=args.head_seed)  # the setup's order; the weights were loaded once
     if args.head_probe_steps:
         from plasticity_core.head_probe import probe_head
 
@@ -272,6 +274,8 @@ def _print_comparison(table) -> None:
     print(table.to_string(index=False) if len(table) else "no readable runs to compare")
     for folder, why in table.attrs.get("skipped", {}).items():
         print(f"skipped {folder}: {why}", file=sys.stderr)
+    for note in table.attrs.get("notes", {}).values():
+        print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -286,8 +290,15 @@ def cmd_compare(args) -> int:
     from plasticity_core.runs import RunStore, compare_runs
 
     store = RunStore(args.store)
-    runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    _print_comparison(compare_runs(runs))
+    if args.runs:
+        _print_comparison(compare_runs([store.get(ref) for ref in args.runs]))
+        return 0
+    experiments = store.experiments()  # without refs: one table per experiment, never baselines pooled across them
+    if not experiments:
+        print(f"no runs in {store.root}")
+    for i, experiment in enumerate(experiments):
+        print(("\n" if i else "") + f"== {experiment}")
+        _print_comparison(compare_runs(store.runs(experiment)))
     return 0
 
 
@@ -327,8 +338,16 @@ def dashboard_app() -> Path:
 def dashboard_command(extra: list[str]) -> list[str]:
     """The ``streamlit run`` command line ``plasticity dashboard`` executes: ``serve.py`` beside ``app.py``, the same
     app as an ``st.App`` whose middleware forbids framing the page elsewhere (frame-ancestors / X-Frame-Options)."""
+    import importlib.util
+
     options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app().parent / "serve.py"), *options, *extra]
+    script = dashboard_app()
+    if importlib.util.find_spec("streamlit.web.server.starlette") is not None:  # st.App (ASGI) exists
+        script = script.parent / "serve.py"
+    else:
+        print("note: this Streamlit has no st.App: the page is served without frame-ancestors / X-Frame-Options; "
+              "pip install -U streamlit to forbid framing it", file=sys.stderr)
+    return [sys.executable, "-m", "streamlit", "run", str(script), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:

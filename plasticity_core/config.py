@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Sequence
 import yaml
 
 from plasticity_core.errors import UserError
+from plasticity_core.registry import registry
 
 SCHEMA_VERSION = 1
 
@@ -309,10 +310,8 @@ class ReinitConfig(SerializableConfig):
 
     def validate(self) -> None:
         """Check ``strategy`` and ``params`` against the strategy registry (unknown keys, types, ranges)."""
-        from plasticity_core.reinit import STRATEGIES
-
         try:
-            info = STRATEGIES.get(self.strategy)
+            info = registry("re-init strategy").get(self.strategy)
         except KeyError as e:
             raise ConfigError(f"{self.kind}.strategy: {e.args[0]}") from None
         self.params = info.validate_params(self.params)
@@ -487,13 +486,10 @@ class LaunchConfig(SerializableConfig):
         for sink in self.sinks:
             _check_type(k, "sinks[]", sink, (str,))
         self.sinks = list(self.sinks)
-        from plasticity_core.runs.executors import EXECUTORS
-        from plasticity_core.runs.sinks import SINKS
-
         try:
-            EXECUTORS.get(self.executor)
+            registry("executor").get(self.executor)
             for sink in self.sinks:
-                SINKS.get(sink)
+                registry("tracker sink").get(sink)
         except KeyError as e:
             raise ConfigError(f"{k}: {e.args[0]}") from None
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 import plasticity_core as pc
 from dashboard import charts, forms, state, views
-from plasticity_core.progress import run_progress
+from plasticity_core.train.events import ACTIVE, run_progress
 from plasticity_core.reinit import noop_reason
 from plasticity_core.runs import frames
 from plasticity_core.runs.interrupt import resume_problem
@@ -102,11 +102,13 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         if cfg is not None and own:
             arms[cfg.strategy] = cfg
         for name in others:
-            params = {"maturity": max(1, int(steps) // 10)} if name == "cbp" else {}
+            params = pc.STRATEGIES.get(name).params_for_run(int(steps))  # e.g. cbp: maturity a tenth of the steps
             arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed, params=params)
-        if "cbp" in others:
-            st.caption(f"cbp compared with maturity = {max(1, int(steps) // 10)} (a tenth of the run's steps): with its "
-                       "default of 1000 no unit would be old enough to be replaced in a short run.")
+            if params:
+                defaults = pc.STRATEGIES.get(name).defaults()
+                st.caption(f"{name} compared with " + ", ".join(f"{k} = {v} (default {defaults.get(k)})"
+                                                               for k, v in params.items())
+                           + f" for a run of {int(steps)} steps: with its defaults it would do nothing in a short run.")
         snapshots = _snapshot_settings(int(steps))
         default_name = "-vs-".join(arms) or "experiment"
         n1, n2 = st.columns([2, 1])
@@ -158,7 +160,7 @@ experiments = store.experiments()
 if not experiments:
     st.info("No runs yet.")
     st.stop()
-active = [r.experiment for r in store.runs() if r.status in ("queued", "running")]
+active = [r.experiment for r in store.runs() if r.status in ACTIVE]
 # after a browser reload the session is new: re-attach to a running experiment, else show the latest
 default = st.session_state.get("experiment")
 if default not in experiments:
@@ -390,9 +392,9 @@ def _resume_button(runs: list) -> None:
 def _live_view() -> None:
     runs = store.runs(chosen)
     table = store.table(chosen)
-    running = table["status"].isin(["queued", "running"]).any()
+    running = table["status"].isin(ACTIVE).any()
     if running:
-        going = [r for r in runs if r.status in ("queued", "running")]
+        going = [r for r in runs if r.status in ACTIVE]
         s1, s2, s3 = st.columns([1, 2, 1])
         if s1.button("Stop all", key="btn_stop", icon=":material/stop:"):
             for r in going:
@@ -441,5 +443,5 @@ def _live_view() -> None:
     st.session_state["was_running"] = running
 
 
-is_running = store.table(chosen)["status"].isin(["queued", "running"]).any()
+is_running = store.table(chosen)["status"].isin(ACTIVE).any()
 st.fragment(_live_view, run_every=1.0 if is_running else None)()

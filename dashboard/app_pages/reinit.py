@@ -76,7 +76,7 @@ m[3].metric("Selected but skipped", s["skipped"])
 for note in report.notes:
     st.caption(f"Note: {note}")
 idle = report.table[report.table["units_touched"] == 0]["layer"].tolist() if len(report.table) else []
-if idle and s["strategy"] != "cbp":
+if idle and not pc.STRATEGIES.get(s["strategy"]).during_training:
     st.warning(f"{len(idle)} selected layer(s) had no unit meeting {s['strategy']}'s criterion on this data and are "
                f"unchanged: {', '.join(idle[:8])}{' …' if len(idle) > 8 else ''}")
 if len(report.table):

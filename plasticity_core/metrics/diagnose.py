@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import plasticity_core
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
@@ -37,6 +36,7 @@ from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
 from plasticity_core.metrics.diagnosis import Diagnosis
 from plasticity_core.metrics.weights import SpectraBatch, WeightView
+from plasticity_core.version import __version__
 
 DATASET_BATCH = 32
 PRECISIONS = ("exact", "fast")
@@ -104,7 +104,7 @@ def diagnose(
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
-            "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
+            "plasticity_version": __version__, "torch_version": torch.__version__,
             "head": head_meta(model, module, layers),
             # layers run under no_grad / detached inside the model: gradient metrics n/a (absent), not 0
             "no_gradient": no_gradient,

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from plasticity_core.metrics.base import METRICS
+
 if TYPE_CHECKING:
     from plasticity_core.metrics.diagnosis import Diagnosis
 
@@ -66,12 +68,17 @@ class Recommendation:
                 "ranking": self.ranking.to_dict(orient="records")}
 
 
+def _param(params: dict[str, dict[str, Any]], metric: str, name: str) -> Any:
+    """Parameter ``name`` of ``metric`` as the diagnosis recorded it, else its registered default."""
+    return params.get(metric, {}).get(name, METRICS.get(metric).defaults[name])
+
+
 def _flags(d: "Diagnosis", layer: str, units: int) -> dict[str, np.ndarray]:
     """Per-unit boolean flags of one layer for every criterion the diagnosis has."""
     params = d.meta.get("metric_params", {})
-    tau = params.get("dormant", {}).get("tau", 0.025)
-    gtau = params.get("grad_dormant", {}).get("tau", 0.025)
-    min_frac = params.get("dead", {}).get("min_fraction", 0.01)
+    tau = _param(params, "dormant", "tau")  # the diagnosis' own thresholds, else the registered defaults
+    gtau = _param(params, "grad_dormant", "tau")
+    min_frac = _param(params, "dead", "min_fraction")
     rules = {"dormant": lambda s: s <= tau, "dead": lambda s: s < min_frac,
              "saturation": lambda s: s > SATURATED_UNIT, "grad_dormant": lambda s: s <= gtau}
     out = {}
