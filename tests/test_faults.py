@@ -136,6 +136,10 @@ def test_store_naming_a_file_and_write_json_leaving_no_temp(tmp_path, capsys):
     rc = main(["finetune", "--config", str(cfg), "--store", str(tmp_path / "afile")])
     err = capsys.readouterr().err
     assert rc == 2 and "the run store" in err and "afile is a file, not a folder" in err, err
+    RunStore(tmp_path / "new").create(_exp(seeds=(0,), steps=3), tag="p")
+    import stat
+
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700  # a new store is private
     with pytest.raises(OSError):
         write_json(tmp_path / "gone" / "summary.json", {"a": 1})
     assert not list(tmp_path.rglob("*.tmp"))
