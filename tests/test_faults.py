@@ -136,6 +136,10 @@ def test_store_naming_a_file_and_write_json_leaving_no_temp(tmp_path, capsys):
     rc = main(["finetune", "--config", str(cfg), "--store", str(tmp_path / "afile")])
     err = capsys.readouterr().err
     assert rc == 2 and "the run store" in err and "afile is a file, not a folder" in err, err
+    RunStore(tmp_path / "new").create(_exp(seeds=(0,), steps=3), tag="p")
+    import stat
+
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700  # a new store is private
     with pytest.raises(OSError):
         write_json(tmp_path / "gone" / "summary.json", {"a": 1})
     assert not list(tmp_path.rglob("*.tmp"))
@@ -180,7 +184,15 @@ def test_diagnose_out_on_dev_full_and_a_full_disk(tmpfs, tmp_path, capsys):
     rc = main([*args, "--out", str(tmpfs / "d.parquet")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "the disk is full" in err, err
+    assert "diagnose [" not in err  # refused before the computation, not after it
     assert not (tmpfs / "d.parquet").exists() and not list(tmpfs.glob(".*tmp*"))
+    from plasticity_core.metrics.diagnosis import Diagnosis
+
+    d = Diagnosis.from_rows([("a", "dormant", 0.5)], {}, {})
+    with pytest.raises(OSError) as e:
+        d.save(tmpfs / "d2.parquet")  # the library's own save on the full disk: an error naming the file, no temp
+    assert user_message(e.value) and "d2.parquet" in user_message(e.value) and "disk is full" in user_message(e.value)
+    assert not list(tmpfs.glob(".d2*"))
 
 
 def test_readers_leave_out_impossible_event_values_and_say_which_folder(tmp_path, capsys):

@@ -258,7 +258,7 @@ class RunStore:
             singles = [singles[i] for i in only]
         if self.root.exists() and not self.root.is_dir():
             raise LaunchError(f"the run store {self.root} is a file, not a folder: choose a folder (--store DIR)")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store is private (an existing one is kept)
         base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
         exp_dir = self._claim_experiment(base, whole=only is None and not resume, explicit=tag is not None)
         launch_id = uuid.uuid4().hex[:12]
