@@ -14,6 +14,7 @@ A user error (a bad spec, a missing file, an unwritable --out, ...) is one line 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def _writable(path: str, flag: str = "--out") -> Path:
             p.unlink()
     except OSError as e:
         raise UserError(f"{flag} {p} cannot be written ({e.strerror or type(e).__name__}); choose a path you can write") from None
+    try:
+        st = os.statvfs(p.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:  # refused now, not after the computation
+        raise UserError(f"{flag} {p} cannot be written: the disk is full ({free // 1024} KiB free); free space or "
+                        f"choose another folder")
     return p
 
 

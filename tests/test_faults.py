@@ -184,7 +184,15 @@ def test_diagnose_out_on_dev_full_and_a_full_disk(tmpfs, tmp_path, capsys):
     rc = main([*args, "--out", str(tmpfs / "d.parquet")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "the disk is full" in err, err
+    assert "diagnose [" not in err  # refused before the computation, not after it
     assert not (tmpfs / "d.parquet").exists() and not list(tmpfs.glob(".*tmp*"))
+    from plasticity_core.metrics.diagnosis import Diagnosis
+
+    d = Diagnosis.from_rows([("a", "dormant", 0.5)], {}, {})
+    with pytest.raises(OSError) as e:
+        d.save(tmpfs / "d2.parquet")  # the library's own save on the full disk: an error naming the file, no temp
+    assert user_message(e.value) and "d2.parquet" in user_message(e.value) and "disk is full" in user_message(e.value)
+    assert not list(tmpfs.glob(".d2*"))
 
 
 def test_readers_leave_out_impossible_event_values_and_say_which_folder(tmp_path, capsys):
