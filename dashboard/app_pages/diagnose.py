@@ -56,10 +56,11 @@ if run:
     state.wait_weight_metrics(current.backbone)
     bar.progress(0.0, text="Probing…")
     try:
-        st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
-            current.backbone, current.data.val, metrics=metrics or None,
-            max_batches=int(batches), device=current.device,
-            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
+        with state.model_lock(current.model):  # never two passes with hooks on the same model at once
+            st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
+                current.backbone, current.data.val, metrics=metrics or None,
+                max_batches=int(batches), device=current.device,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
         _keep(st.session_state["diagnosis"])
     except forms.errors() as e:
