@@ -130,7 +130,7 @@ def _touched(run: Run) -> str:
     r = run.reinit
     if not r["layers"]:
         return "nothing (all layers skipped)"
-    if r["strategy"] == "cbp":
+    if pc.STRATEGIES.get(r["strategy"]).during_training:
         return f"armed on {r['layers']} layers (replaces units during training)"
     return f"{r['units']} units in {r['layers']} layers"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from plasticity_core.version import __version__
 
 _EXPORTS = {
     # backbones, data, offline assets
@@ -29,7 +29,7 @@ _EXPORTS = {
     "track": "integrations", "Tracker": "integrations", "IntegrationError": "integrations",
     # fine-tuning and runs
     "RunResult": "finetune",
-    "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
+    "RunStore": "runs", "start_run": "runs", "start_resume": "runs", "resume_runs": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
     "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
     "default_root": "runs", "noop_arms": "runs", "apply_overrides": "runs", "EXECUTORS": "runs", "SINKS": "runs",
 }

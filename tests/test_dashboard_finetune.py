@@ -99,3 +99,29 @@ def test_executor_selector_offers_what_is_installed_and_names_the_missing_extra(
     missing = [n for n in ("ray", "slurm") if n not in installed]
     captions = " ".join(c.value for c in at.caption)
     assert all(f"plasticity-lab[{n}]" in captions for n in missing)
+
+
+def test_runs_at_once_in_the_plan_and_one_run_stopped_alone(tmp_path, monkeypatch):
+    at = _previewed(tmp_path, monkeypatch)
+    at.number_input(key="w_ft_parallel").set_value(2).run()
+    assert any(c.value.startswith("2 runs, 2 at a time") for c in at.caption)
+    experiment = _launch(at, steps=100_000, eval_every=1000)
+    runs = pc.RunStore(tmp_path).runs(experiment)
+    assert all(r.config.launch.parallel == 2 for r in runs)
+    assert at.selectbox(key="w_ft_experiment").value == experiment  # this workspace's experiment, first
+    assert "this workspace" in at.selectbox(key="w_ft_experiment").format_func(experiment)
+    assert "timm:test_resnet on synthetic:" in at.selectbox(key="w_ft_experiment").format_func(experiment)
+    victim = runs[0].name
+    at.selectbox(key="w_ft_stop_one").set_value(victim)
+    at.button(key="btn_stop_one").click().run()
+    no_exception(at)
+    import time
+
+    deadline = time.monotonic() + 120
+    while pc.Run(runs[0].path).status != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pc.Run(runs[0].path).status == "stopped"
+    assert pc.Run(runs[1].path).status in ("queued", "running")  # not stopped with it
+    at.button(key="btn_stop").click().run()
+    assert pc.RunHandle.attach(runs[1].path).wait(timeout=240)
+    assert pc.Run(runs[1].path).status == "stopped"

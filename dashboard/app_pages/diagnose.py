@@ -56,10 +56,11 @@ if run:
     state.wait_weight_metrics(current.backbone)
     bar.progress(0.0, text="Probing…")
     try:
-        st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
-            current.backbone, current.data.val, metrics=metrics or None,
-            max_batches=int(batches), device=current.device,
-            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
+        with state.model_lock(current.model):  # never two passes with hooks on the same model at once
+            st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
+                current.backbone, current.data.val, metrics=metrics or None,
+                max_batches=int(batches), device=current.device,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
         _keep(st.session_state["diagnosis"])
     except forms.errors() as e:
@@ -75,12 +76,14 @@ meta = diagnosis.meta
 wide_all = diagnosis.wide()
 folded = views.constant_columns(wide_all)
 wide = wide_all.drop(columns=list(folded))
+normalised = [m for m in views.WIDTH_NORMALISED if m in wide.columns]
 head_words = (meta.get("head") or {}).get("text")
 if head_words and any(pc.METRICS[m].needs == "gradients" for m in diagnosis.metrics):
     st.caption(f"Gradient metrics (grad_norm, grad_dormant) go through {head_words}: they measure the backbone as "
                "seen through that head, and change with it.")
 st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
-           "**Darker red = worse** for that metric (each column scaled from its best layer to its worst); blue columns "
+           "**Darker red = worse** for that metric (each column scaled between its 5th and 95th percentile layers, "
+           "so one outlier does not set the scale); blue columns "
            "have no better or worse (norms, movement from the pretrained weights). Grey *n/a*: the metric does not "
            "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
            "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
@@ -92,6 +95,9 @@ if meta.get("no_gradient"):
 if meta.get("uncovered"):
     st.caption("Not in the diagnosis (outside the layer map): "
                + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))
+if normalised:
+    st.caption("Coloured per unit of width (the hover shows the raw value and this one): "
+               + "; ".join(f"**{m}**: {views.WIDTH_NORMALISED[m]}" for m in normalised) + ".")
 if folded:
     st.caption("Not drawn (the same for every layer, nothing to compare): "
                + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")
@@ -104,7 +110,8 @@ stages = {r["name"]: views.stage_of(r["group"]) for r in layers_meta.to_dict("re
 order = diagnosis.layer_names
 fig, cells = views.heatmap(wide, stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
                            selected=st.session_state["selected_layers"],
-                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN)
+                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN,
+                           colour_by=views.width_normalised(wide_all, layers_meta, meta.get("samples")))
 rows = list(wide.index)
 
 
@@ -113,7 +120,14 @@ def _on_heatmap_select() -> None:
     if picked:  # a redraw can report an empty selection; clearing is the button's job
         st.session_state["selected_layers"] = picked
         st.session_state["w_diag_selected"] = picked
-        st.session_state.pop("w_diag_focus", None)  # the one-layer view follows the new selection
+        st.session_state["w_diag_focus"] = picked[0]  # the one-layer view follows (set, not dropped: the browser
+        # would otherwise send its old value back with the next widget and flip the panel to it)
+
+
+def _on_multiselect() -> None:
+    st.session_state["selected_layers"] = st.session_state["w_diag_selected"]
+    if st.session_state["selected_layers"]:
+        st.session_state["w_diag_focus"] = st.session_state["selected_layers"][0]
 
 
 left, right = st.columns([3, 2])
@@ -124,8 +138,7 @@ with right:
     st.subheader("Selected layers")
     st.session_state.setdefault("w_diag_selected", st.session_state["selected_layers"])
     st.multiselect("Layers to re-initialise", order, key="w_diag_selected", label_visibility="collapsed",
-                   on_change=lambda: (st.session_state.update(selected_layers=st.session_state["w_diag_selected"]),
-                                      st.session_state.pop("w_diag_focus", None)))
+                   on_change=_on_multiselect)
     b1, b2, b3 = st.columns([2, 2, 2])
     budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
                              help="Fraction of the scored layers' weights the recommendation may re-initialise.")
@@ -135,6 +148,7 @@ with right:
         st.session_state["selected_layers"] = list(rec.layers)
         st.session_state.pop("w_diag_selected", None)
         if rec.layers:
+            st.session_state["w_diag_focus"] = rec.layers[0]
             state.adopt_config(current.model, rec.to_config(seed=state.reinit_seed()), diagnosis)
         st.rerun()
     if b3.button("Clear", key="btn_clear", width="stretch"):
@@ -152,8 +166,9 @@ with right:
                                recommended=rec.strategy if rec and set(rec.layers) != set(st.session_state["selected_layers"]) else None)
 
     st.subheader("One layer")
-    focus = st.selectbox("Layer", order, key="w_diag_focus",
-                         index=order.index(st.session_state["selected_layers"][0]) if st.session_state["selected_layers"] else 0)
+    if st.session_state.get("w_diag_focus") not in order:  # the value lives in the key only (no index=): one source
+        st.session_state["w_diag_focus"] = (st.session_state["selected_layers"] or order)[0]
+    focus = st.selectbox("Layer", order, key="w_diag_focus")
     unit_metrics = [m for (l, m) in diagnosis.unit_keys() if l == focus]
     if unit_metrics:
         metric = st.radio("Unit score", unit_metrics, horizontal=True, key="w_diag_unit_metric")

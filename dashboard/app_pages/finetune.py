@@ -5,9 +5,10 @@ import streamlit as st
 
 import plasticity_core as pc
 from dashboard import charts, forms, state, views
-from plasticity_core.progress import run_progress
+from plasticity_core.train.events import ACTIVE, run_progress
 from plasticity_core.reinit import noop_reason
 from plasticity_core.runs import frames
+from plasticity_core.runs.interrupt import resume_problem
 
 st.title("Fine-tune")
 store = pc.RunStore(state.runs_root())
@@ -51,6 +52,33 @@ def _snapshot_settings(steps: int) -> dict:
     return {"diagnose_every": every if on else 0, "diagnose_metrics": list(SNAPSHOT_METRICS)}
 
 
+def _experiment_label(experiment: str, mine: bool) -> str:
+    """The picker's words: the experiment, its backbone and data, and whose it is."""
+    labels = st.session_state.setdefault("experiment_labels", {})
+    if experiment not in labels:
+        try:
+            cfg = store.runs(experiment)[0].config
+            labels[experiment] = f"{cfg.backbone} on {cfg.data}"
+        except Exception:  # noqa: BLE001 - a broken folder still gets a name in the list
+            labels[experiment] = "config unreadable"
+    return f"{experiment} · {labels[experiment]}" + (" · this workspace" if mine else "")
+
+
+def _seconds_per_step(setup: dict, batch: int) -> float | None:
+    """Seconds per step of the latest finished run in this store with the same backbone, data, image size and batch."""
+    try:
+        for r in reversed(store.runs()):
+            cfg = r.config
+            if (r.status == "finished" and cfg.backbone == setup["backbone"] and cfg.data == setup["data"]
+                    and cfg.finetune.image_size == int(setup["image_size"]) and cfg.finetune.batch_size == batch):
+                wall = r.summary().get("wall_time_s")
+                if wall:
+                    return float(wall) / max(cfg.finetune.steps, 1)
+    except Exception:  # noqa: BLE001 - an estimate only
+        return None
+    return None
+
+
 with st.expander("New experiment", expanded="experiment" not in st.session_state):
     if current is None:
         st.info("Load a backbone and a dataset on Setup to launch runs; past runs are listed below.")
@@ -78,11 +106,13 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         if cfg is not None and own:
             arms[cfg.strategy] = cfg
         for name in others:
-            params = {"maturity": max(1, int(steps) // 10)} if name == "cbp" else {}
+            params = pc.STRATEGIES.get(name).params_for_run(int(steps))  # e.g. cbp: maturity a tenth of the steps
             arms[name] = pc.ReinitConfig(strategy=name, layers=cfg.layers, exclude=cfg.exclude, seed=cfg.seed, params=params)
-        if "cbp" in others:
-            st.caption(f"cbp compared with maturity = {max(1, int(steps) // 10)} (a tenth of the run's steps): with its "
-                       "default of 1000 no unit would be old enough to be replaced in a short run.")
+            if params:
+                defaults = pc.STRATEGIES.get(name).defaults()
+                st.caption(f"{name} compared with " + ", ".join(f"{k} = {v} (default {defaults.get(k)})"
+                                                               for k, v in params.items())
+                           + f" for a run of {int(steps)} steps: with its defaults it would do nothing in a short run.")
         snapshots = _snapshot_settings(int(steps))
         default_name = "-vs-".join(arms) or "experiment"
         n1, n2 = st.columns([2, 1])
@@ -94,6 +124,11 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
                                 index=list(executors).index(kept("w_ft_executor", "process")) if kept("w_ft_executor", "process") in executors else 0)
         if missing:
             n2.caption("Not installed here: " + "; ".join(missing.values()))
+        n_runs = len(arms) * int(seeds)
+        parallel = n2.number_input("Runs at once", 1, 64, min(kept("w_ft_parallel", 1), max(n_runs, 1)),
+                                   key="w_ft_parallel", help="How many runs go at the same time (process pool size, "
+                                   "Ray tasks in flight, Slurm array parallelism). Each run takes one device's share.")
+        st.caption(views.launch_plan(n_runs, int(parallel), int(steps), _seconds_per_step(setup, int(batch))))
         noop = {arm: why for arm, c in arms.items() if (why := noop_reason(current.model, c, int(steps)))}
         refused = st.session_state.get("ft_refused") or {}
         noop |= {arm: why for arm, why in refused.get("arms", {}).items() if refused.get("for") == sorted(arms)}
@@ -116,24 +151,30 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
                     if found:
                         st.session_state["ft_refused"] = {"for": sorted(arms), "arms": found}
                         st.rerun()
-                handle = pc.start_run(experiment, store, executor=executor, allow_noop=True)
+                handle = pc.start_run(experiment, store, executor=executor, parallel=int(parallel), allow_noop=True)
             except forms.errors() as e:
                 st.error(state.message(e))
             else:
                 st.session_state.pop("ft_refused", None)
                 st.session_state["experiment"] = st.session_state["w_ft_experiment"] = handle.runs[0].experiment
+                st.session_state.setdefault("my_experiments", []).append(handle.runs[0].experiment)
                 st.rerun()
 
 experiments = store.experiments()
 if not experiments:
     st.info("No runs yet.")
     st.stop()
-active = [r.experiment for r in store.runs() if r.status in ("queued", "running")]
+active = [r.experiment for r in store.runs() if r.status in ACTIVE]
 # after a browser reload the session is new: re-attach to a running experiment, else show the latest
 default = st.session_state.get("experiment")
 if default not in experiments:
     default = active[-1] if active else experiments[-1]
-chosen = st.selectbox("Experiment", experiments[::-1], index=experiments[::-1].index(default), key="w_ft_experiment")
+mine = [e for e in st.session_state.get("my_experiments", []) if e in experiments]
+ordered = mine[::-1] + [e for e in experiments[::-1] if e not in mine]  # this workspace's first, newest first
+chosen = st.selectbox("Experiment", ordered, index=ordered.index(default), key="w_ft_experiment",
+                      format_func=lambda e: _experiment_label(e, e in mine),
+                      help="This workspace's experiments first; the others in the runs folder (other tabs, the CLI, "
+                           "other users of this folder) after them.")
 st.session_state["experiment"] = chosen
 
 
@@ -354,14 +395,39 @@ def _table(shown: list) -> None:
                        key="dl_run_table", icon=":material/download:")
 
 
+def _resume_button(runs: list) -> None:
+    """Resume the experiment's stopped, cancelled and failed runs from their last checkpoint (``pc.start_resume``)."""
+    interrupted = [r for r in runs if resume_problem(r) is None]  # not runs of the user's own script (integrations)
+    if interrupted and st.button(f"Resume {len(interrupted)} interrupted run{'s' * (len(interrupted) > 1)}",
+                                 key="btn_resume", icon=":material/play_arrow:",
+                                 help="continue each stopped, cancelled or failed run from its last checkpoint "
+                                      "(finetune.checkpoint_every; from step 0 where there is none), as "
+                                      "`plasticity finetune --resume` does"):
+        try:
+            pc.start_resume(interrupted, store)
+        except forms.errors() as e:
+            st.error(state.message(e))
+        else:
+            st.rerun(scope="app")
+
+
 def _live_view() -> None:
     runs = store.runs(chosen)
     table = store.table(chosen)
-    running = table["status"].isin(["queued", "running"]).any()
-    if running and st.button("Stop", key="btn_stop", icon=":material/stop:"):
-        for r in runs:
-            r.request_stop()
-        st.toast("Stop requested: the worker ends each run at its next step.")
+    running = table["status"].isin(ACTIVE).any()
+    if running:
+        going = [r for r in runs if r.status in ACTIVE]
+        s1, s2, s3 = st.columns([1, 2, 1])
+        if s1.button("Stop all", key="btn_stop", icon=":material/stop:"):
+            for r in going:
+                r.request_stop()
+            st.toast("Stop requested: the worker ends each run at its next step.")
+        one = s2.selectbox("Run", [r.name for r in going], key="w_ft_stop_one", label_visibility="collapsed")
+        if s3.button("Stop this run", key="btn_stop_one", disabled=one is None):
+            next(r for r in going if r.name == one).request_stop()
+            st.toast(f"Stop requested for {one}: it ends at its next step; the others go on.")
+    if not running:
+        _resume_button(runs)
     polled = _frame_cache().poll(r.path for r in runs)  # the one incremental read per run of this tick
     runs = [f.run for f in polled]  # the same Run objects tick after tick: each config is parsed once
     st.dataframe(_progress_table(runs, polled), hide_index=True, key="progress_table", width="stretch", column_config={
@@ -399,5 +465,5 @@ def _live_view() -> None:
     st.session_state["was_running"] = running
 
 
-is_running = store.table(chosen)["status"].isin(["queued", "running"]).any()
+is_running = store.table(chosen)["status"].isin(ACTIVE).any()
 st.fragment(_live_view, run_every=1.0 if is_running else None)()

@@ -15,8 +15,15 @@ left, right = st.columns(2)
 with left:
     st.subheader("Backbone")
     backbone, arch = forms.backbone_picker(setup)
-    h1, h2 = st.columns([2, 1])
+    h1, h2, h3 = st.columns([2, 1, 1])
     pretrained = h1.checkbox("Pretrained weights", value=setup["pretrained"], key="w_pretrained")
+    probe_steps = h3.number_input("Head probe steps", 0, 100_000, int(setup.get("head_probe_steps", 0)), step=25,
+                                  key="w_head_probe",
+                                  help="Train only the fresh head for this many steps (Adam, seeded by the head seed) "
+                                       "before gradient metrics and gradient-scored re-inits, so they measure the "
+                                       "backbone through a head that has seen the task. 0: the untrained head. "
+                                       "Measured on the bundled data (experiments/head_probe.py): it did not make "
+                                       "the recommendation more stable across head seeds, so it is off by default.")
     head_seed = h2.number_input("Head seed", 0, 2**31 - 1, state.head_seed(setup), key="w_head_seed",
                                 help="The fresh classifier head for the target classes is drawn from this seed; the "
                                      "gradient metrics and gradient-scored re-inits go through it. Exports and the CLI "
@@ -34,7 +41,7 @@ with right:
     st.caption(f"CUDA available: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
 
 chosen = dict(backbone=backbone, arch=arch, pretrained=pretrained, data=data, image_size=int(image_size),
-              limit=int(limit), device=device, head_seed=int(head_seed))
+              limit=int(limit), device=device, head_seed=int(head_seed), head_probe_steps=int(probe_steps))
 first_visit = "loaded_setup" not in st.session_state and "setup_error" not in st.session_state
 if st.button("Load", type="primary", key="btn_load") or first_visit:
     st.session_state["setup"] = chosen if not first_visit else setup
@@ -70,7 +77,10 @@ m[4].metric("Train / val images", f"{dat.info['train']} / {dat.info['val']}")
 if dat.info.get("skipped"):
     st.warning(f"Skipped image files: {dat.info['skipped']}", icon=":material/warning:")
 if bb.head_seed is not None:
-    st.caption(f"Fresh, untrained {bb.num_classes}-class head drawn from seed {bb.head_seed}.")
+    probe = bb.head_probe
+    st.caption(f"Fresh {bb.num_classes}-class head drawn from seed {bb.head_seed}, "
+               + (f"linear-probed for {probe['steps']} steps (last train accuracy {probe['last_acc']:.0%})."
+                  if probe else "untrained (gradient metrics see it as a random projection)."))
 if table.attrs.get("uncovered"):
     st.warning("Not in the layer map (not measured, not re-initialised): "
                + "; ".join(f"`{n}`: {why}" for n, why in table.attrs["uncovered"][:12])

@@ -187,5 +187,5 @@ def preview_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None) -> Rei
         if callable(close):
             close()
         report.step_callback = None
-        report.notes.append("preview: cbp replaces units during fine-tuning; no step callback is returned")
+        report.notes.append(f"preview: {cfg.strategy} acts during fine-tuning; no step callback is returned")
     return report

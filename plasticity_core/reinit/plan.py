@@ -97,22 +97,15 @@ def plan_reinit(model: nn.Module, cfg: ReinitConfig) -> ReinitPlan:
 def noop_reason(model: nn.Module, cfg: ReinitConfig | None, steps: int | None = None) -> str | None:
     """Why an arm with this re-init would train exactly like the baseline (None: it changes something).
 
-    An arm changes nothing when its patterns reach no layer the strategy acts on, or, for ``cbp``, when no unit
-    can become old enough to be replaced within ``steps`` (maturity >= steps) or the replacement rate is 0.
+    An arm changes nothing when its patterns reach no layer the strategy acts on, or when the strategy says its
+    params do nothing within ``steps`` (its registered ``noop``: e.g. cbp whose units never mature).
     """
     if cfg is None:
         return None
     plan = plan_reinit(model, cfg)
     if not plan.touched:
         return "; ".join(plan.problems()) or "no layer selected"
-    if cfg.strategy == "cbp":
-        p = STRATEGIES.get("cbp").validate_params(cfg.params)
-        if p["replacement_rate"] == 0:
-            return "cbp with replacement_rate 0 never replaces a unit"
-        if steps is not None and p["maturity"] >= steps:
-            return (f"cbp maturity {p['maturity']} >= the run's {steps} steps: no unit becomes old enough to be replaced "
-                    f"(set maturity below {steps}, e.g. {max(1, steps // 10)})")
-    return None
+    return STRATEGIES.get(cfg.strategy).noop_reason(cfg.params, steps)  # e.g. cbp that never replaces within steps
 
 
 def strategies_for(model: nn.Module, layers: list[str], include_head: bool = False) -> dict[str, int]:
