@@ -491,6 +491,17 @@ def wait_weight_metrics(bb: pc.Backbone) -> None:
             pass
 
 
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """One lock per working model: a diagnosis or preview holds it, so a second one started by a rerun (a double
+    click, Enter in a form while the previous run still computes: Streamlit cannot stop a running library call)
+    waits instead of registering its hooks on the same model and mixing both passes' activations."""
+    with _WEIGHT_LOCK:
+        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
+
+
 def head_seed(setup: dict[str, Any]) -> int:
     """The seed of the setup's fresh head (0 for workspaces saved before it was recorded)."""
     return int(setup.get("head_seed", 0))

@@ -14,6 +14,7 @@ A user error (a bad spec, a missing file, an unwritable --out, ...) is one line 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def _writable(path: str, flag: str = "--out") -> Path:
             p.unlink()
     except OSError as e:
         raise UserError(f"{flag} {p} cannot be written ({e.strerror or type(e).__name__}); choose a path you can write") from None
+    try:
+        st = os.statvfs(p.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:  # refused now, not after the computation
+        raise UserError(f"{flag} {p} cannot be written: the disk is full ({free // 1024} KiB free); free space or "
+                        f"choose another folder")
     return p
 
 
@@ -274,6 +283,8 @@ def _print_comparison(table) -> None:
     print(table.to_string(index=False) if len(table) else "no readable runs to compare")
     for folder, why in table.attrs.get("skipped", {}).items():
         print(f"skipped {folder}: {why}", file=sys.stderr)
+    for note in table.attrs.get("notes", {}).values():
+        print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -288,8 +299,15 @@ def cmd_compare(args) -> int:
     from plasticity_core.runs import RunStore, compare_runs
 
     store = RunStore(args.store)
-    runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    _print_comparison(compare_runs(runs))
+    if args.runs:
+        _print_comparison(compare_runs([store.get(ref) for ref in args.runs]))
+        return 0
+    experiments = store.experiments()  # without refs: one table per experiment, never baselines pooled across them
+    if not experiments:
+        print(f"no runs in {store.root}")
+    for i, experiment in enumerate(experiments):
+        print(("\n" if i else "") + f"== {experiment}")
+        _print_comparison(compare_runs(store.runs(experiment)))
     return 0
 
 
@@ -329,8 +347,16 @@ def dashboard_app() -> Path:
 def dashboard_command(extra: list[str]) -> list[str]:
     """The ``streamlit run`` command line ``plasticity dashboard`` executes: ``serve.py`` beside ``app.py``, the same
     app as an ``st.App`` whose middleware forbids framing the page elsewhere (frame-ancestors / X-Frame-Options)."""
+    import importlib.util
+
     options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app().parent / "serve.py"), *options, *extra]
+    script = dashboard_app()
+    if importlib.util.find_spec("streamlit.web.server.starlette") is not None:  # st.App (ASGI) exists
+        script = script.parent / "serve.py"
+    else:
+        print("note: this Streamlit has no st.App: the page is served without frame-ancestors / X-Frame-Options; "
+              "pip install -U streamlit to forbid framing it", file=sys.stderr)
+    return [sys.executable, "-m", "streamlit", "run", str(script), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:

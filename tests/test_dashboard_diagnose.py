@@ -46,7 +46,9 @@ def test_selected_layer_panel_shows_its_unit_scores():
     layer = d.layer_names[4]
     at.multiselect(key="w_diag_selected").set_value([layer]).run()
     assert at.session_state["selected_layers"] == [layer]
-    at.selectbox(key="w_diag_focus").set_value(layer).run()
+    assert at.selectbox(key="w_diag_focus").value == layer  # the one-layer panel follows the selection
+    at.radio(key="w_diag_unit_metric").set_value("saturation").run()  # another widget does not flip it back
+    assert at.selectbox(key="w_diag_focus").value == layer
     no_exception(at)
     shown = next(df.value for df in at.dataframe if list(df.value.columns) == ["value"])["value"]
     np.testing.assert_allclose(shown.to_numpy(float), d.wide().loc[layer].to_numpy(float))

@@ -136,6 +136,10 @@ def test_store_naming_a_file_and_write_json_leaving_no_temp(tmp_path, capsys):
     rc = main(["finetune", "--config", str(cfg), "--store", str(tmp_path / "afile")])
     err = capsys.readouterr().err
     assert rc == 2 and "the run store" in err and "afile is a file, not a folder" in err, err
+    RunStore(tmp_path / "new").create(_exp(seeds=(0,), steps=3), tag="p")
+    import stat
+
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700  # a new store is private
     with pytest.raises(OSError):
         write_json(tmp_path / "gone" / "summary.json", {"a": 1})
     assert not list(tmp_path.rglob("*.tmp"))
@@ -180,4 +184,78 @@ def test_diagnose_out_on_dev_full_and_a_full_disk(tmpfs, tmp_path, capsys):
     rc = main([*args, "--out", str(tmpfs / "d.parquet")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "the disk is full" in err, err
+    assert "diagnose [" not in err  # refused before the computation, not after it
     assert not (tmpfs / "d.parquet").exists() and not list(tmpfs.glob(".*tmp*"))
+    from plasticity_core.metrics.diagnosis import Diagnosis
+
+    d = Diagnosis.from_rows([("a", "dormant", 0.5)], {}, {})
+    with pytest.raises(OSError) as e:
+        d.save(tmpfs / "d2.parquet")  # the library's own save on the full disk: an error naming the file, no temp
+    assert user_message(e.value) and "d2.parquet" in user_message(e.value) and "disk is full" in user_message(e.value)
+    assert not list(tmpfs.glob(".d2*"))
+
+
+def test_readers_leave_out_impossible_event_values_and_say_which_folder(tmp_path, capsys):
+    """NaN / Infinity / 1e308 accuracies and a string step, written into a finished run's metrics.jsonl by hand, are
+    left out of the run's events and of the comparison, with a note naming the folder; the rest of the run counts."""
+    import json
+
+    from plasticity_core.cli import main
+    from plasticity_core.runs import compare_runs
+    from plasticity_core.train.events import run_progress
+
+    runs = run_experiment(_exp(seeds=(0, 1), steps=4), RunStore(tmp_path), tag="r")
+    for r in runs:
+        assert r.summary()["status"] == "finished"
+    good = compare_runs(runs)
+    bad = runs[0].path / "metrics.jsonl"
+    with open(bad, "a") as f:
+        for line in ('{"type": "eval", "step": 5, "time": 1.0, "val_acc": NaN}',
+                     '{"type": "eval", "step": 6, "time": 1.0, "val_acc": Infinity}',
+                     '{"type": "eval", "step": 7, "time": 1.0, "val_acc": 1e308}',
+                     '{"type": "step", "step": "eight", "time": 1.0, "loss": 0.5}',
+                     '{"type": "step", "step": 9, "time": "late", "loss": 0.5}'):
+            f.write(line + "\n")
+    fresh = [type(r)(r.path) for r in runs]
+    assert [e["step"] for e in fresh[0].events("eval")] == [e["step"] for e in runs[1].events("eval")]
+    table = compare_runs(fresh)
+    assert table["final_acc_mean"].tolist() == good["final_acc_mean"].tolist()
+    (note,) = table.attrs["notes"].values()
+    assert str(bad) in note and "5 event line(s) left out" in note and "val_acc 'nan' is not an accuracy" in note
+    run_progress(fresh[0].events(), fresh[0].summary())  # never raises
+    assert main(["compare", "--store", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {bad}" in err and "Traceback" not in err
+    json.loads(runs[1].path.joinpath("summary.json").read_text())
+
+
+def test_compare_never_pools_baselines_of_different_setups(tmp_path, capsys):
+    from plasticity_core.cli import main
+    from plasticity_core.runs import compare_runs
+    from plasticity_core.runs.compare import CompareError
+
+    a = run_experiment(_exp(seeds=(0,), steps=2, name="a"), RunStore(tmp_path), tag="x")
+    other = _exp(seeds=(0,), steps=3, name="b")
+    other.data = "synthetic:classes=3,n=60,size=16"
+    b = run_experiment(other, RunStore(tmp_path), tag="x")
+    with pytest.raises(CompareError, match="2 different setups"):
+        compare_runs(a + b)
+    assert main(["compare", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== a-x" in out and "== b-x" in out and out.count("baseline") == 2  # one table each, never pooled
+
+
+def test_a_heartbeat_from_the_future_does_not_keep_a_dead_run_running(tmp_path):
+    import json
+
+    run = RunStore(tmp_path).create(_exp(seeds=(0,)), tag="h")[0]
+    now = time.time()
+    (run.path / "summary.json").write_text(json.dumps({"status": "running", "heartbeat_timeout_s": 5.0,
+                                                       "started_at": now - 100}))
+    hb = run.path / "heartbeat.json"
+    for beat in (now + 10 ** 7, "soon"):
+        hb.write_text(json.dumps({"host": "h", "pid": 1, "time": beat}))
+        old = now - 600
+        os.utime(hb, (old, old))  # the file itself was last written ten minutes ago
+        s = run.summary()
+        assert s["status"] == "failed" and s["stale"], s

@@ -277,3 +277,18 @@ def test_the_dashboard_offers_no_resume_for_a_tracked_run(tmp_path, monkeypatch)
     at.switch_page("app_pages/finetune.py").run()
     no_exception(at)
     assert "btn_resume" not in [b.key for b in at.button]
+
+
+def test_track_diagnosis_keeps_a_frozen_batchnorm_frozen(tmp_path, synthetic):
+    """A loop that diagnoses mid-run (pc.track) with a frozen BatchNorm in eval inside a model in train mode: after the
+    snapshot the BatchNorm is still in eval and its statistics do not move on the next training step."""
+    model = _model()
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.eval()
+    with pc.track(tmp_path, "frozen", model=model, data=synthetic.val) as run:
+        run.diagnose(1)
+    assert model.training and not frozen.training
+    stats = frozen.running_mean.clone()
+    model(next(iter(torch.utils.data.DataLoader(synthetic.train, batch_size=8)))[0])
+    assert torch.equal(frozen.running_mean, stats)

@@ -56,10 +56,11 @@ if run:
     state.wait_weight_metrics(current.backbone)
     bar.progress(0.0, text="Probing…")
     try:
-        st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
-            current.backbone, current.data.val, metrics=metrics or None,
-            max_batches=int(batches), device=current.device,
-            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
+        with state.model_lock(current.model):  # never two passes with hooks on the same model at once
+            st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
+                current.backbone, current.data.val, metrics=metrics or None,
+                max_batches=int(batches), device=current.device,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
         _keep(st.session_state["diagnosis"])
     except forms.errors() as e:
@@ -119,7 +120,14 @@ def _on_heatmap_select() -> None:
     if picked:  # a redraw can report an empty selection; clearing is the button's job
         st.session_state["selected_layers"] = picked
         st.session_state["w_diag_selected"] = picked
-        st.session_state.pop("w_diag_focus", None)  # the one-layer view follows the new selection
+        st.session_state["w_diag_focus"] = picked[0]  # the one-layer view follows (set, not dropped: the browser
+        # would otherwise send its old value back with the next widget and flip the panel to it)
+
+
+def _on_multiselect() -> None:
+    st.session_state["selected_layers"] = st.session_state["w_diag_selected"]
+    if st.session_state["selected_layers"]:
+        st.session_state["w_diag_focus"] = st.session_state["selected_layers"][0]
 
 
 left, right = st.columns([3, 2])
@@ -130,8 +138,7 @@ with right:
     st.subheader("Selected layers")
     st.session_state.setdefault("w_diag_selected", st.session_state["selected_layers"])
     st.multiselect("Layers to re-initialise", order, key="w_diag_selected", label_visibility="collapsed",
-                   on_change=lambda: (st.session_state.update(selected_layers=st.session_state["w_diag_selected"]),
-                                      st.session_state.pop("w_diag_focus", None)))
+                   on_change=_on_multiselect)
     b1, b2, b3 = st.columns([2, 2, 2])
     budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
                              help="Fraction of the scored layers' weights the recommendation may re-initialise.")
@@ -141,6 +148,7 @@ with right:
         st.session_state["selected_layers"] = list(rec.layers)
         st.session_state.pop("w_diag_selected", None)
         if rec.layers:
+            st.session_state["w_diag_focus"] = rec.layers[0]
             state.adopt_config(current.model, rec.to_config(seed=state.reinit_seed()), diagnosis)
         st.rerun()
     if b3.button("Clear", key="btn_clear", width="stretch"):
@@ -158,8 +166,9 @@ with right:
                                recommended=rec.strategy if rec and set(rec.layers) != set(st.session_state["selected_layers"]) else None)
 
     st.subheader("One layer")
-    focus = st.selectbox("Layer", order, key="w_diag_focus",
-                         index=order.index(st.session_state["selected_layers"][0]) if st.session_state["selected_layers"] else 0)
+    if st.session_state.get("w_diag_focus") not in order:  # the value lives in the key only (no index=): one source
+        st.session_state["w_diag_focus"] = (st.session_state["selected_layers"] or order)[0]
+    focus = st.selectbox("Layer", order, key="w_diag_focus")
     unit_metrics = [m for (l, m) in diagnosis.unit_keys() if l == focus]
     if unit_metrics:
         metric = st.radio("Unit score", unit_metrics, horizontal=True, key="w_diag_unit_metric")

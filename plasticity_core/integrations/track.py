@@ -27,6 +27,7 @@ from torch import nn
 
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, LaunchConfig, ReinitConfig
 from plasticity_core.errors import UserError, user_message
+from plasticity_core.hooks import kept_modes
 from plasticity_core.layers import layer_map
 from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.reinit.apply import apply_reinit
@@ -485,11 +486,8 @@ class Tracker:
         module = self.module if self.module is not None else self.model
         if module is None or data is None:
             raise IntegrationError("diagnose needs the model and probe images: pass model= and data= to pc.track")
-        was_training = module.training
-        try:
+        with kept_modes(module):  # every submodule's own train/eval mode back (a frozen BatchNorm stays frozen)
             d = diagnose(module, data, reference=self._reference, metrics=self.diagnose_metrics, max_batches=2)
-        finally:
-            module.train(was_training)
         self._last_diagnosis = step
         rows = [{"layer": r.layer, "metric": r.metric, "value": float(r.value)} for r in d.table.itertuples()]
         self._write("diagnosis", step, rows=rows)

@@ -8,7 +8,7 @@ Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = 
 layer, fp32, TF32 off), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
 form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself (two matrix-vector
 products per step, full reorthogonalisation, a fixed-seed start vector), stopped per tap as soon as the Ritz
-value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2``; a tap not converged within
+value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped moving; a tap not converged within
 ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted (``SpectraBatch.fallback``, the diagnosis meta).
 On the CPU each tap runs on its own (it stays in cache: batched matrix-vector products over many taps stream
 from memory and were 2-6x slower); on a GPU the taps of one shape run together in one batch. Taps with
@@ -128,6 +128,7 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     scale = float(np.abs(x).max()) * max(m, n) * np.finfo(x.dtype).eps  # breakdown threshold
     if scale == 0.0:
         return 0.0, True
+    prev = 0.0  # the Ritz value at the previous check
     for j in range(k):
         vs[j] = v
         u = x @ v
@@ -147,10 +148,13 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
         last = j == k - 1 or b <= scale
         if last or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
             s1, est = _ritz(alpha[: j + 1], beta[: j + 1], 0.0 if b <= scale else b)
-            if est <= tol * s1 * s1 or b <= scale or j + 1 == n:
+            # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
+            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet)
+            if b <= scale or j + 1 == n or (est <= tol * s1 * s1 and s1 - prev <= tol * s1):
                 return s1, True
             if last:
                 return s1, False
+            prev = s1
         v = w / b
     return 0.0, False  # not reached
 

@@ -97,7 +97,7 @@ class AnyStop:
 
 def checkpoint_step(run: Run) -> int | None:
     """The step of the resumable checkpoint in the run's folder (``None``: there is none)."""
-    from plasticity_core.finetune import MODEL_FILE, STATE_FILE
+    from plasticity_core.train.checkpoints import MODEL_FILE, STATE_FILE
 
     if not (run.path / STATE_FILE).exists() or not (run.path / MODEL_FILE).exists():
         return None

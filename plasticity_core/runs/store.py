@@ -102,6 +102,17 @@ class Run:
         wanted = {types} if isinstance(types, str) else set(types)
         return [e for e in events if e.get("type") in wanted]
 
+    @property
+    def event_notes(self) -> str | None:
+        """What the reader left out of ``metrics.jsonl`` (mistyped or impossible values), naming the folder, or None."""
+        if self._reader is None:
+            self.events()
+        rejected = self._reader.rejected if self._reader is not None else []
+        if not rejected:
+            return None
+        return (f"{self.path / 'metrics.jsonl'}: {len(rejected)} event line(s) left out ({'; '.join(rejected[:3])}"
+                f"{' ...' if len(rejected) > 3 else ''})")
+
     def curve(self, kind: str = "eval") -> pd.DataFrame:
         """The events of one type as a DataFrame (``eval``: step, val_acc, val_loss; ``step``: loss, lr, ...)."""
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
@@ -247,7 +258,7 @@ class RunStore:
             singles = [singles[i] for i in only]
         if self.root.exists() and not self.root.is_dir():
             raise LaunchError(f"the run store {self.root} is a file, not a folder: choose a folder (--store DIR)")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store is private (an existing one is kept)
         base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
         exp_dir = self._claim_experiment(base, whole=only is None and not resume, explicit=tag is not None)
         launch_id = uuid.uuid4().hex[:12]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 SCHEMA_VERSION = 1
+CLOCK_SKEW_S = 60.0  # a heartbeat time further ahead than this is not believed (the file's mtime is used instead)
 ACTIVE = ("queued", "running")  # a run that may still change
 FINAL = ("finished", "stopped", "failed", "cancelled")  # a run that ended; ``cancelled``: it never started
 
@@ -145,8 +146,16 @@ class Heartbeat:
 def heartbeat_age(path: str | os.PathLike, fallback: float | None = None) -> tuple[float | None, dict[str, Any]]:
     """Seconds since the heartbeat file's last beat (``fallback`` time when there is none yet) and its content."""
     hb = read_json(path) or {}
-    last = hb.get("time", fallback)
-    return (None if last is None else max(0.0, time.time() - float(last))), hb
+    last, now = hb.get("time", fallback), time.time()
+    if hb and not (_number(last) and math.isfinite(last) and last <= now + CLOCK_SKEW_S):
+        # a beat from the future (another host's clock, a hand-edited file) or no number: trust when the file changed
+        try:
+            last = os.stat(path).st_mtime
+        except OSError:
+            last = fallback
+    if not (_number(last) and math.isfinite(last)):
+        return None, hb
+    return max(0.0, now - float(last)), hb
 
 
 # ---------------------------------------------------------------------------------------------- the writer
@@ -308,6 +317,8 @@ class EventReader:
         self.path = Path(path)
         self.offset = 0
         self.events: list[dict[str, Any]] = []
+        self.rejected: list[str] = []  # "line N: why" for complete lines whose values are mistyped or impossible
+        self._lines = 0
         self._ident: tuple[int, int] | None = None
 
     def poll(self) -> list[dict[str, Any]]:
@@ -323,7 +334,7 @@ class EventReader:
                 st = os.fstat(f.fileno())
                 ident = (st.st_dev, st.st_ino)
                 if ident != self._ident or st.st_size < self.offset:
-                    self.offset, self.events, self._ident = 0, [], ident
+                    self.offset, self.events, self._ident, self.rejected, self._lines = 0, [], ident, [], 0
                 if st.st_size == self.offset:
                     return []
                 f.seek(self.offset)
@@ -332,23 +343,56 @@ class EventReader:
             return []
         new: list[dict[str, Any]] = []
         end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].split(b"\n"):
-            event = _parse(line)
-            if event is not None:
-                new.append(event)
+        for line in chunk[:end].split(b"\n")[:-1]:
+            self._lines += 1
+            self._take(_parse(line), new)
         tail = chunk[end:]
         event = _parse(tail)  # a prefix of a JSON object never parses, so a tail that parses is a complete event
         if event is not None:
-            new.append(event)
+            self._lines += 1
+            self._take(event, new)
             end += len(tail)  # its newline, when it comes, reads as an empty line
         self.offset += end
         self.events.extend(new)
         return new
 
+    def _take(self, event: dict[str, Any] | None, new: list[dict[str, Any]]) -> None:
+        if event is None:
+            return
+        why = event_problem(event)
+        if why is None:
+            new.append(event)
+        elif len(self.rejected) < 100:
+            self.rejected.append(f"line {self._lines}: {why}")
+
     def read(self) -> list[dict[str, Any]]:
         """Every event so far (polls first)."""
         self.poll()
         return self.events
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def event_problem(event: dict[str, Any]) -> str | None:
+    """Why an event's values cannot be trusted (a step that is not a whole number, an accuracy outside [0, 1] or not
+    finite, a time that is not a finite number, a mistyped loss or lr), or None. Readers drop such events and say so:
+    one hand-edited or corrupted line must not enter a comparison or break a page."""
+    step = event.get("step")
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        return f"step {str(step)[:40]!r} is not a whole number >= 0"
+    t = event.get("time")
+    if t is not None and not (_number(t) and math.isfinite(t)):
+        return f"time {str(t)[:40]!r} is not a finite number"
+    if "val_acc" in event:
+        acc = event["val_acc"]
+        if not (_number(acc) and math.isfinite(acc) and 0.0 <= acc <= 1.0):
+            return f"val_acc {str(acc)[:40]!r} is not an accuracy in [0, 1]"
+    for key in ("val_loss", "loss", "lr"):  # NaN/inf are allowed here: a diverged loss is a true value
+        if event.get(key) is not None and not _number(event[key]):
+            return f"{key} {str(event[key])[:40]!r} is not a number"
+    return None
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from torch import nn
 
 from plasticity_core.config import ConfigError, FinetuneConfig, ReinitConfig
 from plasticity_core.errors import UserError
+from plasticity_core.hooks import kept_modes
 from plasticity_core.registry import registry
 from plasticity_core.train.checkpoints import (BEST_FILE, STATE_FILE, _check_resumable, _restore, _save, load_checkpoint,
                                                save_weights)
@@ -121,7 +122,8 @@ def evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.dev
 
 def _evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.device, max_batches: int | None,
               store: DeviceSplit | None) -> tuple[float, float, int]:
-    was_training = model.training
+    modes = kept_modes(model)  # every submodule's own mode back afterwards (a frozen BatchNorm stays in eval)
+    modes.__enter__()
     model.eval()
     correct = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
@@ -135,7 +137,7 @@ def _evaluate(model: nn.Module, data: Any, cfg: FinetuneConfig, device: torch.de
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
     finally:
-        model.train(was_training)
+        modes.__exit__(None, None, None)
     if seen == 0:
         raise ValueError("the val split is empty: nothing to evaluate")
     return float(correct) / seen, float(loss_sum) / seen, seen
@@ -387,11 +389,8 @@ def _diagnose(run: _Run, step: int) -> None:
     from plasticity_core.metrics import diagnose
 
     model = run.model
-    was_training = model.training
-    try:
+    with kept_modes(model):  # diagnose restores every submodule's mode itself; this keeps it so if it raises midway
         d = diagnose(model, run.data.val, reference=run.reference, metrics=list(run.cfg.diagnose_metrics), max_batches=2,
                      device=run.device)
-    finally:
-        model.train(was_training)
     rows = [{"layer": r.layer, "metric": r.metric, "value": float(r.value)} for r in d.table.itertuples()]
     run.emit("diagnosis", step, rows=rows)

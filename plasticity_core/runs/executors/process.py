@@ -68,7 +68,11 @@ def _run_process(ctx: Launch) -> None:
                     w.give(queue.pop(0) if queue else None)
             ctx.wait(0.2)
     finally:
-        for w in workers:  # an interrupted launcher: its workers got the same Ctrl-C; give them time to say so
+        if sys.exc_info()[0] is not None:  # an interrupted launcher (KeyboardInterrupt in a notebook, an abort):
+            for w in workers:  # its workers ignore the terminal's SIGINT; STOP files end their runs at the next step
+                if w.run is not None:
+                    w.run.request_stop()
+        for w in workers:
             w.give(None)
             try:
                 w.proc.wait(timeout=30)
