@@ -125,3 +125,41 @@ def test_runs_at_once_in_the_plan_and_one_run_stopped_alone(tmp_path, monkeypatc
     at.button(key="btn_stop").click().run()
     assert pc.RunHandle.attach(runs[1].path).wait(timeout=240)
     assert pc.Run(runs[1].path).status == "stopped"
+
+
+def _written(root, name, lr):
+    """An experiment's run folders as the run contract leaves them (config, events, final summary)."""
+    import json
+
+    from plasticity_core.runs.spec import expand_experiment, run_name
+
+    cfg = pc.ExperimentConfig(name=name, finetune=pc.FinetuneConfig(steps=4, lr=lr), seeds=[0],
+                              arms={"baseline": None, "fire": pc.ReinitConfig(strategy="fire", layers=["blocks.5.*"])})
+    for single in expand_experiment(cfg):
+        run = root / name / run_name(single)
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(single.to_yaml())
+        events = [{"type": "eval", "step": s, "time": float(s), "val_acc": 0.1 * s, "val_loss": 1.0} for s in (0, 4)]
+        events += [{"type": "step", "step": s, "time": float(s), "loss": 1.0 / s, "lr": lr, "images_per_s": 9.0}
+                   for s in (1, 2, 3, 4)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        (run / "summary.json").write_text(json.dumps({"status": "finished", "reason": "done", "steps": 4,
+                                                      "final_val_acc": 0.4, "best_val_acc": 0.4, "wall_time_s": 4.0}))
+
+
+def test_runs_of_another_experiment_join_only_when_the_setup_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    for name, lr in (("a", 0.01), ("b", 0.01), ("c", 0.05)):
+        _written(tmp_path, name, lr)
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.testing import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("app_pages/finetune.py").run()
+    at.selectbox(key="w_ft_experiment").set_value("a").run()
+    at.multiselect(key="w_ft_also").set_value(["b", "c"]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("**c** is not shown: its setup differs (finetune.lr: 0.01 vs 0.05)" in w.value for w in at.warning)
+    table = next(d.value for d in at.dataframe if "arm.strategy" in d.value.columns)
+    assert sorted(table["experiment"]) == ["a", "a", "b", "b"]  # b joined, c did not
