@@ -31,16 +31,16 @@ def curve_figure(points: pd.DataFrame, band: pd.DataFrame, metric: str, title: s
             for seed, g in points[points["arm"] == arm].groupby("seed", sort=True):
                 label = f"{arm} · seed {seed}"
                 if smoothing > 0:
-                    fig.add_trace(go.Scatter(x=g[x], y=g["value"] * scale, mode="lines", line=dict(color=_rgba(colour, 0.25), width=1),
+                    fig.add_trace(go.Scatter(x=g[x].to_numpy(float), y=g["value"].to_numpy(float) * scale, mode="lines", line=dict(color=_rgba(colour, 0.25), width=1),
                                              hoverinfo="skip", showlegend=False, legendgroup=label, name=f"{label} raw"))
-                fig.add_trace(go.Scatter(x=g[x], y=g["smoothed"] * scale, mode="lines", name=label, legendgroup=label,
+                fig.add_trace(go.Scatter(x=g[x].to_numpy(float), y=g["smoothed"].to_numpy(float) * scale, mode="lines", name=label, legendgroup=label,
                                          line=dict(color=colour, width=1.6),
                                          hovertemplate=f"{label}: %{{y:{fmt}}}{unit}<extra></extra>"))
             continue
         ended = points[(points["arm"] == arm) & points["status"].isin(ENDED_EARLY)] if "status" in points else points[:0]
         for seed, g in ended.groupby("seed", sort=True):  # not in the mean: each its own dashed line
             label = f"{arm} seed {seed} ({g['status'].iloc[0]})"
-            fig.add_trace(go.Scatter(x=g[x], y=g["smoothed"] * scale, mode="lines", name=label, legendgroup=str(arm),
+            fig.add_trace(go.Scatter(x=g[x].to_numpy(float), y=g["smoothed"].to_numpy(float) * scale, mode="lines", name=label, legendgroup=str(arm),
                                      line=dict(color=colour, width=1, dash="dash"),
                                      hovertemplate=f"{label}: %{{y:{fmt}}}{unit}<extra></extra>"))
         b = band[band["arm"] == arm]
@@ -49,13 +49,14 @@ def curve_figure(points: pd.DataFrame, band: pd.DataFrame, metric: str, title: s
         n = int(b["n_seeds"].max())
         label = f"{arm} (mean of {n} seeds)" if n > 1 else str(arm)
         if n > 1:
-            fig.add_trace(go.Scatter(x=list(b[x]) + list(b[x][::-1]), y=list(b["max"] * scale) + list(b["min"][::-1] * scale),
+            xs, hi, lo = b[x].to_numpy(float), b["max"].to_numpy(float) * scale, b["min"].to_numpy(float) * scale
+            fig.add_trace(go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]),
                                      fill="toself", mode="lines", fillcolor=_rgba(colour, 0.15), line=dict(width=0, color=colour),
                                      hoverinfo="skip", showlegend=False, legendgroup=str(arm), name=f"{arm} min-max"))
         if smoothing > 0:
-            fig.add_trace(go.Scatter(x=b[x], y=b["raw_mean"] * scale, mode="lines", line=dict(color=_rgba(colour, 0.25), width=1),
+            fig.add_trace(go.Scatter(x=b[x].to_numpy(float), y=b["raw_mean"].to_numpy(float) * scale, mode="lines", line=dict(color=_rgba(colour, 0.25), width=1),
                                      hoverinfo="skip", showlegend=False, legendgroup=str(arm), name=f"{arm} raw"))
-        fig.add_trace(go.Scatter(x=b[x], y=b["mean"] * scale, mode="lines+markers" if len(b) <= 60 else "lines",
+        fig.add_trace(go.Scatter(x=b[x].to_numpy(float), y=b["mean"].to_numpy(float) * scale, mode="lines+markers" if len(b) <= 60 else "lines",
                                  name=label, legendgroup=str(arm), line=dict(color=colour, width=2), marker=dict(size=4),
                                  hovertemplate=f"{arm}: %{{y:{fmt}}}{unit}<extra></extra>"))
     smooth_note = f" · smoothed {smoothing:g}" if smoothing > 0 else ""

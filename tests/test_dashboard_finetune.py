@@ -23,14 +23,15 @@ def _launch(at, steps, eval_every=2, others=()):
 
 def test_launch_runs_two_arms_in_the_background_and_compares_them(tmp_path, monkeypatch):
     at = _previewed(tmp_path, monkeypatch)
-    experiment = _launch(at, steps=4)
+    experiment = _launch(at, steps=10, eval_every=5)  # 10 steps: one per-layer snapshot (at least 10 steps apart)
     store = pc.RunStore(tmp_path)
     runs = store.runs(experiment)
     assert sorted(r.arm for r in runs) == ["baseline", "shrink_perturb"]
     assert runs[0].config.arms.get("shrink_perturb", runs[-1].config.arms.get("shrink_perturb")).layers == ["layer3.*"]
     assert pc.RunHandle.attach(runs[0].path).wait(timeout=240)
     assert {r.status for r in runs} == {"finished"}, store.table(experiment)[["run", "status", "reason"]]
-    assert all(r.summary()["steps"] == 4 for r in runs)
+    assert all(r.summary()["steps"] == 10 for r in runs)
+    assert all([e["step"] for e in r.events("diagnosis")] == [10] for r in runs)  # snapshots on by default
     at.run()
     no_exception(at)
     compare = at.dataframe[-1].value

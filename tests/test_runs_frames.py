@@ -38,6 +38,7 @@ def test_run_frames_read_only_new_events_and_follow_a_resume(tmp_path):
     s = f.scalars()
     assert set(s["metric"]) == {"val_acc", "val_loss", "loss", "lr", "images_per_s"}
     assert s.loc[s["metric"] == "loss", "time"].item() == pytest.approx(2.0)  # seconds since the first event
+    assert f.series("val_acc")[["step", "value"]].values.tolist() == [[0.0, 0.25]]
     assert not f.poll() and f.scalars() is s  # nothing new: the same cached table, no re-parse
     _append(log, {"type": "diagnosis", "step": 2, "time": 13.0,
                   "rows": [{"layer": "b", "metric": "dormant", "value": 0.1}, {"layer": "a", "metric": "dormant", "value": 0.2}]})
@@ -50,6 +51,7 @@ def test_run_frames_read_only_new_events_and_follow_a_resume(tmp_path):
     with open(log, "a") as fh:
         fh.write('ss": 0.9}\n')
     assert f.poll() and f.scalars().loc[f.scalars()["metric"] == "loss", "value"].tolist() == [1.3, 1.1, 0.9]
+    assert f.series("loss")["value"].tolist() == [1.3, 1.1, 0.9]  # the per-metric cache follows new values
     _append(log, {"type": "resume", "step": 1, "time": 0.0}, {"type": "step", "step": 2, "time": 1.0, "loss": 1.0})
     f.poll()  # the interrupted attempt's steps beyond 1 are dropped, and its snapshot at step 2
     assert f.scalars().loc[f.scalars()["metric"] == "loss", "value"].tolist() == [1.3, 1.0]
@@ -68,16 +70,15 @@ def test_frame_cache_polls_each_run_once_and_keeps_its_frames(tmp_path):
 
 def test_curve_points_smooth_per_run_and_the_band_spans_the_seeds():
     def scal(values):
-        return pd.DataFrame({"step": range(len(values)), "time": [float(i) for i in range(len(values))],
-                             "metric": "loss", "value": values})
+        return pd.DataFrame({"step": range(len(values)), "time": [float(i) for i in range(len(values))], "value": values})
     pts = frames.curve_points([("base", 0, scal([1.0, 2.0, 3.0]), "finished"), ("base", 1, scal([3.0, 2.0, 1.0]), "running"),
-                               ("base", 2, scal([9.0, 9.0]), "failed")], "loss", 0.5)
+                               ("base", 2, scal([9.0, 9.0]), "failed")], 0.5)
     np.testing.assert_allclose(pts[pts["seed"] == 0]["smoothed"], frames.ema([1.0, 2.0, 3.0], 0.5))
     band = frames.mean_band(pts)
     assert band["n_seeds"].tolist() == [2, 2, 2] and band["raw_mean"].tolist() == [2.0, 2.0, 2.0]
     assert (band["min"] <= band["mean"]).all() and (band["mean"] <= band["max"]).all()
     assert set(pts["status"]) == {"finished", "running", "failed"}  # the failed run is plotted, apart from the mean
-    assert frames.curve_points([("base", 0, scal([1.0]), "running")], "val_acc").empty
+    assert frames.curve_points([("base", 0, scal([]), "running")]).empty
 
 
 def test_snapshot_matrix_and_difference_to_the_baseline():
@@ -117,3 +118,30 @@ def test_setup_differences_name_each_field_or_nothing():
     why = frames.setup_differences(_experiment(), _experiment(finetune=pc.FinetuneConfig(steps=5, lr=0.02),
                                                               data_limit=20))
     assert why == ["data_limit:  vs 20", "finetune.lr: 0.01 vs 0.02"]
+
+
+def test_a_plain_loop_tracked_through_the_run_contract_shows_its_snapshots_and_curves(tmp_path):
+    import timm
+    import torch
+
+    data = pc.load_dataset("synthetic:classes=4,n=64,size=32", image_size=32, seed=0)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    fire = pc.ReinitConfig(strategy="fire", layers=["layer4.*"])
+    with pc.track(tmp_path, "own-loop", model=model, reinit=fire, data=data.val, total_steps=4, diagnose_every=2,
+                  diagnose_metrics=["dormant", "sfe_rel"]) as run:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        for step, (x, y) in enumerate(data.loader("train", batch_size=16), start=1):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            run.log(step, loss=loss)
+            if step == 4:
+                break
+    f = frames.FrameCache().poll([run.path])[0]
+    assert f.run.arm == "fire" and f.reinit_layers and all(n.startswith("layer4.") for n in f.reinit_layers)
+    assert f.series("loss")["step"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    m = frames.snapshot_matrix(f.snapshots(), "sfe_rel")
+    assert list(m.columns) == [2.0, 4.0] and len(m) > 0
+    assert (m.loc[[n for n in m.index if n.startswith("layer4.")]] > 0).all().all()  # moved from the pretrained weights

@@ -181,7 +181,9 @@ with right:
 # --- Rank layers by a metric (top k), and compare with an earlier diagnosis of this workspace -----------------------
 st.subheader("Top layers by a metric")
 t1, t2, t3 = st.columns([2, 1, 3])
-rank_metric = t1.selectbox("Metric to rank by", list(wide_all.columns), key="w_diag_rank_metric",
+rankable = list(wide_all.columns)
+first = next((i for i, m in enumerate(rankable) if directions.worse(m) and m not in folded), 0)  # a metric with a worse side
+rank_metric = t1.selectbox("Metric to rank by", rankable, index=first, key="w_diag_rank_metric",
                            help="Worst first: highest for higher-is-worse metrics, lowest for lower-is-worse ones, "
                                 "highest for metrics with no direction.")
 k = t2.number_input("k", 1, max(1, len(wide_all)), min(10, len(wide_all)), key="w_diag_top_k")

@@ -33,18 +33,22 @@ COMPARE_HELP = {
 # --- Per-layer snapshots taken by launches from this page (shown under "Layers over training") ---------------------
 SNAPSHOT_METRICS = ["dormant", "dead", "saturation", "sfe_rel", "dfi_si", "feature_erank"]
 SNAPSHOTS_PER_RUN = 10
+SNAPSHOT_MIN_GAP = 10  # steps: one snapshot costs about what 0.4 training steps cost (benchmarks/snapshot_overhead.py)
 
 
 def _snapshot_settings(steps: int) -> dict:
-    """FinetuneConfig fields for the per-layer snapshots (on by default: about SNAPSHOTS_PER_RUN per run on 2 probe
-    batches of the validation split, the cheap metrics only)."""
+    """FinetuneConfig fields for the per-layer snapshots (on by default: at most SNAPSHOTS_PER_RUN per run and at least
+    SNAPSHOT_MIN_GAP steps apart, on 2 probe batches of the validation split, the cheap metrics only: a few % of the
+    run's time)."""
     on = st.checkbox("Per-layer snapshots", value=kept("w_ft_snapshots", True), key="w_ft_snapshots",
-                     help=f"Every steps/{SNAPSHOTS_PER_RUN} steps, {', '.join(SNAPSHOT_METRICS)} per layer on 2 "
+                     help=f"Every steps/{SNAPSHOTS_PER_RUN} steps (at least {SNAPSHOT_MIN_GAP} apart), {', '.join(SNAPSHOT_METRICS)} per layer on 2 "
                           "validation batches, so the page can show how each layer's plasticity moves while the run "
                           "trains (measured cost: see README).")
-    every = max(1, steps // SNAPSHOTS_PER_RUN)
+    every = max(SNAPSHOT_MIN_GAP, steps // SNAPSHOTS_PER_RUN)
     if on:
-        st.caption(f"A snapshot every {every} steps ({steps // every} per run).")
+        st.caption(f"A per-layer snapshot every {every} steps ({steps // every} per run)." if steps >= every else
+                   f"No per-layer snapshot in a run of {steps} steps (at least {every} steps apart, to keep their "
+                   "cost at a few % of the run).")
     return {"diagnose_every": every if on else 0, "diagnose_metrics": list(SNAPSHOT_METRICS)}
 
 
@@ -260,10 +264,10 @@ def _curve_figures(paths: tuple, versions: tuple, labels: tuple, statuses: tuple
     memo = st.session_state.get("_ft_curve_figures")
     if memo and memo[0] == key:
         return memo[1]
-    runs_in = [(lab, f.run.seed, f.scalars(), status) for lab, f, status in zip(labels, polled, statuses)]
     built = {}
     for metric, title, pct in PANELS:
-        points = frames.curve_points(runs_in, metric, smoothing)
+        points = frames.curve_points([(lab, f.run.seed, f.series(metric), status)
+                                      for lab, f, status in zip(labels, polled, statuses)], smoothing)
         if len(points):
             built[metric] = (charts.curve_figure(points, frames.mean_band(points), metric, title, dict(colours), x=x,
                                                  per_seed=per_seed, log_y=log_y, percent=pct, smoothing=smoothing), points)
@@ -327,28 +331,46 @@ def _snapshots(runs: list, polled: list) -> None:
     c[2].caption("Rows: layers in network order (● = re-initialised by the arm). Columns: the steps a snapshot was "
                  "taken at (on the validation split). Right: the arm minus the baseline of the same seed "
                  "(red = higher than baseline).")
-    base = next((frames.snapshot_matrix(s, metric) for r, s, _ in snaps
-                 if r.seed == seed and r.config.arms[r.arm] is None), pd.DataFrame())
-    for r, s, f in snaps:
-        if r.seed != seed:
+    for arm, (fig, delta, note) in _snapshot_figures(metric, seed, snaps).items():
+        left, right = st.columns(2)
+        if fig is None:
+            left.caption(note)
             continue
+        left.plotly_chart(fig, key=f"snap_{arm}")
+        if delta is None:
+            right.caption(note)
+        else:
+            right.plotly_chart(delta, key=f"snap_delta_{arm}")
+
+
+def _snapshot_figures(metric: str, seed: int, snaps: list) -> dict:
+    """arm -> (heatmap, heatmap of arm - baseline or None, note) for one seed; rebuilt only when a snapshot arrived
+    or the metric or seed changed."""
+    mine = [(r, s, f) for r, s, f in snaps if r.seed == seed]
+    key = (metric, seed, tuple((str(f.path), f.snapshot_version, tuple(f.reinit_layers)) for _, _, f in mine))
+    memo = st.session_state.get("_ft_snapshot_figures")
+    if memo and memo[0] == key:
+        return memo[1]
+    base = next((frames.snapshot_matrix(s, metric) for r, s, _ in mine if r.config.arms[r.arm] is None), pd.DataFrame())
+    out = {}
+    for r, s, f in mine:
         m = frames.snapshot_matrix(s, metric)
         if m.empty:
-            st.caption(f"{r.arm}: no {metric} in its snapshots.")
+            out[r.arm] = (None, None, f"{r.arm}: no {metric} in its snapshots.")
             continue
         marked = set(f.reinit_layers)
+        delta, note = None, "The baseline: the other arms are compared with it."
+        if r.config.arms[r.arm] is not None:
+            if base.empty:
+                note = f"No baseline snapshots of seed {seed} to compare with."
+            else:
+                d = frames.snapshot_delta(m, base)
+                d.index = [f"● {layer}" if layer in marked else layer for layer in d.index]
+                delta = charts.snapshot_heatmap(d, f"{r.arm} − baseline · {metric}", diverging=True, colorbar="Δ")
         m.index = [f"● {layer}" if layer in marked else layer for layer in m.index]
-        left, right = st.columns(2)
-        left.plotly_chart(charts.snapshot_heatmap(m, f"{r.arm} · {metric}", colorbar=metric), key=f"snap_{r.arm}")
-        if r.config.arms[r.arm] is None:
-            right.caption("The baseline: the other arms are compared with it.")
-        elif base.empty:
-            right.caption(f"No baseline snapshots of seed {seed} to compare with.")
-        else:
-            delta = frames.snapshot_delta(frames.snapshot_matrix(s, metric), base)
-            delta.index = [f"● {layer}" if layer in marked else layer for layer in delta.index]
-            right.plotly_chart(charts.snapshot_heatmap(delta, f"{r.arm} − baseline · {metric}", diverging=True,
-                                                       colorbar="Δ"), key=f"snap_delta_{r.arm}")
+        out[r.arm] = (charts.snapshot_heatmap(m, f"{r.arm} · {metric}", colorbar=metric), delta, note)
+    st.session_state["_ft_snapshot_figures"] = (key, out)
+    return out
 
 
 def _table(shown: list) -> None:

@@ -54,6 +54,7 @@ class RunFrames:
         self.reinit_layers: list[str] = []  # the layers the run's re-init touched (its ``reinit`` event)
         self._tables: dict[str, pd.DataFrame] = {}
         self.version = 0  # bumped whenever new events arrived (a key for figures built from these tables)
+        self.snapshot_version = 0  # bumped only when the snapshot table changed
 
     def poll(self) -> bool:
         """Read what was appended since the last poll; True if anything new arrived."""
@@ -63,10 +64,18 @@ class RunFrames:
                 return False
             if len(self._reader.events) == len(new) and self._seen:  # the file was replaced: start over
                 self._scalars, self._snaps, self._t0, self.reinit_layers = [], [], None, []
+                self._tables.clear()
+                self.snapshot_version += 1
             self._seen = len(self._reader.events)
+            n_scalars, n_snaps = len(self._scalars), len(self._snaps)
             for e in new:
                 self._add(e)
-            self._tables.clear()
+            if len(self._scalars) != n_scalars or any(e.get("type") == "resume" for e in new):
+                for key in [k for k in self._tables if k == "scalars" or k.startswith("series:")]:
+                    del self._tables[key]
+            if len(self._snaps) != n_snaps or any(e.get("type") == "resume" for e in new):
+                self._tables.pop("snaps", None)
+                self.snapshot_version += 1
             self.version += 1
             return True
 
@@ -107,6 +116,16 @@ class RunFrames:
                 self._tables["scalars"] = pd.DataFrame(self._scalars, columns=SCALAR_COLUMNS)
             return self._tables["scalars"]
 
+    def series(self, metric: str) -> pd.DataFrame:
+        """step, time, value of one scalar metric in step order (cached until that metric gets new values)."""
+        with self._lock:
+            key = f"series:{metric}"
+            if key not in self._tables:
+                rows = [(st, t, v) for st, t, m, v in self._scalars if m == metric]
+                df = pd.DataFrame(rows, columns=["step", "time", "value"], dtype=float)
+                self._tables[key] = df.sort_values("step", kind="stable", ignore_index=True)
+            return self._tables[key]
+
     def snapshots(self) -> pd.DataFrame:
         """step, layer, metric, value: every per-layer snapshot the run recorded (layers in network order)."""
         with self._lock:
@@ -146,32 +165,38 @@ def ema(values: Sequence[float], weight: float) -> np.ndarray:
     values pass through unsmoothed and do not enter the average; ``weight`` 0 returns the values as they are."""
     if not 0.0 <= weight < 1.0:
         raise ValueError(f"smoothing weight {weight!r} must be in [0, 1)")
-    out = np.asarray(values, dtype=float).copy()
-    last, n = 0.0, 0
-    for i, v in enumerate(out):
-        if not math.isfinite(v):
+    vals = np.asarray(values, dtype=float).tolist()  # plain floats: a Python loop over them is several times faster
+    out, last, n, debias = [], 0.0, 0, 1.0
+    for v in vals:
+        if v != v or v in (math.inf, -math.inf):
+            out.append(v)
             continue
         last = last * weight + (1.0 - weight) * v
         n += 1
-        out[i] = last / (1.0 - weight ** n)
-    return out
+        debias *= weight
+        out.append(last / (1.0 - debias) if weight else v)
+    return np.asarray(out, dtype=float)
 
 
-def curve_points(runs: Sequence[tuple[str, int, pd.DataFrame, str]], metric: str, smoothing: float = 0.0) -> pd.DataFrame:
+def curve_points(runs: Sequence[tuple[str, int, pd.DataFrame, str]], smoothing: float = 0.0) -> pd.DataFrame:
     """One metric of several runs as arm, seed, status, step, time, value, smoothed (smoothed per run, in step order).
 
-    ``runs``: (arm, seed, scalars table of ``RunFrames.scalars()``, the run's status).
+    ``runs``: (arm, seed, that metric's ``RunFrames.series(metric)``: step, time, value; the run's status).
     """
-    frames = []
-    for arm, seed, scalars, status in runs:
-        g = scalars[scalars["metric"] == metric].sort_values("step", kind="stable")
-        if len(g):
-            frames.append(pd.DataFrame({"arm": arm, "seed": seed, "status": status, "step": g["step"].to_numpy(),
-                                        "time": g["time"].to_numpy(), "value": g["value"].to_numpy(),
-                                        "smoothed": ema(g["value"].to_numpy(), smoothing)}))
-    if not frames:
+    parts = [(arm, seed, status, g) for arm, seed, g, status in runs if len(g)]
+    if not parts:
         return pd.DataFrame(columns=["arm", "seed", "status", "step", "time", "value", "smoothed"])
-    return pd.concat(frames, ignore_index=True)
+    g = [p[3].sort_values("step", kind="stable") for p in parts]
+    sizes = [len(x) for x in g]
+    return pd.DataFrame({
+        "arm": np.repeat(np.array([p[0] for p in parts], dtype=object), sizes),
+        "seed": np.repeat([p[1] for p in parts], sizes),
+        "status": np.repeat(np.array([p[2] for p in parts], dtype=object), sizes),
+        "step": np.concatenate([x["step"].to_numpy(float) for x in g]),
+        "time": np.concatenate([x["time"].to_numpy(float) for x in g]),
+        "value": np.concatenate([x["value"].to_numpy(float) for x in g]),
+        "smoothed": np.concatenate([ema(x["value"].to_numpy(float), smoothing) for x in g]),
+    })
 
 
 def mean_band(points: pd.DataFrame) -> pd.DataFrame:
