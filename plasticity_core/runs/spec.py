@@ -39,8 +39,9 @@ def expand_experiment(config: ExperimentConfig) -> list[ExperimentConfig]:
     runs = []
     for arm, reinit in config.arms.items():
         for seed in config.seeds:
-            # the run's head is drawn from its seed (setup.load_setup), so the arm records that head seed too
-            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed, head_seed=seed)
+            # the run draws its head from its seed (setup.load_setup) and does not probe it (every arm and the
+            # baseline start from the same untrained head): the arm records what the run does
+            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed, head_seed=seed, head_probe_steps=0)
             runs.append(dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, seed=seed),
                                             arms={arm: arm_cfg}, seeds=[seed]))
     return runs
