@@ -23,7 +23,7 @@ _EXPORTS = {
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
-    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
+    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "fit_recommendation": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # your own training loop as a run (Lightning / Hugging Face callbacks: plasticity_core.integrations.lightning / .hf)
     "track": "integrations", "Tracker": "integrations", "IntegrationError": "integrations",

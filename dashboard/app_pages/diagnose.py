@@ -143,7 +143,7 @@ with right:
     budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
                              help="Fraction of the scored layers' weights the recommendation may re-initialise.")
     if b2.button("Recommend", key="btn_recommend", width="stretch"):
-        rec = diagnosis.recommend(budget=float(budget))
+        rec = pc.fit_recommendation(diagnosis.recommend(budget=float(budget)), current.model)
         st.session_state["recommendation"] = rec
         st.session_state["selected_layers"] = list(rec.layers)
         st.session_state.pop("w_diag_selected", None)

@@ -10,13 +10,14 @@ marked "re-init" may end with zero units touched when none qualifies; the previe
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from torch import nn
 
 from plasticity_core.config import ReinitConfig
 from plasticity_core.layers import LayerInfo, layer_map
+from plasticity_core.metrics.recommend import Recommendation
 from plasticity_core.reinit.base import STRATEGIES
 
 COLUMNS = ["layer", "action", "reason", "proposal"]
@@ -115,3 +116,29 @@ def strategies_for(model: nn.Module, layers: list[str], include_head: bool = Fal
     counts = {s.name: sum(s.why_not(model, layer, include_head=include_head) is None for layer in chosen)
               for s in STRATEGIES.values()}
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def fit_recommendation(rec: Recommendation, model: nn.Module) -> Recommendation:
+    """``rec`` restricted to the layers its strategy acts on in ``model``, the rest named in the reason.
+
+    ``Diagnosis.recommend`` ranks layers from metrics alone; a strategy can still skip some of them (FIRE with
+    ``targets=qk`` acts on a ViT's q and k blocks only, ReDo needs an explicit unit pair). A recommendation then
+    proposes only what will happen; when the strategy acts on none of them, the layers stay and the reason says
+    so and names the strategy that acts on most of them.
+    """
+    if not rec.layers:
+        return rec
+    plan = plan_reinit(model, rec.to_config())
+    skipped = plan.skipped
+    if not skipped:
+        return rec
+    kept = [name for name in rec.layers if name not in skipped]
+    names = ", ".join(sorted(skipped)[:6]) + (" ..." if len(skipped) > 6 else "")
+    if not kept:
+        best = next((s for s, n in strategies_for(model, rec.layers).items() if n), None)
+        note = (f" {rec.strategy} {rec.params or ''} acts on none of these {len(rec.layers)} layers"
+                f" ({next(iter(skipped.values()))})" + (f"; {best} acts on the most of them." if best else "."))
+        return replace(rec, reason=rec.reason + note)
+    note = (f" Left out {len(skipped)} of the {len(rec.layers)} ranked layers that {rec.strategy}"
+            f" {rec.params or ''} would skip: {names} (e.g. {next(iter(skipped.values()))}).")
+    return replace(rec, layers=kept, reason=rec.reason + note)
