@@ -155,12 +155,12 @@ def test_summary_deleted_mid_run_reads_from_the_folder(tmp_path):
             (run.path / "summary.json").unlink()
             seen["status"] = run.raw_summary()["status"]
 
-    runs = run_experiment(_exp(seeds=(0,), steps=30), RunStore(tmp_path), tag="s", on_event=on_event)
+    runs = run_experiment(_exp(seeds=(0,), steps=400), RunStore(tmp_path), tag="s", on_event=on_event)
     assert seen["status"] == "running"
     assert runs[0].summary()["status"] == "finished"  # the worker's final write puts it back
     (runs[0].path / "summary.json").unlink()
     s = runs[0].raw_summary()
-    assert s["status"] == "finished" and s["steps"] == 30 and "read from metrics.jsonl" in s["reason"]
+    assert s["status"] == "finished" and s["steps"] == 400 and "read from metrics.jsonl" in s["reason"]
 
 
 def test_errno_words_for_environment_failures():

@@ -58,6 +58,9 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
     notes: dict[str, str] = {}
     setups: dict[str, tuple[str, str]] = {}  # setup key -> (an experiment that has it, its words)
     for r in items:
+        if not r.path.is_dir():
+            skipped[str(r.path)] = "its run folder was deleted"
+            continue
         try:
             s, evals, arm, reinit, seed = r.summary(), r.events("eval"), r.arm, r.config.arms[r.arm], r.seed
             ok = [e for e in evals if isinstance(e.get("val_acc"), (int, float)) and isinstance(e.get("step"), (int, float))]

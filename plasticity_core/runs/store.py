@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
-from plasticity_core.train.events import (ACTIVE, FINAL, Heartbeat, EventReader, drop_superseded, heartbeat_age,
+from plasticity_core.train.events import (ACTIVE, FINAL, Heartbeat, EventReader, beat_age, drop_superseded, heartbeat_age,
                                           read_events)
 from plasticity_core.train.events import read_json as _read_json, write_json as _write_json
 from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
@@ -164,8 +164,7 @@ class Run:
 
     def _heartbeat_age(self, path: Path, fallback: float | None) -> tuple[float | None, dict[str, Any]]:
         hb = self._json(path) or {}
-        last = hb.get("time", fallback)
-        return (None if last is None else max(0.0, time.time() - float(last))), hb
+        return beat_age(hb, path, fallback), hb
 
     def summary(self) -> dict[str, Any]:
         """``summary.json`` with the status a reader should trust.

@@ -146,6 +146,13 @@ class Heartbeat:
 def heartbeat_age(path: str | os.PathLike, fallback: float | None = None) -> tuple[float | None, dict[str, Any]]:
     """Seconds since the heartbeat file's last beat (``fallback`` time when there is none yet) and its content."""
     hb = read_json(path) or {}
+    return beat_age(hb, path, fallback), hb
+
+
+def beat_age(hb: dict[str, Any], path: str | os.PathLike, fallback: float | None = None) -> float | None:
+    """Seconds since the beat ``hb`` (read from ``path``) was written: its ``time``, or the file's modification time
+    when that time is from the future (beyond ``CLOCK_SKEW_S``: another host's clock, a hand edit) or not a number;
+    ``fallback`` when there is no beat. None when nothing tells."""
     last, now = hb.get("time", fallback), time.time()
     if hb and not (_number(last) and math.isfinite(last) and last <= now + CLOCK_SKEW_S):
         # a beat from the future (another host's clock, a hand-edited file) or no number: trust when the file changed
@@ -154,8 +161,8 @@ def heartbeat_age(path: str | os.PathLike, fallback: float | None = None) -> tup
         except OSError:
             last = fallback
     if not (_number(last) and math.isfinite(last)):
-        return None, hb
-    return max(0.0, now - float(last)), hb
+        return None
+    return max(0.0, now - float(last))
 
 
 # ---------------------------------------------------------------------------------------------- the writer
