@@ -194,6 +194,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     step_callback: Any = None
     metric_versions: dict[str, int] = field(default_factory=dict)
+    progress: Callable[[str, int, int], None] | None = None  # (what, done, total): scoring batches, BatchNorm batches
 
     def generator(self, layer_name: str) -> torch.Generator:
         """A CPU generator seeded by (seed, layer name): results do not depend on which other layers are chosen."""
