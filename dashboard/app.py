@@ -30,12 +30,28 @@ PAGES = [
     st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
 ]
 page = st.navigation(PAGES)
-if error := st.session_state.pop("restore_error", None):
-    st.warning(error)
+if error := st.session_state.get("restore_error"):  # kept until dismissed: Setup's first load reruns the script
+    w1, w2 = st.columns([6, 1])
+    w1.warning(error)
+    if w2.button("Dismiss", key="btn_restore_dismiss"):
+        st.session_state.pop("restore_error", None)
+        st.rerun()
 
 # Saved before the page as well: widget values of this run are already in session_state, and a page that ends
 # with st.stop() runs nothing after it (no st.* call works in a `finally` either).
 state.save()
+if conflict := st.session_state.get("ws_conflict"):
+    st.warning(conflict, icon=":material/sync_problem:")
+    c1, c2, _ = st.columns([1, 1, 2])
+    if c1.button("Load the other tab's state", key="btn_ws_reload"):
+        state.reload_workspace()
+        st.rerun()
+    if c2.button("Keep this tab's state", key="btn_ws_keep", help="save this tab's state over the other tab's"):
+        st.session_state["ws_overwrite"] = True
+        state.save()
+        st.rerun()
+if error := st.session_state.pop("ws_save_error", None):
+    st.warning(error)
 with st.sidebar:
     loaded = st.session_state.get("loaded_setup")
     st.caption(f"Backbone: `{loaded['backbone']}`  \nData: `{loaded['data']}` at {loaded['image_size']} px"

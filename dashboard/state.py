@@ -11,6 +11,8 @@ The workspace (setup, diagnosis, selection, strategy, preview, form values) is a
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import json
 import os
@@ -22,12 +24,14 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import streamlit as st
 import torch
 
 import plasticity_core as pc
+from plasticity_core.files import write_atomic
+from plasticity_core.setup import with_head
 from plasticity_core.metrics import precompute_weight_metrics
 
 DEFAULT_SETUP: dict[str, Any] = {
@@ -39,14 +43,15 @@ DEFAULT_SETUP: dict[str, Any] = {
     "limit": 0,  # 0: the whole dataset
     "device": "cpu",
     "head_seed": 0,  # the fresh classifier head is drawn from this seed (load_backbone(..., seed=head_seed))
+    "head_probe_steps": 0,  # linear probe of that head before gradient metrics (experiments/head_probe.py: default 0)
 }
 RUNS_ENV = "PLASTICITY_RUNS"
 WS_PARAM = "ws"
 FORM_PREFIXES = ("w_ft_",)  # widget keys whose values are kept in the workspace's "form"
-NOT_KEPT = ("w_ft_anyway", "w_ft_experiment", "w_ft_own", "w_ft_name")  # per launch, or kept only when typed
+NOT_KEPT = ("w_ft_anyway", "w_ft_experiment", "w_ft_own", "w_ft_name", "w_ft_stop_one")  # per launch, or kept only when typed
 # plain session keys that make up the workspace (JSON-able); diagnosis, preview and re-init config have own files
 PERSISTED = ("setup", "loaded_setup", "selected_layers", "diag_metrics", "diag_batches", "strategy", "strategy_params",
-             "form", "experiment", "preview_for")
+             "form", "experiment", "preview_for", "my_experiments")
 REINIT_WIDGETS = ("w_param_", "w_reinit_seed", "w_exclude", "w_recal")  # Re-init's form: redrawn from reinit_cfg
 
 
@@ -94,16 +99,40 @@ def workspace_dir(ws: str) -> Path:
 
 
 def restore(ws: str) -> bool:
-    """Load a saved workspace into this session (True if one was found). A broken file is reported, not fatal."""
+    """Load a saved workspace into this session (True if one was found).
+
+    The file is validated, not trusted: non-UTF-8 bytes or invalid JSON set it aside (renamed ``*.broken-<time>``,
+    said once) and the session starts fresh; a value of the wrong type is dropped with a one-line note, so no page
+    ever meets it. The version read is remembered: ``save`` writes only over the version this session has seen.
+    """
     folder = workspace_dir(ws)
     path = folder / "workspace.json"
+    st.session_state["ws_version"] = 0
     if not path.exists():
         return False
     try:
-        saved = json.loads(path.read_text())
-        for key in PERSISTED:
-            if key in saved:
-                st.session_state[key] = saved[key]
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as e:
+        aside = path.with_name(f"workspace.json.broken-{int(time.time())}")
+        try:
+            path.replace(aside)
+        except OSError:
+            pass
+        what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else f"not a workspace ({str(e)[:80]})"
+        st.session_state["restore_error"] = (f"Workspace {ws}: workspace.json is {what}; set aside as {aside.name}, "
+                                             f"starting fresh.")
+        return False
+    except OSError as e:
+        st.session_state["restore_error"] = f"Workspace {ws} could not be read ({message(e)}); starting fresh."
+        return False
+    clean, problems = validate_workspace(saved)
+    st.session_state["ws_version"] = clean.pop(VERSION_KEY, 0)
+    for key in PERSISTED:
+        if key in clean:
+            st.session_state[key] = clean[key]
+    try:
         if (folder / "diagnosis.parquet").exists():
             st.session_state["diagnosis"] = pc.Diagnosis.load(folder / "diagnosis.parquet")
             st.session_state["saved_diagnosis"] = id(st.session_state["diagnosis"])
@@ -112,45 +141,209 @@ def restore(ws: str) -> bool:
         if (folder / "preview.json").exists():
             st.session_state["preview"] = pc.ReinitReport.from_dict(json.loads((folder / "preview.json").read_text()))
     except (OSError, ValueError, KeyError, TypeError, pc.ConfigError) as e:
-        st.session_state["restore_error"] = f"Workspace {ws} could not be restored ({type(e).__name__}: {e}); starting fresh."
-        return False
+        problems.append(f"its saved results could not be read ({type(e).__name__}: {str(e)[:120]})")
+    if problems:
+        st.session_state["restore_error"] = f"Workspace {ws} restored in part: " + "; ".join(problems) + "."
     return True
 
 
+VERSION_KEY = "_version"  # bumped by every save; a tab writes only over the version it has seen
+_SETUP_TYPES = {k: type(v) for k, v in DEFAULT_SETUP.items()}
+_LIST_OF_STR = ("selected_layers", "diag_metrics")
+
+
+def validate_workspace(saved: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values of a saved workspace that have the types the pages expect, and a note per value dropped."""
+    clean: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def drop(key: str, why: str) -> None:
+        problems.append(f"{key} dropped ({why})")
+
+    version = saved.get(VERSION_KEY, 0)
+    clean[VERSION_KEY] = version if isinstance(version, int) and not isinstance(version, bool) and version >= 0 else 0
+    for key in ("setup", "loaded_setup"):
+        if key not in saved or (key == "loaded_setup" and saved[key] is None):
+            continue
+        value = saved[key]
+        if not isinstance(value, dict):
+            drop(key, f"a {type(value).__name__}, not a mapping")
+            continue
+        bad = [k for k, t in _SETUP_TYPES.items() if k in value and not (
+            isinstance(value[k], t) and (t is bool or not isinstance(value[k], bool)))]
+        missing = [k for k in ("backbone", "data", "image_size") if k not in value]
+        if bad or (key == "loaded_setup" and missing):
+            drop(key, f"wrong or missing fields: {', '.join((bad + missing)[:5])}")
+            continue
+        clean[key] = {k: v for k, v in value.items() if k in _SETUP_TYPES}  # only the fields a setup has
+    for key in _LIST_OF_STR:
+        if key in saved:
+            v = saved[key]
+            if isinstance(v, list) and all(isinstance(x, str) for x in v):
+                clean[key] = v
+            else:
+                drop(key, "not a list of names")
+    checks = {"diag_batches": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+              "strategy": lambda v: isinstance(v, str),
+              "experiment": lambda v: v is None or isinstance(v, str),
+              "strategy_params": lambda v: isinstance(v, dict) and all(isinstance(p, dict) for p in v.values()),
+              "form": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _plain(x) for k, x in v.items()),
+              "preview_for": lambda v: v is None or isinstance(v, dict)}
+    for key, ok in checks.items():
+        if key in saved:
+            if ok(saved[key]):
+                clean[key] = saved[key]
+            else:
+                drop(key, f"unexpected {type(saved[key]).__name__}")
+    return clean, problems
+
+
+@contextlib.contextmanager
+def _workspace_lock(folder: Path) -> Iterator[None]:
+    """One writer at a time per workspace: a thread lock (tabs of one server) and an flock (several servers)."""
+    with _WS_LOCK:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+_WS_LOCK = threading.Lock()
+
+
+def _disk_version(path: Path) -> int | None:
+    """The version of the workspace file on disk (0: none yet; None: unreadable)."""
+    if not path.exists():
+        return 0
+    try:
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    v = saved.get(VERSION_KEY, 0) if isinstance(saved, dict) else None
+    return v if isinstance(v, int) else None
+
+
+def _private_dir(folder: Path) -> None:
+    """Make the workspace folder (and ``.workspaces``) owner-only: a workspace id is a capability."""
+    for d in (folder.parent, folder):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if d.stat().st_mode & 0o077:
+            os.chmod(d, 0o700)
+
+
+def _is_default(data: dict[str, Any]) -> bool:
+    """Nothing worth a folder yet: the default setup (loaded or not: a fresh visit loads it anyway), nothing selected
+    or computed."""
+    return (data.get("setup", DEFAULT_SETUP) == DEFAULT_SETUP and data.get("loaded_setup") in (None, DEFAULT_SETUP)
+            and not data.get("selected_layers") and not data.get("form") and not data.get("experiment")
+            and not any(st.session_state.get(k) is not None for k in ("diagnosis", "reinit_cfg", "preview")))
+
+
 def save() -> None:
-    """Write the session's workspace (called at the end of every script run; files only rewritten when changed)."""
-    folder = workspace_dir(st.session_state.get("ws_restored") or workspace_id())
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the session's workspace (called at the end of every script run; files only rewritten when changed).
+
+    Versioned: the write happens only when the file on disk is the version this session last read or wrote; when
+    another tab saved since, nothing is written or deleted here and ``ws_conflict`` says so (the page offers to load
+    the other tab's state or keep this one's). A workspace that is still all defaults makes no folder (an odd
+    ``?ws=`` visit leaves nothing behind). Folders are 0700 and files 0600.
+    """
+    ws = st.session_state.get("ws_restored") or workspace_id()
+    folder = workspace_dir(ws)
     form = st.session_state.setdefault("form", {})
     for key, value in st.session_state.items():  # widget values of the forms that must survive leaving the page
         if isinstance(key, str) and key.startswith(FORM_PREFIXES) and key not in NOT_KEPT and _plain(value):
             form[key] = value
     data = {k: st.session_state[k] for k in PERSISTED if k in st.session_state}
-    _write_if_changed(folder / "workspace.json", json.dumps(data, indent=1, sort_keys=True, default=str))
+    if not folder.exists() and _is_default(data):
+        return
+    try:
+        _private_dir(folder)
+        with _workspace_lock(folder):
+            _save_locked(folder, data)
+    except OSError as e:  # a full disk or a read-only store: said on the page, never a traceback on every page
+        st.session_state["ws_save_error"] = f"Workspace {ws} not saved: {message(e)}"
+
+
+def _save_locked(folder: Path, data: dict[str, Any]) -> None:
+    path = folder / "workspace.json"
+    mine, on_disk = int(st.session_state.get("ws_version", 0)), _disk_version(path)
+    if st.session_state.pop("ws_overwrite", False) and on_disk is not None:
+        mine = on_disk  # the user chose to keep this tab's state over the other tab's
+    if on_disk is not None and on_disk != mine:
+        st.session_state["ws_conflict"] = (
+            f"Another tab saved this workspace (version {on_disk}; this tab has version {mine}): this tab's changes "
+            f"are not saved, and nothing the other tab saved was touched.")
+        return
+    st.session_state.pop("ws_conflict", None)
+    changed = False  # the side files first, then workspace.json with the next version (what other tabs compare)
     diagnosis = st.session_state.get("diagnosis")
     if diagnosis is None:
-        (folder / "diagnosis.parquet").unlink(missing_ok=True)
+        changed |= _unlink(folder / "diagnosis.parquet")
     elif st.session_state.get("saved_diagnosis") != id(diagnosis):
         diagnosis.save(folder / "diagnosis.parquet")
+        os.chmod(folder / "diagnosis.parquet", 0o600)
         st.session_state["saved_diagnosis"] = id(diagnosis)
+        changed = True
     cfg, preview = st.session_state.get("reinit_cfg"), st.session_state.get("preview")
     for name, text in (("reinit_config.yaml", cfg.to_yaml() if cfg is not None else None),
                        ("preview.json", json.dumps(preview.to_dict(), default=str) if preview is not None else None)):
         if text is None:
-            (folder / name).unlink(missing_ok=True)
+            changed |= _unlink(folder / name)
         else:
-            _write_if_changed(folder / name, text)
+            changed |= _write_file_if_changed(folder / name, text)
+    if _write_if_changed(path, json.dumps(data, indent=1, sort_keys=True, default=str), mine + 1, force=changed):
+        st.session_state["ws_version"] = mine + 1
+
+
+def reload_workspace() -> None:
+    """Replace this tab's workspace with the one on disk (another tab's newer save)."""
+    for key in (*PERSISTED, "diagnosis", "saved_diagnosis", "reinit_cfg", "preview", "ws_conflict"):
+        st.session_state.pop(key, None)
+    restore(st.session_state.get("ws_restored") or workspace_id())
+    st.session_state.setdefault("setup", dict(DEFAULT_SETUP))
+    st.session_state.setdefault("selected_layers", [])
+    st.session_state.setdefault("form", {})
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _plain(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str)) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+def _write_file_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` atomically (0600) unless the file already holds it; True when written."""
+    data = text.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, lambda f: f.write(data), mode=0o600)
+    return True
+
+
+def _write_if_changed(path: Path, text: str, version: int, force: bool = False) -> bool:
+    """The workspace file: its content without the version compared, written with ``version`` when it differs."""
+    data = json.loads(text)
+    try:
+        old = json.loads(path.read_bytes().decode("utf-8"))
+        old.pop(VERSION_KEY, None)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        old = None
+    if old == data and not force:
+        return False
+    body = json.dumps({**data, VERSION_KEY: version}, indent=1, sort_keys=True, default=str)
+    write_atomic(path, lambda f: f.write(body.encode("utf-8")), mode=0o600)
+    return True
 
 
 def config_key(cfg: pc.ReinitConfig) -> dict[str, Any]:
@@ -175,6 +368,7 @@ def adopt_config(model: torch.nn.Module, cfg: pc.ReinitConfig, diagnosis: pc.Dia
     Re-init widgets are reset so that they show this config."""
     setup = st.session_state.get("loaded_setup") or {}
     cfg.head_seed = head_seed(setup)
+    cfg.head_probe_steps = int(setup.get("head_probe_steps", 0))
     if diagnosis is not None:
         cfg.metric_versions = dict(diagnosis.meta.get("metric_versions", {}))
     plan = pc.plan_reinit(model, cfg)
@@ -223,12 +417,13 @@ def _release(backbone: pc.Backbone) -> None:
 
 @st.cache_resource(show_spinner=False, scope="session", max_entries=1, on_release=_release)
 def working_backbone(spec: str, pretrained: bool, arch: str, num_classes: int, device: str,
-                     head_seed: int = 0) -> pc.Backbone:
+                     head_seed: int = 0, probe_steps: int = 0, data_key: tuple = (), _train=None) -> pc.Backbone:
     """This session's own copy with a fresh head for the target classes drawn from ``head_seed`` (the same head
-    the CLI, the exported snippet and a run with that seed draw); its reference includes that head."""
-    shared = pretrained_backbone(spec, pretrained, arch)
-    bb = pc.load_backbone(shared.fresh_copy(), num_classes=num_classes, device=device, seed=int(head_seed))
-    bb.name, bb.source, bb.data_config, bb.pretrained = shared.name, shared.source, shared.data_config, shared.pretrained
+    the CLI, the exported snippet and a run with that seed draw), linear-probed for ``probe_steps`` on ``_train``
+    (the data named by ``data_key``) when asked; its reference includes that head."""
+    bb = with_head(pretrained_backbone(spec, pretrained, arch), num_classes, int(head_seed), device=device, copy=True)
+    if probe_steps:
+        pc.probe_head(bb, _train, steps=int(probe_steps), seed=int(head_seed))
     return bb
 
 
@@ -239,9 +434,12 @@ def load(setup: dict[str, Any], step=lambda msg: None) -> Loaded:
     cfg = shared.data_config
     step(f"Data: {setup['data']} at {setup['image_size']} px")
     data = dataset(setup["data"], int(setup["image_size"]), int(setup["limit"]), tuple(cfg["mean"]), tuple(cfg["std"]))
-    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)})")
+    probe = int(setup.get("head_probe_steps", 0))
+    step(f"Working copy on {setup['device']} with a {data.num_classes}-class head (seed {head_seed(setup)}"
+         + (f", linear-probed for {probe} steps)" if probe else ")"))
     bb = working_backbone(setup["backbone"], setup["pretrained"], setup["arch"], data.num_classes, setup["device"],
-                          head_seed(setup))
+                          head_seed(setup), probe, (setup["data"], int(setup["image_size"]), int(setup["limit"])),
+                          data.train)
     start_weight_metrics(bb)
     return Loaded(dict(setup), bb, data)
 
@@ -291,6 +489,17 @@ def wait_weight_metrics(bb: pc.Backbone) -> None:
             entry[1].result()
         except Exception:  # noqa: BLE001 - diagnose recomputes and raises with the library's message
             pass
+
+
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """One lock per working model: a diagnosis or preview holds it, so a second one started by a rerun (a double
+    click, Enter in a form while the previous run still computes: Streamlit cannot stop a running library call)
+    waits instead of registering its hooks on the same model and mixing both passes' activations."""
+    with _WEIGHT_LOCK:
+        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
 
 
 def head_seed(setup: dict[str, Any]) -> int:

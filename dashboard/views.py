@@ -6,16 +6,22 @@ scatter's ``point_index`` and ``cells[i]`` says which (layer, metric) that is.
 """
 from __future__ import annotations
 
+import io
 import re
 import shlex
+import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from plasticity_core import directions
+from plasticity_core.metrics import METRICS
 
 # Okabe-Ito, colour-blind safe; the baseline is always grey and each strategy keeps its colour everywhere
 BASELINE_COLOUR = "#7f7f7f"
@@ -46,10 +52,54 @@ def normalise_columns(wide: pd.DataFrame) -> pd.DataFrame:
     return (wide - lo) / span
 
 
-def badness(wide: pd.DataFrame, worse: Mapping[str, str | None]) -> pd.DataFrame:
+ROBUST_PCT = (5, 95)  # the heatmap's colour scale spans these percentiles of each column; beyond them it saturates
+
+
+def robust_columns(wide: pd.DataFrame, pct: tuple[float, float] = ROBUST_PCT) -> pd.DataFrame:
+    """Per-metric scaling to [0, 1] between the column's ``pct`` percentiles (clipped beyond them), so one outlier
+    layer does not set the scale and paint every other layer alike; a constant column maps to 0; NaN stays NaN."""
+    lo = wide.quantile(pct[0] / 100, numeric_only=True, interpolation="higher")  # actual layers' values: with few
+    hi = wide.quantile(pct[1] / 100, numeric_only=True, interpolation="lower")  # layers, not halfway to an outlier
+    few = ~(hi > lo)  # too few distinct layers for percentiles: min to max
+    lo, hi = lo.where(~few, wide.min(numeric_only=True)), hi.where(~few, wide.max(numeric_only=True))
+    span = (hi - lo).where(hi > lo, other=np.inf)
+    return ((wide - lo) / span).clip(0, 1).where(wide.notna())
+
+
+# metrics that grow with a layer's width, coloured per unit of width (the hover shows the raw value and this one)
+WIDTH_NORMALISED = {
+    "stable_rank": "stable_rank / min(d_out, d_in) per tap: the share of the possible rank used (a depthwise tap "
+                   "has d_in = 1, so 1.0 is its full rank, not its worst)",
+    "feature_erank": "feature_erank / min(units, probe images): the share of the rank the probe could show (the "
+                     "pooled features of N images have rank <= N)",
+    "grad_norm": "grad_norm / fro_norm: the relative gradient (a wide layer has a large gradient norm because it "
+                 "has many weights)",
+}
+
+
+def width_normalised(wide: pd.DataFrame, layers: pd.DataFrame, samples: int | None = None) -> pd.DataFrame:
+    """``wide`` with the ``WIDTH_NORMALISED`` metrics divided by their width measure (from the diagnosis' layer
+    meta: ``name``, ``units``, ``shape``); other metrics unchanged. Used for colour only."""
+    out = wide.copy()
+    if not len(layers):
+        return out
+    meta = layers.set_index("name").reindex(out.index)
+    if "stable_rank" in out.columns and "shape" in meta.columns:
+        width = meta["shape"].map(lambda s: float(min(s[0], s[1])) if isinstance(s, (list, tuple)) and len(s) >= 2 else np.nan)
+        out["stable_rank"] = out["stable_rank"] / width
+    if "feature_erank" in out.columns and "units" in meta.columns:
+        units = meta["units"].astype(float)
+        out["feature_erank"] = out["feature_erank"] / (units.clip(upper=float(samples)) if samples else units)
+    if "grad_norm" in out.columns and "fro_norm" in out.columns:
+        out["grad_norm"] = out["grad_norm"] / out["fro_norm"].where(out["fro_norm"] > 0)
+    return out
+
+
+def badness(wide: pd.DataFrame, worse: Mapping[str, str | None], robust: bool = False) -> pd.DataFrame:
     """Per metric, 0 = the best layer and 1 = the worst ("high" metrics as is, "low" metrics flipped); metrics with
-    no direction keep low -> high."""
-    norm = normalise_columns(wide)
+    no direction keep low -> high. ``robust``: between the 5th and 95th percentile layers (``robust_columns``)
+    instead of min to max."""
+    norm = robust_columns(wide) if robust else normalise_columns(wide)
     for m in norm.columns:
         if worse.get(m) == "low":
             norm[m] = 1 - norm[m]
@@ -74,7 +124,8 @@ def _wrap(text: str, width: int = 56) -> str:
 
 def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[str, str],
             selected: Sequence[str] = (), worse: Mapping[str, str | None] | None = None,
-            plain: Mapping[str, str] | None = None) -> tuple[go.Figure, list[tuple[str, str]]]:
+            plain: Mapping[str, str] | None = None,
+            colour_by: pd.DataFrame | None = None) -> tuple[go.Figure, list[tuple[str, str]]]:
     """Layers (rows, network order, stage bands) x metrics (columns), coloured so that worse is always darker red.
 
     Metrics with a direction (``worse[m]`` "high" or "low") share one red scale: per metric the best layer is
@@ -84,7 +135,8 @@ def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[
     """
     worse, plain = dict(worse or {}), dict(plain or {})
     layers, metrics = list(wide.index), list(wide.columns)
-    norm = badness(wide, worse)
+    # ``colour_by``: the values the colours come from (width-normalised, robustly scaled); the hover shows both
+    norm = badness(wide, worse) if colour_by is None else badness(colour_by.reindex(index=wide.index, columns=wide.columns), worse, robust=True)
     cells, xs, ys, custom = [], [], [], []
     for i, layer in enumerate(layers):
         for j, metric in enumerate(metrics):
@@ -94,6 +146,8 @@ def heatmap(wide: pd.DataFrame, stages: Mapping[str, str], definitions: Mapping[
             raw = wide.iat[i, j]
             direction = {"high": "higher is worse", "low": "lower is worse"}.get(worse.get(metric), "neither good nor bad")
             note = "n/a: this metric does not apply to this layer" if _fmt(raw) == "n/a" else direction
+            if colour_by is not None and metric in WIDTH_NORMALISED and metric in colour_by.columns and _fmt(raw) != "n/a":
+                note += f"; coloured by {metric.split('_')[0]} per width = {_fmt(colour_by.at[layer, metric])}"
             custom.append([layer, stages.get(layer, ""), metric, _fmt(raw), note,
                            _wrap(plain.get(metric) or definitions.get(metric, ""))])
     directed = [j for j, m in enumerate(metrics) if worse.get(m) in ("high", "low")]
@@ -273,6 +327,39 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def diagnosis_parquet(d: Any) -> bytes:
+    """The diagnosis as parquet bytes (``Diagnosis.save``); Export calls it when its button is pressed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "diagnosis.parquet"
+        d.save(path)
+        return path.read_bytes()
+
+
+def heatmap_html(d: Any) -> str:
+    """The diagnosis heatmap as self-contained HTML (several MB with plotly.js); Export renders it on request."""
+    wide = d.wide()
+    stages = {r["name"]: stage_of(r["group"]) for r in d.meta["layers"]}
+    fig, _ = heatmap(wide, stages, {m: METRICS[m].definition for m in d.metrics},
+                     worse={m: directions.worse(m) for m in d.metrics}, plain=directions.PLAIN,
+                     colour_by=width_normalised(wide, d.layers(), d.meta.get("samples")))
+    buf = io.StringIO()
+    fig.write_html(buf, include_plotlyjs=True, full_html=True)
+    return buf.getvalue()
+
+
+def launch_plan(n_runs: int, parallel: int, steps: int, seconds_per_step: float | None) -> str:
+    """The launch plan in words: "6 runs, 2 at a time, ~3 min" (the time from a past run of the same setup)."""
+    if n_runs < 1:
+        return "No arm chosen: nothing to launch."
+    at_once = min(parallel, n_runs)
+    text = f"{n_runs} run{'s' if n_runs != 1 else ''}, {'one' if at_once == 1 else at_once} at a time"
+    if seconds_per_step is None:
+        return text + " (time unknown until a run of this setup has finished; the progress table shows an ETA)."
+    waves = -(-n_runs // at_once)
+    minutes = waves * steps * seconds_per_step / 60
+    return text + f", ~{max(1, round(minutes))} min (from a finished run of this setup; runs at once share the machine)."
+
+
 def reinit_argv(setup: Mapping[str, Any], num_classes: int | str) -> list[str]:
     """The ``plasticity reinit`` command line that applies the exported config to this setup's model (the fresh
     head's seed comes from the config's ``head_seed``, the one the preview used)."""
@@ -306,9 +393,12 @@ def python_snippet(setup: Mapping[str, Any], num_classes: int | str) -> str:
     if setup.get("limit"):
         data_args.append(f"limit={int(setup['limit'])}")
     data_args.append("data_config=bb.data_config")
+    probe = ("pc.probe_head(bb, data.train, steps=cfg.head_probe_steps, seed=cfg.head_seed)  # as in the preview\n"
+             if int(setup.get("head_probe_steps", 0)) else "")
     return (f"import plasticity_core as pc\n\n"
             f"cfg = pc.ReinitConfig.load(\"reinit_config.yaml\")\n"
             f"bb = pc.load_backbone({', '.join(bb_args)})\n"
             f"data = pc.load_dataset({', '.join(data_args)})\n"
+            f"{probe}"
             f"report = pc.apply_reinit(bb.model, cfg, data=data.train)  # recalibrates BatchNorm on your data\n"
             f"print(report.table)")

@@ -56,6 +56,16 @@ def load_data(exp: ExperimentConfig, data_config: dict | None = None) -> DataBun
                            train_per_class=exp.train_per_class)
 
 
+def load_setup(exp: ExperimentConfig, head_seed: int = 0) -> tuple[pc.Backbone, DataBundle]:
+    """Backbone and data of ``exp`` through the library's one ``load_setup`` (weights once, the data with the
+    backbone's statistics, a fresh head from ``head_seed``), with the experiments' split seed."""
+    from plasticity_core.setup import load_setup as _load_setup
+
+    return _load_setup(exp.backbone, exp.data, pretrained=exp.pretrained, arch=exp.arch,
+                       image_size=exp.finetune.image_size, val_fraction=exp.val_fraction, split_seed=SPLIT_SEED,
+                       limit=exp.data_limit, train_per_class=exp.train_per_class, head_seed=head_seed)
+
+
 def run(exp: ExperimentConfig, out: Path, log: Callable[[str], None] = print) -> list[Run]:
     """Every arm x seed of ``exp`` through ``plasticity_core.runs.run_experiment`` (the dashboard's and the CLI's
     path), run folders under ``out/runs``; returns the runs read back from their folders (``Run.folder``)."""
@@ -135,7 +145,7 @@ def _touched(run: Run) -> str:
     r = run.reinit
     if not r["layers"]:
         return "nothing (all layers skipped)"
-    if r["strategy"] == "cbp":
+    if pc.STRATEGIES.get(r["strategy"]).during_training:
         return f"armed on {r['layers']} layers (replaces units during training)"
     return f"{r['units']} units in {r['layers']} layers"
 

@@ -69,8 +69,8 @@ def after_reinit(s: dict) -> tuple[pd.DataFrame, object]:
     arms["fire (svd)"] = common.reinit_arm("fire", list(rec.layers), method="svd")
     rows = {}
     for name, cfg in arms.items():
-        if cfg is not None and cfg.strategy == "cbp":
-            continue  # cbp changes nothing before training
+        if cfg is not None and common.pc.STRATEGIES.get(cfg.strategy).during_training:
+            continue  # e.g. cbp: changes nothing before training
         torch.manual_seed(0)
         bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=data.num_classes)
         touched = "-"

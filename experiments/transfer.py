@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -61,10 +60,7 @@ def base_experiment(s: dict, name: str = STUDY) -> ExperimentConfig:
 
 def recommend(exp: ExperimentConfig, s: dict, out: Path | None = None):
     """Diagnose the pretrained backbone (seed-0 head) on the target train split (saved under ``out``); advise."""
-    probe = common.pc.load_backbone(exp.backbone, pretrained=True)
-    data = common.load_data(exp, probe.data_config)
-    torch.manual_seed(0)
-    bb = common.pc.load_backbone(exp.backbone, pretrained=True, num_classes=data.num_classes)
+    bb, data = common.load_setup(exp, head_seed=0)  # the weights loaded once; the seed-0 head
     d = common.pc.diagnose(bb, data.train, max_batches=s["probe_batches"],
                          device=resolve_device(exp.finetune.device))
     if out is not None:

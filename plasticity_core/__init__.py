@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from plasticity_core.version import __version__
 
 _EXPORTS = {
     # backbones, data, offline assets
@@ -23,13 +23,13 @@ _EXPORTS = {
     # diagnostics
     "diagnose": "metrics", "Diagnosis": "metrics", "METRICS": "metrics",
     # re-initialisation
-    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "STRATEGIES": "reinit",
+    "apply_reinit": "reinit", "preview_reinit": "reinit", "ReinitReport": "reinit", "plan_reinit": "reinit", "fit_recommendation": "reinit", "STRATEGIES": "reinit",
     "recalibrate_batchnorm": "reinit", "reset_optimizer_state": "reinit",
     # your own training loop as a run (Lightning / Hugging Face callbacks: plasticity_core.integrations.lightning / .hf)
     "track": "integrations", "Tracker": "integrations", "IntegrationError": "integrations",
     # fine-tuning and runs
     "RunResult": "finetune",
-    "RunStore": "runs", "start_run": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
+    "RunStore": "runs", "start_run": "runs", "start_resume": "runs", "resume_runs": "runs", "RunHandle": "runs", "compare_runs": "runs", "run_experiment": "runs",
     "Run": "runs", "expand_experiment": "runs", "run_name": "runs", "execute_run": "runs", "read_events": "runs",
     "default_root": "runs", "noop_arms": "runs", "apply_overrides": "runs", "EXECUTORS": "runs", "SINKS": "runs",
 }

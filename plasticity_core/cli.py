@@ -14,6 +14,7 @@ A user error (a bad spec, a missing file, an unwritable --out, ...) is one line 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def _writable(path: str, flag: str = "--out") -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{flag} {p} is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():  # /dev/full, a FIFO: a write would vanish or block, and "saved" would be a lie
+        raise UserError(f"{flag} {p} is a device, not a file (a FIFO, socket or device); give a file path")
     blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UserError(f"{flag} {p} cannot be written: {blocker} is a file, not a folder; choose another path")
@@ -80,6 +83,14 @@ def _writable(path: str, flag: str = "--out") -> Path:
             p.unlink()
     except OSError as e:
         raise UserError(f"{flag} {p} cannot be written ({e.strerror or type(e).__name__}); choose a path you can write") from None
+    try:
+        st = os.statvfs(p.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:  # refused now, not after the computation
+        raise UserError(f"{flag} {p} cannot be written: the disk is full ({free // 1024} KiB free); free space or "
+                        f"choose another folder")
     return p
 
 
@@ -122,13 +133,21 @@ def cmd_diagnose(args) -> int:
 
     out = _writable(args.out)
     device = _device(args.device)
-    bb = _backbone(args)
+    from plasticity_core.setup import load_setup
+
+    bb = _backbone(args, head_seed=args.head_seed)
     data = _data(args, bb)
     if bb.num_classes != data.num_classes:
         print(f"note: the model's head has {bb.num_classes} outputs and the data {data.num_classes} classes: "
               f"diagnosing with a fresh {data.num_classes}-class head drawn from seed {args.head_seed} "
               f"(--head-seed; gradient metrics use it)", file=sys.stderr)
-        bb = _backbone(args, num_classes=data.num_classes, head_seed=args.head_seed)
+    bb, data = load_setup(bb, data, head_seed=args.head_seed)  # the setup's order; the weights were loaded once
+    if args.head_probe_steps:
+        from plasticity_core.head_probe import probe_head
+
+        probe = probe_head(bb, data.train, steps=args.head_probe_steps, seed=args.head_seed)
+        print(f"note: head linear-probed for {probe['steps']} steps (seed {probe['seed']}, last train acc "
+              f"{probe['last_acc']:.0%})", file=sys.stderr)
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
@@ -160,6 +179,16 @@ def cmd_reinit(args) -> int:
         bundle = _data(args, bb)
         check_head(bb, bundle, fix="num_classes=")
         data = bundle.train
+    if cfg.head_probe_steps:
+        from plasticity_core.errors import UserError
+        from plasticity_core.head_probe import probe_head
+
+        if data is None:
+            raise UserError(f"the config's head was linear-probed for {cfg.head_probe_steps} steps before scoring: "
+                            f"give --data to repeat that probe")
+        probe_head(bb, data, steps=cfg.head_probe_steps, seed=head_seed)
+        print(f"note: head linear-probed for {cfg.head_probe_steps} steps (seed {head_seed}), as the config records",
+              file=sys.stderr)
     report = apply_reinit(bb.model, cfg, data=data)
     print(report.table.round(4).to_string())
     for note in getattr(report, "notes", []):
@@ -211,7 +240,8 @@ def cmd_finetune(args) -> int:
     from plasticity_core.config import ExperimentConfig
     from plasticity_core.errors import UserError
     from plasticity_core.runs import apply_overrides, compare_runs, run_experiment
-    from plasticity_core.runs.interrupt import StopOnSignals, resume_runs
+    from plasticity_core.runs import resume_runs
+    from plasticity_core.runs.interrupt import StopOnSignals
 
     if args.resume:  # argparse gives --resume's list the KEY=VALUE words that follow it
         moved = [a for a in args.resume if "=" in a and not Path(a).exists()]
@@ -253,6 +283,8 @@ def _print_comparison(table) -> None:
     print(table.to_string(index=False) if len(table) else "no readable runs to compare")
     for folder, why in table.attrs.get("skipped", {}).items():
         print(f"skipped {folder}: {why}", file=sys.stderr)
+    for note in table.attrs.get("notes", {}).values():
+        print(f"note: {note}", file=sys.stderr)
 
 
 def cmd_runs(args) -> int:
@@ -267,8 +299,15 @@ def cmd_compare(args) -> int:
     from plasticity_core.runs import RunStore, compare_runs
 
     store = RunStore(args.store)
-    runs = [store.get(ref) for ref in args.runs] if args.runs else store.runs()
-    _print_comparison(compare_runs(runs))
+    if args.runs:
+        _print_comparison(compare_runs([store.get(ref) for ref in args.runs]))
+        return 0
+    experiments = store.experiments()  # without refs: one table per experiment, never baselines pooled across them
+    if not experiments:
+        print(f"no runs in {store.root}")
+    for i, experiment in enumerate(experiments):
+        print(("\n" if i else "") + f"== {experiment}")
+        _print_comparison(compare_runs(store.runs(experiment)))
     return 0
 
 
@@ -306,9 +345,18 @@ def dashboard_app() -> Path:
 
 
 def dashboard_command(extra: list[str]) -> list[str]:
-    """The ``streamlit run`` command line ``plasticity dashboard`` executes."""
+    """The ``streamlit run`` command line ``plasticity dashboard`` executes: ``serve.py`` beside ``app.py``, the same
+    app as an ``st.App`` whose middleware forbids framing the page elsewhere (frame-ancestors / X-Frame-Options)."""
+    import importlib.util
+
     options = [arg for key, value in STREAMLIT_OPTIONS.items() for arg in (f"--{key}", value)]
-    return [sys.executable, "-m", "streamlit", "run", str(dashboard_app()), *options, *extra]
+    script = dashboard_app()
+    if importlib.util.find_spec("streamlit.web.server.starlette") is not None:  # st.App (ASGI) exists
+        script = script.parent / "serve.py"
+    else:
+        print("note: this Streamlit has no st.App: the page is served without frame-ancestors / X-Frame-Options; "
+              "pip install -U streamlit to forbid framing it", file=sys.stderr)
+    return [sys.executable, "-m", "streamlit", "run", str(script), *options, *extra]
 
 
 def cmd_dashboard(args) -> int:
@@ -318,10 +366,30 @@ def cmd_dashboard(args) -> int:
 
     if not dashboard_app().is_file():
         raise UserError(f"the dashboard is not installed at {dashboard_app()}; reinstall plasticity-lab")
+    import signal
+
+    server = subprocess.Popen(dashboard_command(args.streamlit_args))
+
+    def forward(signum, frame) -> None:  # the server ends with us: no Streamlit left holding the port
+        if server.poll() is None:
+            server.send_signal(signum)
+
+    handled = [sig for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
-        return subprocess.call(dashboard_command(args.streamlit_args))
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = server.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.poll() is None:  # we are leaving for another reason (an error): take the server with us
+            server.terminate()
+            server.wait(timeout=10)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batches", type=int, default=8, help="probe batches")
     sp.add_argument("--head-seed", type=int, default=0,
                     help="seed of the fresh classifier head when the data's classes differ from the model's (default 0)")
+    sp.add_argument("--head-probe-steps", type=int, default=0,
+                    help="linear-probe the head for N steps on the train split before the gradient metrics (default 0)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_diagnose)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Sequence
 import yaml
 
 from plasticity_core.errors import UserError
+from plasticity_core.registry import registry
 
 SCHEMA_VERSION = 1
 
@@ -248,7 +249,8 @@ class ReinitConfig(SerializableConfig):
     ``seed`` draws the strategy's randomness (fresh weights, noise); ``head_seed`` is the seed of the fresh classifier
     head of the model the config was chosen and previewed on (``load_backbone(..., num_classes=N, seed=head_seed)``):
     unit scores by gradient run through that head, so ``plasticity reinit`` and the exported snippet load it from the
-    same seed to reproduce the preview.
+    same seed to reproduce the preview. ``head_probe_steps`` > 0: that head was linear-probed for so many steps
+    (``pc.probe_head(bb, data.train, steps, seed=head_seed)``) before the units were scored; the CLI repeats it.
     """
 
     kind: ClassVar[str] = "ReinitConfig"
@@ -259,6 +261,7 @@ class ReinitConfig(SerializableConfig):
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     head_seed: int = 0
+    head_probe_steps: int = 0
     include_head: bool = False
     recalibrate_bn: bool = True
     bn_batches: int = 20
@@ -285,6 +288,10 @@ class ReinitConfig(SerializableConfig):
         _check_seed(k, "seed", self.seed)
         _check_type(k, "head_seed", self.head_seed, (int,))
         _check_seed(k, "head_seed", self.head_seed)
+        _check_type(k, "head_probe_steps", self.head_probe_steps, (int,))
+        if not 0 <= self.head_probe_steps <= 100_000:
+            raise ConfigError(f"{k}.head_probe_steps: must be in 0..100000 (0: no probe of the head), "
+                              f"got {self.head_probe_steps}")
         _check_type(k, "include_head", self.include_head, (bool,))
         _check_type(k, "recalibrate_bn", self.recalibrate_bn, (bool,))
         _check_type(k, "bn_batches", self.bn_batches, (int,))
@@ -303,10 +310,8 @@ class ReinitConfig(SerializableConfig):
 
     def validate(self) -> None:
         """Check ``strategy`` and ``params`` against the strategy registry (unknown keys, types, ranges)."""
-        from plasticity_core.reinit import STRATEGIES
-
         try:
-            info = STRATEGIES.get(self.strategy)
+            info = registry("re-init strategy").get(self.strategy)
         except KeyError as e:
             raise ConfigError(f"{self.kind}.strategy: {e.args[0]}") from None
         self.params = info.validate_params(self.params)
@@ -436,7 +441,7 @@ class LaunchConfig(SerializableConfig):
     A worker writes a heartbeat into its run folder every ``heartbeat_s``; a reader that sees none for
     ``heartbeat_timeout_s`` reports the run ``failed`` (worker killed or its host lost). ``sinks`` are the
     tracker sinks fed from the event stream besides ``metrics.jsonl`` (``tensorboard``, ``mlflow``).
-    ``address`` is a Ray cluster address (default ``$RAY_ADDRESS`` or a local Ray runtime); ``slurm`` holds
+    ``memory_gb_per_run`` is the memory a Slurm task asks for (``--mem``). ``address`` is a Ray cluster address (default ``$RAY_ADDRESS`` or a local Ray runtime); ``slurm`` holds
     submitit parameters (``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cluster: local`` for tests).
     """
 
@@ -446,6 +451,7 @@ class LaunchConfig(SerializableConfig):
     parallel: int = 1
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
+    memory_gb_per_run: float = 8.0  # the Slurm memory request of one run (--mem; launch.slurm mem_gb etc. win)
     address: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
     sinks: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -459,13 +465,15 @@ class LaunchConfig(SerializableConfig):
         _check_type(k, "parallel", self.parallel, (int,))
         if self.parallel < 1:
             raise ConfigError(f"{k}.parallel: must be >= 1 (runs at once), got {self.parallel}")
-        for name in ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"):
+        for name in ("cpus_per_run", "gpus_per_run", "memory_gb_per_run", "heartbeat_s", "heartbeat_timeout_s"):
             v = getattr(self, name)
             _check_type(k, name, v, (int, float))
             setattr(self, name, float(v))
         _check_finite(k, self, ("cpus_per_run", "gpus_per_run", "heartbeat_s", "heartbeat_timeout_s"))
         if self.cpus_per_run <= 0 or self.gpus_per_run < 0:
             raise ConfigError(f"{k}: cpus_per_run must be > 0 and gpus_per_run >= 0")
+        if not 0 < self.memory_gb_per_run < 1e6:
+            raise ConfigError(f"{k}.memory_gb_per_run: must be a number of GB above 0, got {self.memory_gb_per_run:g}")
         if self.heartbeat_s <= 0 or self.heartbeat_timeout_s < 2 * self.heartbeat_s:
             raise ConfigError(f"{k}.heartbeat_timeout_s: must be at least twice heartbeat_s ({self.heartbeat_s:g}), "
                               f"got {self.heartbeat_timeout_s:g}")
@@ -478,13 +486,10 @@ class LaunchConfig(SerializableConfig):
         for sink in self.sinks:
             _check_type(k, "sinks[]", sink, (str,))
         self.sinks = list(self.sinks)
-        from plasticity_core.runs.executors import EXECUTORS
-        from plasticity_core.runs.sinks import SINKS
-
         try:
-            EXECUTORS.get(self.executor)
+            registry("executor").get(self.executor)
             for sink in self.sinks:
-                SINKS.get(sink)
+                registry("tracker sink").get(sink)
         except KeyError as e:
             raise ConfigError(f"{k}: {e.args[0]}") from None
 

@@ -100,9 +100,6 @@ class Selection:
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
-    def skipped_table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.skipped, columns=["layer", "reason"])
-
     def __len__(self) -> int:
         return len(self.layers)
 

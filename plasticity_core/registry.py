@@ -6,11 +6,26 @@ An entry is any object with a ``name`` attribute (a frozen dataclass such as ``M
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Generic, Iterator, TypeVar
 
 from plasticity_core.errors import UnknownNameError
 
 T = TypeVar("T")
+
+# kind -> the module whose import fills that registry (its entries register themselves on import)
+PROVIDERS = {"metric": "plasticity_core.metrics", "re-init strategy": "plasticity_core.reinit",
+             "executor": "plasticity_core.runs.executors", "tracker sink": "plasticity_core.runs.sinks"}
+_REGISTRIES: dict[str, "Registry"] = {}
+
+
+def registry(kind: str) -> "Registry":
+    """The filled registry of ``kind`` (a key of ``PROVIDERS``), loading its provider module on first use.
+
+    Modules below the registries (``config``) check names through this, so they never import what is above them.
+    """
+    importlib.import_module(PROVIDERS[kind])
+    return _REGISTRIES[kind]
 
 
 class Registry(Generic[T]):
@@ -19,6 +34,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        _REGISTRIES.setdefault(kind, self)
 
     def add(self, entry: T) -> T:
         name = getattr(entry, "name")

@@ -266,3 +266,104 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
             raise
         finally:
             browser.close()
+
+
+def _charts_with_data(page) -> int:
+    """Plotly charts on screen that drew at least one trace or heatmap."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll("[data-testid='stPlotlyChart'] .js-plotly-plot"))
+        .filter(gd => gd.offsetParent !== null
+                      && (gd._fullData || []).some(t => (t.y && t.y.length) || (t.z && t.z.length)))
+        .length""")
+
+
+def _tall_shot(page, name: str) -> None:
+    """A screenshot of the whole page: the viewport grown to the app's scroll height (Streamlit scrolls inside)."""
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1500, "height": min(int(height) + 40, 6000)})
+    page.wait_for_timeout(1500)  # images and charts below the old fold load now
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_timeout(1000)
+    _shot(page, name)
+    page.set_viewport_size({"width": 1500, "height": 1400})
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(800)
+    _settle(page)
+
+
+def test_run_views_samples_topk_and_history(server, tmp_path):
+    """Issue 21's views on real data: Setup's sample grid and class counts; Diagnose's top-k and history; the
+    Fine-tune page's curves (smoothing, downloads, tensorboard line), per-layer snapshots over training (arm and
+    arm - baseline) and the run table, on runs of the real loop that recorded snapshots. Fails if a view is empty."""
+    from playwright.sync_api import sync_playwright
+
+    url, runs_root = server
+    fire = pc.ReinitConfig(strategy="fire", layers=["blocks.5.*"])
+    experiment = pc.ExperimentConfig(
+        name="views", data_limit=200, arms={"baseline": None, "fire": fire}, seeds=[0],
+        finetune=pc.FinetuneConfig(steps=12, batch_size=16, eval_every=4, image_size=64, device="cpu", warmup_steps=1,
+                                   diagnose_every=4, diagnose_metrics=["dormant", "dead", "saturation", "sfe_rel"]))
+    runs = pc.run_experiment(experiment, pc.RunStore(runs_root))
+    assert {r.status for r in runs} == {"finished"}, [r.summary().get("reason") for r in runs]
+    snapshot_steps = sorted({e["step"] for e in runs[0].events("diagnosis")})
+    assert snapshot_steps == [4, 8, 12]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
+        page.set_default_timeout(120_000)
+        try:
+            page.goto(url)
+            page.wait_for_selector("text=Layers in network order")
+            _settle(page)
+            # Setup: 8 sample images for each of the 10 classes and the per-class counts
+            page.get_by_role("heading", name="Target data", exact=True).scroll_into_view_if_needed()
+            assert page.locator("img[src*='/media/']").count() >= 80
+            assert page.get_by_text("Images per class in each split.").count() == 1
+            _tall_shot(page, "setup_data")
+
+            # Diagnose twice: the top-k table and the comparison of the two kept diagnoses
+            _goto(page, "Diagnose")
+            _set_number(page, "Probe batches", 1)
+            page.get_by_role("button", name="Run diagnosis").click()
+            page.wait_for_selector(".heatmaplayer", timeout=180_000)
+            _settle(page)
+            page.get_by_role("button", name="Run diagnosis").click()  # a second one: both kept, comparable
+            page.get_by_role("combobox", name="Before", exact=True).wait_for(timeout=180_000)
+            _settle(page)
+            page.get_by_role("heading", name="Top layers by a metric", exact=True).scroll_into_view_if_needed()
+            assert page.get_by_text("Metric to rank by").count() == 1
+            _shot(page, "diagnose_topk_history")
+
+            # Fine-tune: the experiment above, curves first
+            _goto(page, "Fine-tune")
+            page.wait_for_selector("text=Run table")
+            _settle(page)
+            page.wait_for_selector("[data-testid='stPlotlyChart'] .scatterlayer .trace")
+            assert _charts_with_data(page) == 5  # val acc, loss, val loss, lr, images/s
+            command = page.locator("[data-testid='stCode']", has_text="tensorboard --logdir").first.inner_text().strip()
+            assert shlex.split(command) == ["tensorboard", "--logdir", str(runs_root)]
+            with page.expect_download() as info:
+                page.locator(".st-key-dl_curves_csv button").first.click()
+            import pandas as pd
+
+            plotted = pd.read_csv(info.value.path())
+            assert set(plotted["metric"]) == {"val_acc", "loss", "val_loss", "lr", "images_per_s"}
+            assert len(plotted[plotted["metric"] == "val_acc"]) == 2 * len(runs[0].events("eval"))
+            _shot(page, "finetune_curves")
+
+            _tab(page, "Layers over training")
+            page.wait_for_selector(".heatmaplayer")
+            assert _charts_with_data(page) == 3  # baseline, fire, fire - baseline
+            assert page.get_by_text("No per-layer snapshots").count() == 0
+            _shot(page, "finetune_layers")
+
+            _tab(page, "Run table")
+            assert page.locator("[data-testid='stCaptionContainer']", has_text="arm.strategy").count() >= 1
+            _shot(page, "finetune_runs")
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()

@@ -44,6 +44,10 @@ def library():
 def test_library_chain_carries_the_recommendation_into_the_runs(library, tmp_path):
     bb, data, d, rec = library
     assert d.meta["head"]["seed"] == 0 and "seed 0" in d.meta["head"]["text"]
+    from plasticity_core.metrics.recommend import MARGIN
+
+    scores = rec.ranking.set_index("layer").loc[rec.layers, "score"]
+    assert (scores >= rec.params["fraction"] - MARGIN - 0.01).all()  # no chosen layer far below the fraction
     cfg = rec.to_config(seed=3)
     assert (cfg.strategy, cfg.layers, cfg.seed, cfg.head_seed) == (rec.strategy, rec.layers, 3, 0)
     assert {k: cfg.params[k] for k in rec.params} == rec.params  # the recommended values (the rest: defaults)

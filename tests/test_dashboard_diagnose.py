@@ -46,7 +46,34 @@ def test_selected_layer_panel_shows_its_unit_scores():
     layer = d.layer_names[4]
     at.multiselect(key="w_diag_selected").set_value([layer]).run()
     assert at.session_state["selected_layers"] == [layer]
-    at.selectbox(key="w_diag_focus").set_value(layer).run()
+    assert at.selectbox(key="w_diag_focus").value == layer  # the one-layer panel follows the selection
+    at.radio(key="w_diag_unit_metric").set_value("saturation").run()  # another widget does not flip it back
+    assert at.selectbox(key="w_diag_focus").value == layer
     no_exception(at)
     shown = next(df.value for df in at.dataframe if list(df.value.columns) == ["value"])["value"]
     np.testing.assert_allclose(shown.to_numpy(float), d.wide().loc[layer].to_numpy(float))
+
+
+def test_top_k_ranks_by_the_metric_and_history_compares_before_and_after_a_reinit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    at = _diagnosed(["dormant", "sfe", "feature_erank"], batches=1)
+    at.selectbox(key="w_diag_rank_metric").set_value("feature_erank").run()
+    at.number_input(key="w_diag_top_k").set_value(3).run()
+    no_exception(at)
+    top = next(d.value for d in at.dataframe if "rank" in d.value.columns)
+    wide = at.session_state["diagnosis"].wide()
+    assert top["layer"].tolist() == wide["feature_erank"].dropna().sort_values(kind="stable").index[:3].tolist()
+    # a re-init previewed on Re-init, then diagnosed after it: kept in the workspace's history next to the first
+    at.switch_page("app_pages/reinit.py").run()
+    at.selectbox(key="w_strategy").set_value("reset").run()
+    at.text_area[0].set_value("layer4.*").run()
+    at.button(key="btn_preview").click().run()
+    at.switch_page("app_pages/diagnose.py").run()
+    at.button(key="btn_diag_after_reinit").click().run()
+    no_exception(at)
+    assert len(at.selectbox(key="w_diag_hist_before").options) == 2
+    at.selectbox(key="w_diag_hist_metric").set_value("sfe").run()
+    change = next(d.value for d in at.dataframe if "change" in d.value.columns)
+    moved = change.set_index("layer")["after"]
+    assert (moved[[n for n in moved.index if n.startswith("layer4.")]] > 0).all()  # reset moved layer4 from pretrained
+    assert (moved[[n for n in moved.index if n.startswith("layer1.")]] == 0).all()  # and nothing else

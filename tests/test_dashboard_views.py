@@ -121,3 +121,42 @@ def test_export_command_is_shell_quoted_and_parses_back():
     snippet = views.python_snippet(setup, 5)
     assert "pretrained=False" in snippet and "arch='timm:resnet18'" in snippet and "limit=300" in snippet
     compile(snippet, "snippet", "exec")
+
+
+def test_robust_scale_is_not_set_by_one_outlier_and_width_normalised_metrics_say_so():
+    wide = pd.DataFrame({"dfi_si": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 50.0]}, index=[f"l{i}" for i in range(10)])
+    minmax, robust = views.normalise_columns(wide)["dfi_si"], views.robust_columns(wide)["dfi_si"]
+    assert minmax.iloc[:9].max() < 0.02  # min-max: the outlier paints every other layer the same
+    assert robust.iloc[0] == 0.0 and robust.iloc[-1] == 1.0 and 0.4 < robust.iloc[5] < 0.7  # spread kept
+    layers = pd.DataFrame({"name": ["dw", "pw"], "units": [32, 64], "shape": [[32, 1, 3, 3], [64, 32, 1, 1]]})
+    w = pd.DataFrame({"stable_rank": [1.0, 8.0], "feature_erank": [16.0, 16.0], "grad_norm": [1.0, 4.0],
+                      "fro_norm": [1.0, 8.0]}, index=["dw", "pw"])
+    n = views.width_normalised(w, layers)
+    assert n.at["dw", "stable_rank"] == 1.0 and n.at["pw", "stable_rank"] == 0.25  # depthwise: full rank, not worst
+    assert n.at["dw", "feature_erank"] == 0.5 and n.at["pw", "feature_erank"] == 0.25
+    assert views.width_normalised(w, layers, samples=32).at["pw", "feature_erank"] == 0.5  # rank <= probe images
+    assert n.at["pw", "grad_norm"] == 0.5 and w.at["pw", "grad_norm"] == 4.0  # colours only; the data is untouched
+    fig, _ = views.heatmap(w, {"dw": "s", "pw": "s"}, {}, worse={"stable_rank": "low", "feature_erank": "low",
+                                                               "grad_norm": "low"}, colour_by=n)
+    directed = fig.data[0].z
+    assert directed[0][0] == 0.0 and directed[1][0] == 1.0  # the depthwise row is the best stable_rank here
+    assert "per width" in fig.data[3].customdata[0][4]
+
+
+def test_launch_plan_says_runs_at_once_and_the_time_when_known():
+    assert views.launch_plan(6, 2, 100, 0.6) == ("6 runs, 2 at a time, ~3 min (from a finished run of this setup; "
+                                                 "runs at once share the machine).")
+    assert views.launch_plan(6, 1, 100, None).startswith("6 runs, one at a time (time unknown")
+    assert views.launch_plan(1, 4, 10, 1.0).startswith("1 run, one at a time, ~1 min")
+
+
+def test_export_files_render_on_request_and_read_back(tmp_path):
+    import plasticity_core as pc
+
+    bb = pc.load_backbone("timm:test_resnet", pretrained=False, num_classes=4)
+    data = pc.load_dataset("synthetic:classes=4,n=64,size=32", image_size=32)
+    d = pc.diagnose(bb, data.val, metrics=["dormant", "stable_rank"], max_batches=1)
+    (tmp_path / "d.parquet").write_bytes(views.diagnosis_parquet(d))
+    assert pc.Diagnosis.load(tmp_path / "d.parquet").wide().equals(d.wide())
+    html = views.heatmap_html(d)
+    assert "<html>" in html[:100] and "plotly" in html and "stable_rank" in html

@@ -46,3 +46,75 @@ def test_setup_never_replaces_a_restored_model(tmp_path):
     assert fresh.session_state["loaded_setup"] == TINY_SETUP
     metrics = {m.label: m.value for m in fresh.metric}
     assert "test_resnet" in metrics["Backbone"]
+
+
+def _ws(at: AppTest) -> str:
+    ws = at.query_params["ws"]
+    return ws[0] if isinstance(ws, list) else ws
+
+
+def test_two_tabs_on_one_workspace_never_undo_each_other(tmp_path):
+    """Tab B restored the workspace, then tab A saved a diagnosis. B's next save writes and deletes nothing, says that
+    another tab changed it, and offers A's state, which B then loads."""
+    from dashboard import state
+
+    a = tiny_app()
+    ws = _ws(a)
+    b = AppTest.from_file(APP, default_timeout=180)
+    b.query_params["ws"] = ws
+    b.run()
+    a.switch_page("app_pages/diagnose.py").run()
+    a.number_input[0].set_value(1)
+    a.button[0].click().run()
+    no_exception(a)
+    folder = tmp_path / "runs" / ".workspaces" / ws
+    assert (folder / "diagnosis.parquet").is_file()
+    saved = (folder / "workspace.json").read_bytes()
+    b.session_state["selected_layers"] = ["layer1.0.conv1"]
+    b.run()  # the stale tab: before this fix its save deleted A's diagnosis.parquet
+    assert (folder / "diagnosis.parquet").is_file() and (folder / "workspace.json").read_bytes() == saved
+    assert any("Another tab saved this workspace" in w.value for w in b.warning)
+    b.button(key="btn_ws_reload").click().run()
+    no_exception(b)
+    assert b.session_state["diagnosis"] is not None and "ws_conflict" not in b.session_state
+    b.session_state["selected_layers"] = ["layer1.0.conv1"]
+    b.run()  # now up to date: its save goes through
+    assert state.validate_workspace(__import__("json").loads((folder / "workspace.json").read_text()))[0][
+        "selected_layers"] == ["layer1.0.conv1"]
+    a.run()  # and A, now stale, is told in turn
+    assert any("Another tab saved this workspace" in w.value for w in a.warning)
+
+
+def test_workspace_files_are_validated_private_and_odd_visits_leave_nothing(tmp_path):
+    import json
+    import stat
+
+    root = tmp_path / "runs" / ".workspaces"
+    for odd in ("zz!!", "../../etc", "deadbeef00"):  # malformed, traversal, well-formed but unknown
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params["ws"] = odd
+        at.run()
+        no_exception(at)
+    assert not root.exists() or not any(root.iterdir())  # nothing saved: no folder left behind
+
+    (root / "bad0000001").mkdir(parents=True)
+    (root / "bad0000001" / "workspace.json").write_text(json.dumps(
+        {"setup": 5, "selected_layers": "abc", "diag_batches": "x", "form": [], "loaded_setup": {"backbone": 3}}))
+    (root / "bad0000002").mkdir()
+    (root / "bad0000002" / "workspace.json").write_bytes(b'{"setup": "\xff\xfe"}')
+    for ws, words in (("bad0000001", "restored in part: setup dropped"), ("bad0000002", "not UTF-8 text; set aside")):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params["ws"] = ws
+        at.run()
+        no_exception(at)
+        assert any(words in w.value for w in at.warning), [w.value for w in at.warning]
+        at.run()  # every later page works too (the save no longer trips over the file)
+        no_exception(at)
+    assert list((root / "bad0000002").glob("workspace.json.broken-*"))
+
+    at = tiny_app()
+    folder = root / _ws(at)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = [p for p in folder.iterdir() if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
+        {p.name: oct(p.stat().st_mode) for p in files}

@@ -294,4 +294,4 @@ def test_dashboard_spelling_names_the_real_checkbox():
 
     label = ENTRY_SPELLINGS["dashboard"]["pretrained=False"].split("'")[1]
     setup = (Path(__file__).resolve().parents[1] / "dashboard" / "app_pages" / "setup.py").read_text()
-    assert f'st.checkbox("{label}"' in setup
+    assert f'.checkbox("{label}"' in setup  # st.checkbox or a column's checkbox

@@ -56,13 +56,13 @@ class RecordingTrainer(transformers.Trainer):
         return super().create_optimizer(*args, **kwargs)
 
 
-def _trainer(tmp_path, model, callback, data, steps: int = 4, cls=RecordingTrainer, **kwargs):
+def _trainer(tmp_path, model, callback, data, steps: int = 4, cls=RecordingTrainer, metrics=accuracy, **kwargs):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), max_steps=steps, per_device_train_batch_size=16, per_device_eval_batch_size=32,
         learning_rate=1e-3, logging_steps=1, eval_strategy="steps", eval_steps=2, save_strategy="no", report_to="none",
         use_cpu=True, seed=0, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0)
     return cls(model=model, args=args, train_dataset=Pixels(data.train), eval_dataset=Pixels(data.val),
-               compute_metrics=accuracy, callbacks=[callback], **kwargs)
+               compute_metrics=metrics, callbacks=[callback], **kwargs)
 
 
 def test_hf_train_is_a_run_and_the_optimizer_is_built_after_the_reinit(tmp_path, synthetic):
@@ -117,6 +117,7 @@ def test_hf_cbp_and_diagnosis(tmp_path, synthetic):
     _trainer(tmp_path, Classifier(), callback, synthetic).train()
     run = callback.tracker.run
     assert callback.tracker.steps == 4 and sum(run.events("cbp")[0]["replaced"].values()) > 0
+    assert not run.events("warning") or all("accuracy" not in w["message"] for w in run.events("warning"))
     assert [e["step"] for e in run.events("diagnosis")] == [2, 4]
 
 
@@ -142,3 +143,29 @@ def test_hf_bad_input_and_failure(tmp_path, synthetic):
     assert s["status"] == "failed" and s["reason"] == "ValueError: bad batch at step 2" and s["steps"] == 2
     with pytest.raises(UserError, match="exists already"):
         PlasticityCallback(None, tmp_path, "boom")
+
+
+def test_hf_model_init_model_is_reinitialised_before_its_first_step(tmp_path, synthetic):
+    cfg = pc.ReinitConfig(strategy="reset", layers=[TOUCHED], seed=0)
+    callback = PlasticityCallback(cfg, tmp_path, "init", data=synthetic.train)
+    made = []
+
+    def model_init():
+        made.append(Classifier())
+        return made[-1]
+
+    trainer = _trainer(tmp_path, None, callback, synthetic, steps=2, model_init=model_init)
+    trainer.train()  # model_init makes a second model here; the Trainer built its optimizer on it already
+    assert len(made) == 2 and callback.tracker.module is made[-1].model
+    assert callback.applied_in == "on_train_begin" and callback.tracker.reinit_optimizers == 1
+    assert callback.tracker.run.events("reinit")[0]["resolved_layers"] == [TOUCHED]
+    assert callback.tracker.run.summary()["status"] == "finished"
+
+
+def test_hf_without_an_accuracy_says_so(tmp_path, synthetic):
+    callback = PlasticityCallback(None, tmp_path, "noacc")
+    _trainer(tmp_path, Classifier(), callback, synthetic, steps=2, metrics=None).train()
+    run = callback.tracker.run
+    assert [e["step"] for e in run.events("eval")] == [2] and "val_acc" not in run.events("eval")[0]
+    (warning,) = run.events("warning")
+    assert "no evaluation accuracy" in warning["message"] and "compute_metrics" in warning["message"]

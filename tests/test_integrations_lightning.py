@@ -115,6 +115,15 @@ def test_lightning_bad_input_before_training(tmp_path, synthetic):
         _fit(module, callback, synthetic)
     assert not (tmp_path / "bad").exists() and module.trainer.global_step == 0
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+    class NoOptimizer(Lit):
+        def configure_optimizers(self):
+            return None  # Lightning runs without an optimizer: nothing for cbp to step after
+
+    cbp = pc.ReinitConfig(strategy="cbp", layers=["layer3.*"])
+    module = NoOptimizer()
+    with pytest.raises(UserError, match="replaces units after every optimizer step but there is no optimizer"):
+        _fit(module, PlasticityCallback(cbp, tmp_path, "noopt"), synthetic)
+    assert not (tmp_path / "noopt").exists() and module.trainer.global_step == 0
     _fit(Lit(), PlasticityCallback(None, tmp_path, "taken"), synthetic, steps=1)
     with pytest.raises(UserError, match="exists already"):
         PlasticityCallback(None, tmp_path, "taken")
@@ -132,3 +141,16 @@ def test_lightning_exception_in_training_reads_failed(tmp_path, synthetic):
         _fit(Boom(), callback, synthetic)
     s = callback.tracker.run.summary()
     assert s["status"] == "failed" and s["reason"] == "ValueError: bad batch at step 2" and s["steps"] == 2
+
+
+def test_lightning_stop_request_from_the_dashboard_stops_the_fit(tmp_path, synthetic):
+    class Stopped(Lit):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 2:
+                self.callback.tracker.run.request_stop()  # what the dashboard's Stop button does
+            return super().training_step(batch, batch_idx)
+
+    callback = PlasticityCallback(None, tmp_path, "stop")
+    trainer = _fit(Stopped(), callback, synthetic, steps=50)
+    s = callback.tracker.run.summary()
+    assert trainer.global_step == 3 and s["status"] == "stopped" and "stop requested" in s["reason"]

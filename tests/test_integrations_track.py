@@ -249,7 +249,7 @@ def test_tracked_runs_show_on_the_dashboard_while_they_train_and_compare(tmp_pat
     no_exception(at)
     compare = at.dataframe[-1].value
     assert sorted(compare["arm"]) == ["baseline", "reset"]
-    assert len(at.get("plotly_chart")) == 2  # accuracy and loss curves
+    assert {"curve_val_acc", "curve_loss"} <= {c.key for c in at.get("plotly_chart")}  # accuracy and loss curves
 
 
 def test_other_processes_of_a_distributed_launch_reinit_but_do_not_write(tmp_path, monkeypatch, synthetic):
@@ -263,3 +263,32 @@ def test_other_processes_of_a_distributed_launch_reinit_but_do_not_write(tmp_pat
     with pytest.raises(UserError, match="distributed launch"):
         pc.track(tmp_path, "ddp", model=model, reinit=pc.ReinitConfig(strategy="cbp", layers=["layer3.*"]),
                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1)).__enter__()
+
+
+def test_the_dashboard_offers_no_resume_for_a_tracked_run(tmp_path, monkeypatch):
+    from dashboard.testing import no_exception, tiny_app
+
+    monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        with pc.track(tmp_path, "mine") as run:
+            run.log(1, loss=1.0, val_acc=0.5)
+            raise KeyboardInterrupt
+    at = tiny_app()
+    at.switch_page("app_pages/finetune.py").run()
+    no_exception(at)
+    assert "btn_resume" not in [b.key for b in at.button]
+
+
+def test_track_diagnosis_keeps_a_frozen_batchnorm_frozen(tmp_path, synthetic):
+    """A loop that diagnoses mid-run (pc.track) with a frozen BatchNorm in eval inside a model in train mode: after the
+    snapshot the BatchNorm is still in eval and its statistics do not move on the next training step."""
+    model = _model()
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.eval()
+    with pc.track(tmp_path, "frozen", model=model, data=synthetic.val) as run:
+        run.diagnose(1)
+    assert model.training and not frozen.training
+    stats = frozen.running_mean.clone()
+    model(next(iter(torch.utils.data.DataLoader(synthetic.train, batch_size=8)))[0])
+    assert torch.equal(frozen.running_mean, stats)

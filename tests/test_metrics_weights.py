@@ -139,8 +139,8 @@ def test_gkl_on_real_layer_shapes_and_no_gram_without_dfi(monkeypatch):
     from plasticity_core.layers import layer_map
 
     calls = []
-    original = weights.gram
-    monkeypatch.setattr(weights, "gram", lambda w, dtype=torch.float32: calls.append(1) or original(w, dtype))
+    original = weights.gram_norms
+    monkeypatch.setattr(weights, "gram_norms", lambda x: calls.append(1) or original(x))
     torch.manual_seed(0)
     for name in ("resnet50", "vit_small_patch16_224"):
         m = timm.create_model(name, pretrained=False, num_classes=10)
@@ -155,6 +155,18 @@ def test_gkl_on_real_layer_shapes_and_no_gram_without_dfi(monkeypatch):
             assert d.wide().at[layer.name, "spectral_norm"] == pytest.approx(float(s.mean()), rel=1e-5), layer.name
     diagnose(m, [], metrics=["dfi"])
     assert calls  # the Gram is formed for dfi
+
+
+@pytest.mark.parametrize("shape", [(300, 256), (256, 256, 3, 3), (100, 40), (64, 64)])
+def test_blocked_gram_norms_match_the_full_gram(shape):
+    """dfi / dfi_si from the upper block triangle agree with the float64 definitions; near an isometry too."""
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(6)) / math.sqrt(shape[0])
+    got = {k: float(v) for k, v in weight_metrics(w, None, {"dfi", "dfi_si"}).items()}
+    assert got["dfi"] == pytest.approx(dfi(w), rel=1e-5) and got["dfi_si"] == pytest.approx(dfi_si(w), rel=1e-5)
+    q = orthogonal(shape[0], shape[1]).float() if len(shape) == 2 else None
+    if q is not None:
+        near = {k: float(v) for k, v in weight_metrics(q, None, {"dfi"}).items()}
+        assert near["dfi"] == pytest.approx(dfi(q), abs=1e-8)
 
 
 def test_edge_taps_give_todays_values():
@@ -228,3 +240,39 @@ def pc_layers(m):
     from plasticity_core.layers import layer_map
 
     return layer_map(m)
+
+
+def test_sfe_is_cached_per_reference_tensor_and_recomputed_when_it_changes(monkeypatch):
+    import plasticity_core.metrics.weights as weights
+    from plasticity_core.metrics import diagnose
+
+    m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    ref = {k: v.clone() + 0.1 for k, v in m.state_dict().items()}
+    calls = []
+    original = weights.sfe_t
+    monkeypatch.setattr(weights, "sfe_t", lambda *a, **k: calls.append(1) or original(*a, **k))
+    a = diagnose(m, [], reference=ref, metrics=["sfe", "sfe_rel"])
+    first = len(calls)
+    b = diagnose(m, [], reference=ref, metrics=["sfe", "sfe_rel"])
+    assert first > 0 and len(calls) == first and a.wide().equals(b.wide())
+    ref["0.weight"].add_(1.0)  # the reference changes in place: its version moves
+    c = diagnose(m, [], reference=ref, metrics=["sfe"])
+    assert len(calls) > first and c.wide().at["0", "sfe"] > a.wide().at["0", "sfe"]
+    assert c.wide().at["2", "sfe"] == pytest.approx(a.wide().at["2", "sfe"])
+    other = {k: v.clone() for k, v in m.state_dict().items()}  # another reference (equal to the weights)
+    d = diagnose(m, [], reference=other, metrics=["sfe"])
+    assert (d.wide()["sfe"] == 0).all()
+
+
+def test_stopping_rule_never_stops_before_the_top_value_arrived(monkeypatch):
+    """The error estimate alone (r^2 / gap) can pass before sigma_1 enters the Krylov space; the rule also waits
+    for the Ritz value to stop moving. Even at a 10x looser tolerance every value stays within 1e-5."""
+    import plasticity_core.metrics.weights as weights
+
+    monkeypatch.setattr(weights, "GKL_TOL", 1e-5)
+    for shape in [(64, 64), (384, 384), (1536, 384), (512, 512), (256, 256), (128, 128), (100, 40)]:
+        for seed in range(6):
+            w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+            exact = torch.linalg.matrix_norm(w.double(), ord=2)
+            top, _ = weights.top_singular(weights.tall_taps(w))
+            assert abs(float(top[0]) / float(exact) - 1) <= 1e-5, (shape, seed)

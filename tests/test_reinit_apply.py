@@ -147,3 +147,18 @@ def test_redo_without_data_is_spelled_per_entry_point():
         apply_reinit(timm.create_model("test_resnet", num_classes=3), ReinitConfig(strategy="redo"))
     assert "pass --data SPEC" in user_message(e.value, "cli") and "data=" not in user_message(e.value, "cli")
     assert "load a dataset in Setup" in user_message(e.value, "dashboard")
+
+
+def test_progress_reports_the_waits_in_their_own_units(tiny_resnet, synthetic):
+    """The preview's waits (unit scoring, BatchNorm recalibration) report done/total in their own units."""
+    import plasticity_core as pc
+
+    seen = []
+    cfg = pc.ReinitConfig(strategy="targeted", layers=["layer1.*"], params={"criterion": "dormant", "max_batches": 3},
+                          bn_batches=4)
+    report = pc.preview_reinit(tiny_resnet, cfg, data=synthetic.train, progress=lambda *a: seen.append(a))
+    scored = [a for a in seen if a[0] == "batches scored"]
+    bn = [a for a in seen if a[0] == "BatchNorm batches"]
+    assert [d for _, d, _ in scored] == [1, 2, 3] and scored[-1][2] == 3
+    assert [d for _, d, _ in bn] == [1, 2, 3, 4] and {t for _, _, t in bn} == {4}
+    assert any("recalibrated on 4 batches" in n for n in report.notes)

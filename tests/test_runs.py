@@ -39,9 +39,13 @@ def test_truncated_metrics_jsonl_and_missing_summary_load(tmp_path):
     text = "".join(json.dumps(e) + "\n" for e in good) + '{"type": "eval", "step": 3, "val_a'
     (run.path / "metrics.jsonl").write_text(text)
     assert read_events(run.path / "metrics.jsonl") == good
-    assert run.status == "queued" and len(run.curve("step")) == 3 and run.events("eval") == []
+    # no summary but events: it ran, so it reads running (failed once its log and heartbeat go stale), never queued
+    assert run.status == "running" and len(run.curve("step")) == 3 and run.events("eval") == []
     (run.path / "summary.json").write_text('{"status": "runn')  # half-written summary
-    assert run.status == "queued"
+    assert run.status == "running" and "summary.json is missing or unreadable" in run.summary()["reason"]
+    old = time.time() - 3600
+    os.utime(run.path / "metrics.jsonl", (old, old))
+    assert run.status == "failed"  # nobody wrote for an hour: the worker is gone
 
 
 def test_running_summary_without_a_fresh_heartbeat_reads_failed(tmp_path):

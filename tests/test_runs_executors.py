@@ -66,23 +66,23 @@ def _run_readme_command(tmp_path, marker: str, capsys):
     assert main([*argv, "--store", str(tmp_path / "runs"), "--tag", "s"]) == 0
     out = capsys.readouterr()
     assert "baseline" in out.out and "fire" in out.out and "finished at step 4" in out.err
-    return RunStore(tmp_path / "runs").runs()
+    return RunStore(tmp_path / "runs").runs(), out.err
 
 
-def test_ray_local_runtime_from_the_readme_command(tmp_path, capsys):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-    try:
-        runs = _run_readme_command(tmp_path, "--executor ray", capsys)
-    finally:
-        ray.shutdown()
+def test_ray_local_runtime_from_the_readme_command(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    home_ray = Path.home() / ".ray"
+    before = home_ray.exists()
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a runtime of its own even if a cluster runs on this machine
+    runs, err = _run_readme_command(tmp_path, "--executor ray", capsys)
     _four_finished(runs)
+    said = re.search(r"ray: tasks run on a local Ray runtime \(\d+ CPUs, state in (\S+), removed after\)", err)
+    assert said and not Path(said.group(1)).exists()  # its state lived in a temporary folder, now gone
+    assert home_ray.exists() == before  # nothing written to ~/.ray (its token was held in memory)
 
 
 def test_submitit_local_executor_from_the_readme_command(tmp_path, capsys):
-    runs = _run_readme_command(tmp_path, "cluster=local", capsys)
+    runs, _ = _run_readme_command(tmp_path, "cluster=local", capsys)
     _four_finished(runs)
     job_ids = {r.summary()["job_id"] for r in runs}
     assert len(job_ids) == 4  # one task per run, each with submitit's logs in the experiment folder

@@ -19,7 +19,8 @@ import pytest
 from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import LaunchError, Run, RunStore, execute_run, read_events
-from plasticity_core.runs.interrupt import checkpoint_step, collect_resumable, reopen, resume_runs
+from plasticity_core.runs import resume_runs
+from plasticity_core.runs.interrupt import checkpoint_step, collect_resumable, reopen
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -80,3 +80,44 @@ def test_writer_leaving_on_an_exception_says_failed(tmp_path):
     assert read_events(tmp_path / "metrics.jsonl")[-1]["type"] == "failed"
     with pytest.raises(ValueError, match="status must be one of"):
         RunWriter(tmp_path).finish("done", "not a status")
+
+
+def test_a_listed_run_reads_each_file_once_and_only_new_bytes(tmp_path, monkeypatch):
+    """The live view's tick: a store lists the same Run objects; unchanged files are not opened again."""
+    import builtins
+    import io
+
+    store = RunStore(tmp_path / "runs")
+    cfg = ExperimentConfig(name="tick", backbone="timm:test_resnet", data="synthetic:classes=4,n=96,size=32",
+                           finetune=FinetuneConfig(steps=3))
+    run, = store.create(cfg, tag="t")
+    w = RunWriter.for_folder(run.path, heartbeat_s=None).open()
+    w.event("start", 0, total_steps=3)
+    w.event("step", 1, loss=1.0)
+
+    def tick():
+        for r in store.runs():
+            r.events(), r.summary(), r.curve("step"), r.status, r.config
+        return store.runs()[0]
+
+    assert tick() == run
+    opened = []
+    real = io.open
+
+    def counting(file, *a, **k):
+        opened.append(str(file))
+        return real(file, *a, **k)
+
+    monkeypatch.setattr(io, "open", counting)
+    monkeypatch.setattr(builtins, "open", counting)
+    tick()
+    assert opened == []  # nothing changed: nothing opened
+    offset = store.runs()[0]._reader.offset
+    w.event("step", 2, loss=0.5)
+    r = tick()
+    assert [p.rsplit("/", 1)[-1] for p in opened] == ["metrics.jsonl"]  # once, though read three ways
+    assert r._reader.offset > offset and [e["step"] for e in r.events("step")] == [1, 2]
+    w.finish("finished", "done", steps=2)
+    opened.clear()
+    assert tick().status == "finished"
+    assert sorted(p.rsplit("/", 1)[-1] for p in opened) == ["metrics.jsonl", "summary.json"]

@@ -1,12 +1,44 @@
 """Diagnose: per-layer metrics on the target data as a heatmap; select layers by clicking it or from a recommendation."""
+import copy
+import time
+
 import streamlit as st
 
 import plasticity_core as pc
 from dashboard import checks, forms, state, views
 from plasticity_core import directions
+from plasticity_core.metrics import ranking
 
 st.title("Diagnose")
 current = state.require_loaded()
+
+
+# --- History: every diagnosis of this workspace is kept (<workspace>/diagnoses/), newest first ----------------------
+def _history_dir():
+    return state.workspace_dir(st.session_state["ws_restored"]) / "diagnoses"
+
+
+def _keep(d: pc.Diagnosis) -> None:
+    folder = _history_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    d.save(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{len(list(folder.glob('*.parquet'))):03d}.parquet")
+
+
+def _history() -> dict[str, pc.Diagnosis]:
+    """label -> diagnosis, newest first (a file that does not read is named, not fatal)."""
+    out = {}
+    for path in sorted(_history_dir().glob("*.parquet"), reverse=True):
+        try:
+            d = pc.Diagnosis.load(path)
+        except (OSError, ValueError) as e:
+            st.caption(f"Earlier diagnosis {path.name} could not be read: {e}")
+            continue
+        m = d.meta
+        stamp = path.stem[:15].replace("-", " ")
+        note = m.get("note") or "loaded model"
+        out[f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]} · {note} · "
+            f"{len(d.metrics)} metrics · {m.get('samples', '?')} images"] = d
+    return out
 
 st.caption(state.weight_metrics_status(current.backbone))
 all_metrics = pc.METRICS.names()
@@ -24,11 +56,13 @@ if run:
     state.wait_weight_metrics(current.backbone)
     bar.progress(0.0, text="Probing…")
     try:
-        st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
-            current.backbone, current.data.val, metrics=metrics or None,
-            max_batches=int(batches), device=current.device,
-            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
+        with state.model_lock(current.model):  # never two passes with hooks on the same model at once
+            st.session_state["diagnosis"] = pc.diagnose(  # the val Dataset: the library's one probe order
+                current.backbone, current.data.val, metrics=metrics or None,
+                max_batches=int(batches), device=current.device,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Probe batch {done}/{total}"))
         st.session_state.pop("recommendation", None)
+        _keep(st.session_state["diagnosis"])
     except forms.errors() as e:
         st.error(state.message(e))
     bar.empty()
@@ -42,12 +76,14 @@ meta = diagnosis.meta
 wide_all = diagnosis.wide()
 folded = views.constant_columns(wide_all)
 wide = wide_all.drop(columns=list(folded))
+normalised = [m for m in views.WIDTH_NORMALISED if m in wide.columns]
 head_words = (meta.get("head") or {}).get("text")
 if head_words and any(pc.METRICS[m].needs == "gradients" for m in diagnosis.metrics):
     st.caption(f"Gradient metrics (grad_norm, grad_dormant) go through {head_words}: they measure the backbone as "
                "seen through that head, and change with it.")
 st.caption(f"{meta['samples']} images in {meta['batches']} batches on {meta['device']}, {meta['seconds']:.1f} s. "
-           "**Darker red = worse** for that metric (each column scaled from its best layer to its worst); blue columns "
+           "**Darker red = worse** for that metric (each column scaled between its 5th and 95th percentile layers, "
+           "so one outlier does not set the scale); blue columns "
            "have no better or worse (norms, movement from the pretrained weights). Grey *n/a*: the metric does not "
            "apply to that layer (e.g. dormant/dead/saturation need an activation after the layer). "
            "Hover a cell for the value. **Click a cell** to select its layer; to select several, pick *Box Select* or "
@@ -59,6 +95,9 @@ if meta.get("no_gradient"):
 if meta.get("uncovered"):
     st.caption("Not in the diagnosis (outside the layer map): "
                + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))
+if normalised:
+    st.caption("Coloured per unit of width (the hover shows the raw value and this one): "
+               + "; ".join(f"**{m}**: {views.WIDTH_NORMALISED[m]}" for m in normalised) + ".")
 if folded:
     st.caption("Not drawn (the same for every layer, nothing to compare): "
                + "; ".join(f"**{m}** {why}" for m, why in folded.items()) + ".")
@@ -71,7 +110,8 @@ stages = {r["name"]: views.stage_of(r["group"]) for r in layers_meta.to_dict("re
 order = diagnosis.layer_names
 fig, cells = views.heatmap(wide, stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
                            selected=st.session_state["selected_layers"],
-                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN)
+                           worse={m: directions.worse(m) for m in wide.columns}, plain=directions.PLAIN,
+                           colour_by=views.width_normalised(wide_all, layers_meta, meta.get("samples")))
 rows = list(wide.index)
 
 
@@ -80,7 +120,14 @@ def _on_heatmap_select() -> None:
     if picked:  # a redraw can report an empty selection; clearing is the button's job
         st.session_state["selected_layers"] = picked
         st.session_state["w_diag_selected"] = picked
-        st.session_state.pop("w_diag_focus", None)  # the one-layer view follows the new selection
+        st.session_state["w_diag_focus"] = picked[0]  # the one-layer view follows (set, not dropped: the browser
+        # would otherwise send its old value back with the next widget and flip the panel to it)
+
+
+def _on_multiselect() -> None:
+    st.session_state["selected_layers"] = st.session_state["w_diag_selected"]
+    if st.session_state["selected_layers"]:
+        st.session_state["w_diag_focus"] = st.session_state["selected_layers"][0]
 
 
 left, right = st.columns([3, 2])
@@ -91,17 +138,17 @@ with right:
     st.subheader("Selected layers")
     st.session_state.setdefault("w_diag_selected", st.session_state["selected_layers"])
     st.multiselect("Layers to re-initialise", order, key="w_diag_selected", label_visibility="collapsed",
-                   on_change=lambda: (st.session_state.update(selected_layers=st.session_state["w_diag_selected"]),
-                                      st.session_state.pop("w_diag_focus", None)))
+                   on_change=_on_multiselect)
     b1, b2, b3 = st.columns([2, 2, 2])
     budget = b1.number_input("Budget", 0.01, 1.0, 0.25, step=0.05, key="w_budget",
                              help="Fraction of the scored layers' weights the recommendation may re-initialise.")
     if b2.button("Recommend", key="btn_recommend", width="stretch"):
-        rec = diagnosis.recommend(budget=float(budget))
+        rec = pc.fit_recommendation(diagnosis.recommend(budget=float(budget)), current.model)
         st.session_state["recommendation"] = rec
         st.session_state["selected_layers"] = list(rec.layers)
         st.session_state.pop("w_diag_selected", None)
         if rec.layers:
+            st.session_state["w_diag_focus"] = rec.layers[0]
             state.adopt_config(current.model, rec.to_config(seed=state.reinit_seed()), diagnosis)
         st.rerun()
     if b3.button("Clear", key="btn_clear", width="stretch"):
@@ -119,8 +166,9 @@ with right:
                                recommended=rec.strategy if rec and set(rec.layers) != set(st.session_state["selected_layers"]) else None)
 
     st.subheader("One layer")
-    focus = st.selectbox("Layer", order, key="w_diag_focus",
-                         index=order.index(st.session_state["selected_layers"][0]) if st.session_state["selected_layers"] else 0)
+    if st.session_state.get("w_diag_focus") not in order:  # the value lives in the key only (no index=): one source
+        st.session_state["w_diag_focus"] = (st.session_state["selected_layers"] or order)[0]
+    focus = st.selectbox("Layer", order, key="w_diag_focus")
     unit_metrics = [m for (l, m) in diagnosis.unit_keys() if l == focus]
     if unit_metrics:
         metric = st.radio("Unit score", unit_metrics, horizontal=True, key="w_diag_unit_metric")
@@ -129,6 +177,61 @@ with right:
     else:
         st.caption("No per-unit scores for this layer (no activation metrics requested, or no activation after it).")
     st.dataframe(wide_all.loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
+
+# --- Rank layers by a metric (top k), and compare with an earlier diagnosis of this workspace -----------------------
+st.subheader("Top layers by a metric")
+t1, t2, t3 = st.columns([2, 1, 3])
+rankable = list(wide_all.columns)
+first = next((i for i, m in enumerate(rankable) if directions.worse(m) and m not in folded), 0)  # a metric with a worse side
+rank_metric = t1.selectbox("Metric to rank by", rankable, index=first, key="w_diag_rank_metric",
+                           help="Worst first: highest for higher-is-worse metrics, lowest for lower-is-worse ones, "
+                                "highest for metrics with no direction.")
+k = t2.number_input("k", 1, max(1, len(wide_all)), min(10, len(wide_all)), key="w_diag_top_k")
+direction = {"high": "higher is worse", "low": "lower is worse"}.get(directions.worse(rank_metric), "no better/worse: highest first")
+t3.caption(f"**{rank_metric}**: {direction}. {directions.plain(rank_metric)}")
+st.dataframe(ranking.top_layers(wide_all, rank_metric, int(k)), hide_index=True, key="diag_top_k",
+             column_config={"value": st.column_config.NumberColumn(rank_metric, format="%.4g")})
+
+history = _history()
+st.subheader("Compare with an earlier diagnosis")
+cfg = st.session_state.get("reinit_cfg")
+if cfg is not None and st.button(f"Diagnose after the previewed {cfg.strategy} re-init", key="btn_diag_after_reinit",
+                                 help="Re-initialises a copy of the loaded model with the Re-init page's config (BatchNorm "
+                                      "recalibrated), diagnoses it with the same metrics and probe batches and keeps it "
+                                      "here as 'after'; the loaded model and the diagnosis above are not changed."):
+    with st.spinner(f"Re-initialising a copy ({cfg.strategy}) and diagnosing it…"):
+        try:
+            after_model = copy.deepcopy(current.model)
+            pc.apply_reinit(after_model, cfg, data=current.data.loader("train", batch_size=32))
+            d = pc.diagnose(after_model, current.data.loader("val", batch_size=32, shuffle=False),
+                            reference={k: v.detach().clone() for k, v in current.model.state_dict().items()},
+                            metrics=list(diagnosis.metrics), max_batches=int(meta.get("batches") or 4),
+                            device=current.device)
+            d.meta["note"] = f"after {cfg.strategy} re-init of {len(cfg.resolved_layers or cfg.layers)} layer(s)"
+            _keep(d)
+            del after_model
+        except forms.errors() as e:
+            st.error(state.message(e))
+    history = _history()
+labels = list(history)
+if len(labels) < 2:
+    st.caption("Every diagnosis run here is kept with this workspace; run another one (e.g. after changing the "
+               "model or the probe) to compare the two layer by layer.")
+else:
+    h1, h2, h3 = st.columns([3, 3, 2])
+    before_label = h1.selectbox("Before", labels, index=1, key="w_diag_hist_before")
+    after_label = h2.selectbox("After", labels, index=0, key="w_diag_hist_after")
+    before, after = history[before_label].wide(), history[after_label].wide()
+    shared = [m for m in after.columns if m in before.columns]
+    if not shared:
+        st.warning("These two diagnoses have no metric in common.")
+    else:
+        metric = h3.selectbox("Metric", shared, key="w_diag_hist_metric")
+        change = ranking.diagnosis_change(before, after, metric)
+        st.dataframe(change, hide_index=True, key="diag_history_change", column_config={
+            c: st.column_config.NumberColumn(c, format="%.4g") for c in ("before", "after", "change")})
+        st.caption(f"{metric} per layer, after − before ({int(change['change'].notna().sum())} layers in both); "
+                   "click a header to sort.")
 
 st.subheader("Layer table")
 f1, f2, f3 = st.columns([2, 2, 2])
@@ -145,3 +248,4 @@ if kinds:
 if stage_filter:
     table = table[table["stage"].isin(stage_filter)]
 st.dataframe(table, hide_index=True, key="diag_table")
+

@@ -1,13 +1,9 @@
 """Export: the chosen ReinitConfig (YAML, JSON), how to apply it (CLI, Python), the diagnosis and the charts."""
-import io
-import tempfile
-from pathlib import Path
 
 import streamlit as st
 
 import plasticity_core as pc
 from dashboard import state, views
-from plasticity_core import directions
 
 st.title("Export")
 cfg: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
@@ -44,20 +40,12 @@ st.subheader("Diagnosis")
 if diagnosis is None:
     st.info("Run a diagnosis on Diagnose to export it.")
 else:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "diagnosis.parquet"
-        diagnosis.save(path)
-        parquet = path.read_bytes()
     e1, e2, e3, _ = st.columns([1, 1, 1, 3])
     e1.download_button("diagnosis.csv", diagnosis.table.to_csv(index=False), "diagnosis.csv", "text/csv", key="dl_csv")
-    e2.download_button("diagnosis.parquet", parquet, "diagnosis.parquet", "application/octet-stream", key="dl_parquet",
-                       help="Long table, per-unit scores and metadata (metric versions); Diagnosis.load reads it back.")
-    stages = {r["name"]: views.stage_of(r["group"]) for r in diagnosis.meta["layers"]}
-    fig, _ = views.heatmap(diagnosis.wide(), stages, {m: pc.METRICS[m].definition for m in diagnosis.metrics},
-                           worse={m: directions.worse(m) for m in diagnosis.metrics}, plain=directions.PLAIN)
-    buf = io.StringIO()
-    fig.write_html(buf, include_plotlyjs=True, full_html=True)
-    e3.download_button("heatmap.html", buf.getvalue(), "heatmap.html", "text/html", key="dl_heatmap",
-                       help="Interactive, self-contained (works offline).")
+    e2.download_button("diagnosis.parquet", lambda: views.diagnosis_parquet(diagnosis), "diagnosis.parquet", "application/octet-stream", key="dl_parquet",
+                       help="Long table, per-unit scores and metadata (metric versions); Diagnosis.load reads it back. "
+                            "Written when you press the button.")
+    e3.download_button("heatmap.html", lambda: views.heatmap_html(diagnosis), "heatmap.html", "text/html", key="dl_heatmap",
+                       help="Interactive, self-contained (works offline). Rendered when you press the button.")
     st.caption("PNG: use the camera icon in any chart's toolbar (Plotly renders it in the browser).")
     st.dataframe(diagnosis.wide(), key="export_wide")

@@ -52,8 +52,12 @@ if cfg is not None:
 if st.button("Preview", type="primary", key="btn_preview", disabled=cfg is None or not plan.touched,
              help=None if cfg is None or plan.touched else "The strategy acts on none of the selected layers."):
     try:
-        with st.spinner("Re-initialising a copy of the model…"):
-            report = pc.preview_reinit(current.model, cfg, data=current.data.train)  # the Dataset: the library's order
+        bar = st.progress(0.0, text="Re-initialising a copy of the model…")
+        with state.model_lock(current.model):
+            report = pc.preview_reinit(current.model, cfg, data=current.data.train,  # the Dataset: the library's order
+                                       progress=lambda what, done, total: bar.progress(
+                                           min(1.0, done / max(total or done, 1)), text=f"Preview: {what} {done}/{total or '?'}"))
+        bar.empty()
     except forms.errors() as e:
         st.error(state.message(e))
     else:
@@ -76,7 +80,7 @@ m[3].metric("Selected but skipped", s["skipped"])
 for note in report.notes:
     st.caption(f"Note: {note}")
 idle = report.table[report.table["units_touched"] == 0]["layer"].tolist() if len(report.table) else []
-if idle and s["strategy"] != "cbp":
+if idle and not pc.STRATEGIES.get(s["strategy"]).during_training:
     st.warning(f"{len(idle)} selected layer(s) had no unit meeting {s['strategy']}'s criterion on this data and are "
                f"unchanged: {', '.join(idle[:8])}{' …' if len(idle) > 8 else ''}")
 if len(report.table):

@@ -69,6 +69,7 @@ class PlasticityCallback(TrainerCallback):
         self.val_acc_key, self.val_loss_key = val_acc_key, val_loss_key
         self.applied_in: str | None = None  # "on_init_end" (before the Trainer's optimizer) or "on_train_begin"
         self.trainer: Trainer | None = None
+        self._warned_keys = False
 
     # -- before training
     def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -102,12 +103,15 @@ class PlasticityCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         tracker = self.tracker
+        if self.trainer is not None:  # with model_init, train() makes a new model; callbacks are still handed the old one
+            model = self.trainer.model
+            optimizer = self.trainer.optimizer if self.trainer.optimizer is not None else optimizer
         if tracker.writer is not None:
             raise RuntimeError(f"this PlasticityCallback wrote run {tracker.path} already: give another train() a "
                                f"new PlasticityCallback (another name, arm or seed)")
-        if model is not None and tracker.model is not None and model is not tracker.model and tracker.report is None \
-                and tracker.reinit is not None:
-            tracker._prepared = False  # model_init made a new model at train(): re-initialise that one
+        if model is not None and tracker.model is not None and model is not tracker.model:
+            tracker.close_hooks()  # model_init made a new model at train(): re-initialise (and diagnose) that one
+            tracker._prepared, tracker.report, tracker.module, tracker.notes = False, None, None, []
         tracker.attach(optimizer)
         if not tracker._prepared:
             tracker.prepare(model, [optimizer])
@@ -140,6 +144,11 @@ class PlasticityCallback(TrainerCallback):
         if acc is not None or loss is not None:
             self.tracker.eval(step, val_acc=scalar(logs[acc]) if acc else None,
                               val_loss=scalar(logs[loss]) if loss else None)
+        if loss is not None and acc is None and not self._warned_keys:
+            self._warned_keys = True
+            self.tracker.warn(f"no evaluation accuracy in the Trainer's logs ({sorted(logs)}): pass compute_metrics "
+                              f"returning {{'accuracy': ...}} (or val_acc_key=) for the accuracy curve and the "
+                              f"comparison", step=step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         tracker, step = self.tracker, int(state.global_step)

@@ -85,13 +85,14 @@ class PlasticityCallback(pl.Callback):
         return bool(overridden)
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self.tracker.attach(*trainer.optimizers)
+        optimizers = [o for o in trainer.optimizers if getattr(o, "param_groups", None)]  # not Lightning's mock one
+        self.tracker.attach(*optimizers)
         if not self.tracker._prepared:
-            self.tracker.prepare(pl_module, trainer.optimizers)  # the optimizers exist: their touched state is zeroed
+            self.tracker.prepare(pl_module, optimizers)  # the optimizers exist: their touched state is zeroed
             self.applied_in = "on_fit_start"
         total = trainer.estimated_stepping_batches
         total = int(total) if isinstance(total, (int, float)) and total != float("inf") else None
-        opt = trainer.optimizers[0] if trainer.optimizers else None
+        opt = optimizers[0] if optimizers else None
         hp = {"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs,
               "accumulate_grad_batches": trainer.accumulate_grad_batches, "precision": str(trainer.precision),
               "optimizer": type(opt).__name__ if opt is not None else None,
@@ -117,7 +118,7 @@ class PlasticityCallback(pl.Callback):
             if self._losses:
                 scalars["loss"] = float(torch.stack(self._losses).float().mean())
                 self._losses.clear()
-            if trainer.optimizers:
+            if trainer.optimizers and trainer.optimizers[0].param_groups:
                 scalars["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
             scalars["epoch"] = float(trainer.current_epoch)
             self.tracker.log(step, **scalars)

@@ -27,6 +27,7 @@ from torch import nn
 
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, LaunchConfig, ReinitConfig
 from plasticity_core.errors import UserError, user_message
+from plasticity_core.hooks import kept_modes
 from plasticity_core.layers import layer_map
 from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.reinit.apply import apply_reinit
@@ -172,20 +173,6 @@ def _unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-class _Optimizers:
-    """Several optimizers seen as one for ``reset_optimizer_state`` (state of a parameter: whichever holds it)."""
-
-    def __init__(self, optimizers: Sequence[Any]) -> None:
-        self.optimizers = list(optimizers)
-
-    @property
-    def state(self) -> dict:
-        merged: dict = {}
-        for opt in self.optimizers:
-            merged.update(opt.state)
-        return merged
-
-
 class Tracker:
     """One tracked run of a training loop that is not ours (see the module docstring; ``pc.track`` makes one).
 
@@ -300,10 +287,7 @@ class Tracker:
             if model is None:
                 raise IntegrationError("reinit= needs the model to apply it to: pass model= (or call "
                                        "pc.apply_reinit(model, cfg) yourself and track without reinit=)")
-            opt = None
-            if self.optimizers:
-                inner = [_unwrap_optimizer(o) for o in self.optimizers]
-                opt = inner[0] if len(inner) == 1 else _Optimizers(inner)
+            opt = self._holder(self.module)
             try:
                 report = apply_reinit(self.module, self.reinit, data=self.data, optimizer=opt)
             except UserError:
@@ -321,6 +305,20 @@ class Tracker:
             self.notes.extend(n for n in report.notes if not n.startswith("no optimizer given"))
         self._prepared = True
         return self.report
+
+    def _holder(self, module: nn.Module) -> Any:
+        """The torch optimizer among the run's that updates most of ``module``'s parameters (None: none does, so none
+        can hold state of them)."""
+        params = {id(p) for p in module.parameters()}
+        counts = []
+        for o in (_unwrap_optimizer(o) for o in self.optimizers):
+            held = sum(id(p) in params for g in getattr(o, "param_groups", []) for p in g["params"])
+            if held:
+                counts.append((held, o))
+        if len(counts) > 1:
+            self.notes.append(f"{len(counts)} optimizers update {type(module).__name__}: the re-init reset the state in "
+                              f"the one holding most of its parameters")
+        return max(counts, key=lambda c: c[0])[1] if counts else None
 
     def skip_reinit(self, model: nn.Module, note: str) -> None:
         """Prepared without applying the re-init (a run resumed from a checkpoint that holds it); ``note`` says so."""
@@ -425,6 +423,11 @@ class Tracker:
             data=f"{self.source}:data", finetune=FinetuneConfig.from_dict(finetune), arms={self.arm: self.reinit},
             seeds=[self.seed], launch=self.launch)
         config.save(folder / ".config.yaml.tmp")
+        text = (folder / ".config.yaml.tmp").read_text()
+        (folder / ".config.yaml.tmp").write_text(
+            f"# Written by the {self.source} integration around a training script of the user's own: name, arms, seeds,\n"
+            f"# finetune.steps / seed / diagnose_* and what `config=` gave describe this run; the other finetune fields\n"
+            f"# are defaults, not the script's settings (those are in metrics.jsonl's start event, `params`).\n" + text)
         os.replace(folder / ".config.yaml.tmp", folder / "config.yaml")
         write_json(folder / SUMMARY_FILE, {
             "status": "queued", "reason": f"starting ({self.source})", "experiment": self.name, "arm": self.arm,
@@ -483,11 +486,8 @@ class Tracker:
         module = self.module if self.module is not None else self.model
         if module is None or data is None:
             raise IntegrationError("diagnose needs the model and probe images: pass model= and data= to pc.track")
-        was_training = module.training
-        try:
+        with kept_modes(module):  # every submodule's own train/eval mode back (a frozen BatchNorm stays frozen)
             d = diagnose(module, data, reference=self._reference, metrics=self.diagnose_metrics, max_batches=2)
-        finally:
-            module.train(was_training)
         self._last_diagnosis = step
         rows = [{"layer": r.layer, "metric": r.metric, "value": float(r.value)} for r in d.table.itertuples()]
         self._write("diagnosis", step, rows=rows)

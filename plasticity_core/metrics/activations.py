@@ -24,6 +24,7 @@ DEAD_FRACTION = 0.01
 SATURATION_EPS = 0.01
 REDO_EPS = 1e-9  # dopamine's estimate_neuron_score divides by mean(score) + 1e-9
 NONNEG = {"relu", "relu6", "sigmoid", "hardsigmoid", "softplus"}  # outputs >= 0: |h| = h
+BELOW_SIX = float(torch.nextafter(torch.tensor(6.0), torch.tensor(0.0)))  # the float32 just below 6
 
 ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "relu6": F.relu6, "gelu": F.gelu, "silu": F.silu, "mish": F.mish,
@@ -89,7 +90,8 @@ class ActivationView:
     Every statistic is a float sum over positions per (sample, unit), then over samples: counts come from
     ``sign`` / ``ceil`` arithmetic rather than boolean masks (two to four times faster on CPU, exact: each
     per-sample count is an integer below 2^24), and a NaN or inf in the input makes the sum non-finite, so a
-    broken unit can never pass for a healthy one.
+    broken unit can never pass for a healthy one (ReLU6's count of 6s uses ``threshold``, which maps NaN to 0:
+    there the unit is caught by the abs-sum check every layer's statistics go through, and its score is NaN).
     """
 
     def __init__(self, t: torch.Tensor, unit_dim: int, act_type: str | None) -> None:
@@ -150,7 +152,9 @@ class ActivationView:
 
     def at_least(self, hi: float) -> torch.Tensor:
         """Per-unit count of entries ``>= hi``."""
-        if self.act_type == "relu6" and hi == 6.0:  # outputs <= 6: sign(h - 6) + 1 is 1 at 6, else 0
+        if self.act_type == "relu6" and hi == 6.0:  # outputs <= 6: count the entries equal to 6
+            if 6 * self.count < 2 ** 24:  # one pass: threshold keeps exactly the 6s (sums of 6s exact in fp32)
+                return self._get("ge6", lambda: self._per_unit(F.threshold(self.t, BELOW_SIX, 0.0)) / 6.0)
             return self._get("ge6", lambda: self._per_unit((self.t - 6.0).sign_()) + self.count)
         return self._get(f"ge{hi}", lambda: self.count - self._per_unit((hi - self.t).ceil_().clamp_(0, 1)))
 

@@ -37,13 +37,50 @@ class MetricInfo:
     needs: str = "weights"  # weights | activations | gradients
     unit_level: bool = False  # Diagnosis.units(layer, name) gives one value per unit
     impl: Any = field(default=None, compare=False, repr=False)  # weight function or Accumulator subclass
+    worse: str | None = None  # "high" (more is a sign of lost plasticity), "low" (less is), None (a description)
+    plain: str = ""  # the metric in plain words, for heatmaps and reports
 
     def __post_init__(self) -> None:
         if self.needs not in NEEDS:
             raise ValueError(f"metric {self.name!r}: needs must be one of {NEEDS}, got {self.needs!r}")
+        if self.worse not in ("high", "low", None):
+            raise ValueError(f"metric {self.name!r}: worse must be 'high', 'low' or None, got {self.worse!r}")
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
+
+# Which way is worse and the plain words, for the metrics registered in this package (a metric of its own passes
+# ``worse=`` / ``plain=`` to ``register_metric``).
+WORSE: dict[str, str] = {
+    "dormant": "high", "dead": "high", "saturation": "high", "grad_dormant": "high", "dfi": "high", "dfi_si": "high",
+    "nonfinite": "high", "feature_erank": "low", "stable_rank": "low", "grad_norm": "low",
+}
+PLAIN: dict[str, str] = {
+    "sfe": "how far the weights moved from the pretrained ones (0 before any training)",
+    "sfe_rel": "that movement relative to the pretrained weights' size",
+    "dfi": "how far the weight matrix is from an isometry (0 = orthogonal)",
+    "dfi_si": "the same, ignoring scale: 0 when all singular values are equal",
+    "fro_norm": "size of the weights",
+    "spectral_norm": "largest stretch the layer applies to any input",
+    "stable_rank": "how many directions the weights really use",
+    "dormant": "share of units that are almost silent on your data",
+    "dead": "share of units that (almost) never fire on your data",
+    "saturation": "share of inputs landing where the activation is flat (no gradient passes)",
+    "feature_erank": "how many independent features the layer's output carries on your data",
+    "grad_norm": "how strongly your data's loss pulls on the weights",
+    "grad_dormant": "share of units that receive almost no gradient from your data",
+    "nonfinite": "NaN or infinite values found in the layer (weights, activations or gradients)",
+}
+
+
+def worse(metric: str) -> str | None:
+    """"high", "low" or None (no better/worse direction) for a metric name (None for an unknown name)."""
+    return METRICS.get(metric).worse if metric in METRICS else WORSE.get(metric)
+
+
+def plain(metric: str) -> str:
+    """The metric in plain words (empty when none is written down)."""
+    return METRICS.get(metric).plain if metric in METRICS else PLAIN.get(metric, "")
 
 
 def register_metric(name: str, **kwargs: Any) -> Callable[[Any], Any]:
@@ -51,6 +88,9 @@ def register_metric(name: str, **kwargs: Any) -> Callable[[Any], Any]:
 
     Keyword arguments are the other ``MetricInfo`` fields. Returns the implementation unchanged.
     """
+    kwargs.setdefault("worse", WORSE.get(name))
+    kwargs.setdefault("plain", PLAIN.get(name, ""))
+
     def wrap(impl: Any) -> Any:
         METRICS.add(MetricInfo(name=name, impl=impl, **kwargs))
         return impl

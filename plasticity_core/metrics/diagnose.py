@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import plasticity_core
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
@@ -37,10 +36,11 @@ from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
 from plasticity_core.metrics.diagnosis import Diagnosis
 from plasticity_core.metrics.weights import SpectraBatch, WeightView
+from plasticity_core.version import __version__
 
 DATASET_BATCH = 32
 PRECISIONS = ("exact", "fast")
-REFERENCE_METRICS = {"sfe", "sfe_rel"}  # depend on the reference too: never cached
+REFERENCE_METRICS = {"sfe", "sfe_rel"}  # depend on the reference too: cached per reference tensor (identity + version)
 
 Pending = list[tuple[str, str, torch.Tensor, "torch.Tensor | None"]]
 
@@ -76,7 +76,9 @@ def diagnose(
     dev = torch.device(device) if device is not None else home
     layers = layer_map(module)
     start = time.perf_counter()
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+    any_training = any(m.training for m in module.modules())  # a model already in eval mode is not walked again
+    grads = any(METRICS[m].needs == "gradients" for m in names)
+    flags = [(p, p.requires_grad) for p in module.parameters()] if grads else []  # only the gradient probe sets them
     batches = samples = 0
     slow_layers: list[str] = []
     no_gradient: list[str] = []
@@ -85,7 +87,8 @@ def diagnose(
         with precision_policy(precision), kept_modes(module):
             if dev != home:
                 module.to(dev)
-            module.eval()
+            if any_training:
+                module.eval()
             pending = weight_values(module, layers, reference, names, opts, precision, slow_layers)
             if any(METRICS[m].needs != "weights" for m in names):
                 probe = _Probe(module, layers, names, opts, dev, precision)
@@ -101,8 +104,8 @@ def diagnose(
             module.to(home)
     meta = {"requested": sorted(names), "model": type(module).__name__, "batches": batches, "samples": samples,
             "device": str(dev), "precision": precision, "reference": reference is not None,
-            "plasticity_version": plasticity_core.__version__, "torch_version": torch.__version__,
-            "head": head_meta(model, module),
+            "plasticity_version": __version__, "torch_version": torch.__version__,
+            "head": head_meta(model, module, layers),
             # layers run under no_grad / detached inside the model: gradient metrics n/a (absent), not 0
             "no_gradient": no_gradient,
             "uncovered": [list(u) for u in uncovered_layers(module)],  # weights outside the layer map, with why
@@ -186,7 +189,9 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
         param = module.get_submodule(layer.module_name).weight
         store = _cache_for(param, (param._version, param.data_ptr(), param.device, param.dtype, precision))
         keys = {m: (m, layer.rows, tuple(sorted(opts[m].items()))) for m in wanted}
-        missing = [m for m in wanted if m in REFERENCE_METRICS or keys[m] not in store]
+        ref = None if reference is None else reference.get(f"{layer.module_name}.weight")
+        missing = [m for m in wanted if keys[m] not in store
+                   or (m in REFERENCE_METRICS and not _same_reference(store[keys[m]], ref))]
         view = WeightView(layer.weight(module), _reference_weight(reference, layer), spectra) if missing else None
         todo.append((layer, store, keys, missing, view))
     out: Pending = []
@@ -194,7 +199,7 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
         values: dict[str, torch.Tensor] = {}
         for m in wanted:
             if m not in missing:
-                values[m] = store[keys[m]]
+                values[m] = store[keys[m]][2] if m in REFERENCE_METRICS else store[keys[m]]
                 continue
             v = METRICS[m].impl(view, **opts[m])
             if v is None:
@@ -202,6 +207,8 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
             values[m] = v
             if m not in REFERENCE_METRICS:
                 store[keys[m]] = v
+            elif isinstance(ref := (reference or {}).get(f"{layer.module_name}.weight"), torch.Tensor):
+                store[keys[m]] = (weakref.ref(ref), ref._version, v)  # valid while that reference tensor is unchanged
         if view is not None and slow_layers is not None and spectra.fallback.get(id(view)):
             slow_layers.append(layer.name)
         broken = values["nonfinite"] > 0
@@ -210,6 +217,11 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
                 v = torch.where(broken, torch.full_like(v, float("nan")), v)
             out.append((layer.name, m, v, None))
     return out
+
+
+def _same_reference(entry: tuple, ref: Any) -> bool:
+    """A cached sfe / sfe_rel entry is for this very reference tensor, unchanged since (identity and version)."""
+    return isinstance(ref, torch.Tensor) and entry[0]() is ref and entry[1] == ref._version
 
 
 def _add_bad_units(pending: Pending, bad: dict[str, torch.Tensor]) -> Pending:
@@ -284,9 +296,10 @@ class _Probe:
         self.check[l.name] = s.clone() if l.name not in self.check else self.check[l.name].add_(s)
 
     def _pre(self, act: str, args: tuple) -> None:
+        views: dict[tuple, ActivationView] = {}  # layers fed by the same call share one view (one set of reductions)
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
             if self.pre[l.name] and _fits(args[0], l):
-                view = ActivationView(args[0].detach(), l.unit_dim, l.act_type)
+                view = _shared_view(views, args[0], l)
                 for a in self.pre[l.name]:
                     a.update_pre(view)
                 if not self.post[l.name]:
@@ -294,9 +307,10 @@ class _Probe:
 
     def _post(self, act: str, out: torch.Tensor) -> None:
         k = self.calls.get(act, 0)
+        views: dict[tuple, ActivationView] = {}
         for l in self.by_call.get((act, k), ()):
             if self.post[l.name] and _fits(out, l):
-                view = ActivationView(out.detach(), l.unit_dim, l.act_type)
+                view = _shared_view(views, out, l)
                 for a in self.post[l.name]:
                     a.update(view)
                 self._check(l, view)
@@ -380,6 +394,13 @@ class _Probe:
         return out
 
 
+def _shared_view(views: dict, t: torch.Tensor, layer: LayerInfo) -> ActivationView:
+    key = (layer.unit_dim % t.dim(), layer.act_type)
+    if key not in views:
+        views[key] = ActivationView(t.detach(), layer.unit_dim, layer.act_type)
+    return views[key]
+
+
 def _fits(t: Any, layer: LayerInfo) -> bool:
     """The activation tensor has the layer's units on its unit axis (a shape check, no device sync)."""
     return isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[layer.unit_dim] == layer.units
@@ -394,10 +415,11 @@ def _weight_rows(w: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
     return w if layer.rows is None else w[layer.rows[0]:layer.rows[1]]
 
 
-def head_meta(model: Any, module: nn.Module) -> dict[str, Any]:
+def head_meta(model: Any, module: nn.Module, layers: list[LayerInfo] | None = None) -> dict[str, Any]:
     """Which classifier head the gradient metrics went through: classes, the seed a fresh head was drawn from
     (``Backbone.head_seed``; None for the model's own head) and the words the dashboard and the CLI show."""
-    head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layer_map(module) if l.head), None)
+    layers = layer_map(module) if layers is None else layers
+    head = next(((l.module_name, module.get_submodule(l.module_name)) for l in layers if l.head), None)
     classes = int(head[1].weight.shape[0]) if head is not None and hasattr(head[1], "weight") else None
     seed = None if isinstance(model, nn.Module) else getattr(model, "head_seed", None)
     probe = None if isinstance(model, nn.Module) else getattr(model, "head_probe", None)

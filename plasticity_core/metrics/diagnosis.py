@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plasticity_core.errors import UnknownNameError
+from plasticity_core.files import write_atomic
 from plasticity_core.metrics.base import METRICS
 
 META_KEY = b"plasticity.meta"
@@ -81,7 +82,7 @@ class Diagnosis:
             "units": pa.array([None if u is None else u.tolist() for u in units], pa.list_(pa.float64())),
         })
         table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
-        pq.write_table(table, str(path))
+        write_atomic(path, lambda f: pq.write_table(table, f))
 
     @classmethod
     def load(cls, path: str | Path) -> "Diagnosis":

@@ -16,7 +16,9 @@ Ties (and equal scores) are broken by the relative gradient ``(grad_norm / fro_n
 
 Selection: eligible layers (not the head, not grouped/depthwise convs, not patch embeddings) with
 ``score >= min_score``, best first, while their weights fit in the budget (a fraction of the eligible
-weight parameters when ``budget <= 1.0`` is a float, else a number of layers). Strategy: ``reset`` when
+weight parameters when ``budget <= 1.0`` is a float, else a number of layers); then layers whose impaired share is
+more than ``MARGIN`` (15 points) below the chosen set's unit-weighted share are left out and named in the reason,
+so the one fraction (or whole-matrix re-init) never lands mostly on healthy units of a small layer. Strategy: ``reset`` when
 the chosen layers are almost entirely impaired (>= 90 %: nothing pretrained worth keeping), ``fire`` when
 most units are (>= 50 %: re-init the whole matrix but as close to the pretrained one as an isometry allows),
 else ``targeted`` re-init of the impaired fraction of units, scored by dormancy when dormant/dead units dominate
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from plasticity_core.metrics.base import METRICS
 
 if TYPE_CHECKING:
     from plasticity_core.metrics.diagnosis import Diagnosis
@@ -49,25 +53,32 @@ class Recommendation:
     params: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     head_seed: int = 0  # the seed of the fresh head the diagnosis ran through (0 when it used the model's own head)
+    head_probe_steps: int = 0  # steps of the linear probe of that head before the diagnosis (0: none)
 
     def to_config(self, seed: int = 0):
         """The proposal as a ``ReinitConfig``: strategy, params, layers, ``seed`` and the diagnosis' head seed."""
         from plasticity_core.config import ReinitConfig
 
         return ReinitConfig(strategy=self.strategy, layers=list(self.layers), params=dict(self.params), seed=seed,
-                            head_seed=self.head_seed, resolved_layers=list(self.layers))
+                            head_seed=self.head_seed, head_probe_steps=self.head_probe_steps,
+                            resolved_layers=list(self.layers))
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "strategy": self.strategy, "params": self.params, "reason": self.reason,
                 "ranking": self.ranking.to_dict(orient="records")}
 
 
+def _param(params: dict[str, dict[str, Any]], metric: str, name: str) -> Any:
+    """Parameter ``name`` of ``metric`` as the diagnosis recorded it, else its registered default."""
+    return params.get(metric, {}).get(name, METRICS.get(metric).defaults[name])
+
+
 def _flags(d: "Diagnosis", layer: str, units: int) -> dict[str, np.ndarray]:
     """Per-unit boolean flags of one layer for every criterion the diagnosis has."""
     params = d.meta.get("metric_params", {})
-    tau = params.get("dormant", {}).get("tau", 0.025)
-    gtau = params.get("grad_dormant", {}).get("tau", 0.025)
-    min_frac = params.get("dead", {}).get("min_fraction", 0.01)
+    tau = _param(params, "dormant", "tau")  # the diagnosis' own thresholds, else the registered defaults
+    gtau = _param(params, "grad_dormant", "tau")
+    min_frac = _param(params, "dead", "min_fraction")
     rules = {"dormant": lambda s: s <= tau, "dead": lambda s: s < min_frac,
              "saturation": lambda s: s > SATURATED_UNIT, "grad_dormant": lambda s: s <= gtau}
     out = {}
@@ -123,6 +134,25 @@ def _or(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     return a | b
 
 
+MARGIN = 0.15  # a chosen layer's impaired share may lie at most this far below the share the strategy acts on
+
+
+def _consistent(ranking: pd.DataFrame, layers: list[str]) -> tuple[list[str], dict[str, float]]:
+    """The chosen layers minus those whose impaired share is more than ``MARGIN`` below the unit-weighted share of
+    the chosen set (the fraction a shared targeted re-init would take, or the bar for fire/reset), repeated until
+    stable; the worst layer always stays. Returns (layers, {left-out layer: its impaired share})."""
+    left_out: dict[str, float] = {}
+    while len(layers) > 1:
+        chosen = ranking[ranking["layer"].isin(layers)]
+        share = float(np.average(chosen["score"], weights=chosen["units"].to_numpy(float)))
+        low = chosen[chosen["score"] < share - MARGIN]
+        if low.empty:
+            break
+        left_out.update(dict(zip(low["layer"], low["score"].astype(float))))
+        layers = [n for n in layers if n not in set(low["layer"])]
+    return layers, left_out
+
+
 def _within_budget(candidates: pd.DataFrame, budget: float | int, total_params: int) -> list[str]:
     chosen, used = [], 0
     for _, r in candidates.iterrows():
@@ -141,7 +171,9 @@ def recommend(d: "Diagnosis", budget: float | int = 0.25, min_score: float = 0.0
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise ValueError(f"budget must be a fraction of parameters in (0, 1] or a number of layers >= 1, got {budget!r}")
     rec = _recommend(d, budget, min_score)
-    rec.head_seed = int((d.meta.get("head") or {}).get("seed") or 0)
+    head = d.meta.get("head") or {}
+    rec.head_seed = int(head.get("seed") or 0)
+    rec.head_probe_steps = int((head.get("probe") or {}).get("steps") or 0)
     return rec
 
 
@@ -170,12 +202,16 @@ def _recommend(d: "Diagnosis", budget: float | int, min_score: float) -> Recomme
     layers = _within_budget(hit, budget, total)
     if not layers:  # the single worst layer is larger than the budget: still name it
         layers = [hit.iloc[0]["layer"]]
+    layers, left_out = _consistent(ranking, layers)
     chosen = ranking[ranking["layer"].isin(layers)]
     w = chosen["units"].to_numpy(float)
     impaired = float(np.average(chosen["score"], weights=w))
     inactive = float(np.nanmean(chosen["inactive_units"])) if chosen["inactive_units"].notna().any() else 0.0
     flat = float(np.nanmean(chosen["flat_units"])) if chosen["flat_units"].notna().any() else 0.0
     head = f"{len(layers)} layer(s) with {impaired:.0%} impaired units on average (within {budget_text})"
+    if left_out:
+        head += (f"; left out, with far fewer impaired units than the others (a shared re-init would mostly hit "
+                 f"healthy units there): " + ", ".join(f"{n} ({v:.0%})" for n, v in left_out.items()))
     if impaired >= RESET_AT:
         return Recommendation(ranking, layers, "reset", {}, f"{head}: almost nothing pretrained is left in them, reset them.")
     if impaired >= FIRE_AT:
@@ -187,13 +223,14 @@ def _recommend(d: "Diagnosis", budget: float | int, min_score: float) -> Recomme
         # targeted on dormancy rather than redo: redo needs an explicit (in, out) unit pair for each layer and
         # skips layers without one (projection convs, layers feeding the residual stream); this applies to all
         return Recommendation(ranking, layers, "targeted", {"criterion": "dormant", "fraction": fraction}, (
-            f"{head}: mostly dormant/dead units ({inactive:.0%} vs {flat:.0%} saturated or gradient-starved); "
+            f"{head}: mostly dormant/dead units ({inactive:.0%} vs {flat:.0%} saturated, i.e. flat on > 99 % of inputs, "
+            f"or gradient-starved; the heatmap's saturation column is the share of inputs instead); "
             f"re-initialise the {fraction:.0%} least active units per layer (ReDo's dormancy score, applied with "
             f"targeted re-init so every chosen layer can be touched) and keep the rest of the pretrained weights."))
     sat = float(np.nanmean(chosen["saturated_units"])) if chosen["saturated_units"].notna().any() else 0.0
     grad = float(np.nanmean(chosen["grad_starved_units"])) if chosen["grad_starved_units"].notna().any() else 0.0
     criterion = "saturation" if sat >= grad else "grad"
     return Recommendation(ranking, layers, "targeted", {"criterion": criterion, "fraction": fraction}, (
-        f"{head}: mostly {'saturated' if criterion == 'saturation' else 'gradient-starved'} units "
+        f"{head}: mostly {'saturated (flat on > 99 % of inputs)' if criterion == 'saturation' else 'gradient-starved'} units "
         f"({flat:.0%} vs {inactive:.0%} dormant/dead); re-initialise the worst {fraction:.0%} of units per layer "
         f"scored by {criterion} (targeted re-init, our reading of 2603.20860)."))

@@ -8,7 +8,7 @@ Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = 
 layer, fp32, TF32 off), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
 form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself (two matrix-vector
 products per step, full reorthogonalisation, a fixed-seed start vector), stopped per tap as soon as the Ritz
-value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2``; a tap not converged within
+value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped moving; a tap not converged within
 ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted (``SpectraBatch.fallback``, the diagnosis meta).
 On the CPU each tap runs on its own (it stays in cache: batched matrix-vector products over many taps stream
 from memory and were 2-6x slower); on a GPU the taps of one shape run together in one batch. Taps with
@@ -51,6 +51,36 @@ def gram(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Gram matrices ``X^T X`` of the tall taps, shape ``(taps, n, n)``."""
     x = tall_taps(w, dtype)
     return x.transpose(1, 2) @ x
+
+
+GRAM_SPLIT_N = 192  # from this many columns on, the Gram's norms come from its upper block triangle (3/4 of the flops)
+
+
+def gram_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tap of ``x`` (``(taps, m, n)`` tall): ``||X^T X - I||_F^2`` and ``||X^T X||_F^2``, fp32.
+
+    For ``n >= GRAM_SPLIT_N`` the columns are split in two halves ``[X1 X2]`` and only ``X1^T X1``, ``X2^T X2`` and
+    ``X1^T X2`` are formed (the lower block is the transpose of the upper one): 3/4 of the GEMM flops. The
+    identity is subtracted on the diagonal blocks before squaring (no cancellation near an isometry).
+    """
+    n = x.shape[-1]
+    if n < GRAM_SPLIT_N:
+        g = x.transpose(1, 2) @ x
+        fro = g.square().sum((1, 2))
+        g.diagonal(dim1=1, dim2=2).sub_(1)
+        return g.square().sum((1, 2)), fro
+    x = x.contiguous()
+    h = n // 2
+    x1, x2 = x[:, :, :h], x[:, :, h:]
+    fro = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    dev = torch.zeros_like(fro)
+    for xi in (x1, x2):
+        g = xi.transpose(1, 2) @ xi
+        fro = fro + g.square().sum((1, 2))
+        g.diagonal(dim1=1, dim2=2).sub_(1)
+        dev = dev + g.square().sum((1, 2))
+    off = 2 * (x1.transpose(1, 2) @ x2).square().sum((1, 2))
+    return dev + off, fro + off
 
 
 def tap_fro2(w: torch.Tensor) -> torch.Tensor:
@@ -98,6 +128,7 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     scale = float(np.abs(x).max()) * max(m, n) * np.finfo(x.dtype).eps  # breakdown threshold
     if scale == 0.0:
         return 0.0, True
+    prev = 0.0  # the Ritz value at the previous check
     for j in range(k):
         vs[j] = v
         u = x @ v
@@ -117,10 +148,13 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
         last = j == k - 1 or b <= scale
         if last or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
             s1, est = _ritz(alpha[: j + 1], beta[: j + 1], 0.0 if b <= scale else b)
-            if est <= tol * s1 * s1 or b <= scale or j + 1 == n:
+            # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
+            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet)
+            if b <= scale or j + 1 == n or (est <= tol * s1 * s1 and s1 - prev <= tol * s1):
                 return s1, True
             if last:
                 return s1, False
+            prev = s1
         v = w / b
     return 0.0, False  # not reached
 
@@ -217,6 +251,7 @@ class WeightView:
         self.w = w.detach()
         self.w0 = None if w0 is None else w0.detach().to(self.w.device)
         self._gram: torch.Tensor | None = None
+        self._gram_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
         self.spectra = spectra if spectra is not None else SpectraBatch()
@@ -228,6 +263,13 @@ class WeightView:
         if self._gram is None:
             self._gram = gram(self.w)
         return self._gram
+
+    @property
+    def gram_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||X^T X - I||_F^2, ||X^T X||_F^2)`` per tap (computed on first use: only ``dfi`` / ``dfi_si`` read them)."""
+        if self._gram_norms is None:
+            self._gram_norms = gram_norms(self.taps)
+        return self._gram_norms
 
     @property
     def taps(self) -> torch.Tensor:
@@ -330,13 +372,16 @@ def _sfe_rel(v: WeightView, eps: float) -> torch.Tensor | None:
 @register_metric("dfi", family="weights",
                  definition="||X^T X - I_n||_F^2 of the tall matrix X (conv: mean over spatial taps)")
 def _dfi(v: WeightView) -> torch.Tensor:
-    return _dfi_g(v.gram)
+    return v.gram_norms[0].mean()
 
 
 @register_metric("dfi_si", family="weights",
                  definition="n ||X^T X||_F^2 / ||X||_F^4 - 1, 0 iff all singular values are equal (conv: mean over taps)")
 def _dfi_si(v: WeightView) -> torch.Tensor:
-    return _dfi_si_g(v.gram)
+    n = v.taps.shape[-1]
+    sq = v.fro2.square()  # ||X||_F^4 per tap
+    ratio = n * v.gram_norms[1] / sq.clamp_min(torch.finfo(sq.dtype).tiny)
+    return torch.where(sq > 0, (ratio - 1).clamp_min(0), torch.zeros_like(ratio)).mean()
 
 
 @register_metric("fro_norm", family="weights", definition="||W||_F over the whole tensor (float64 accumulation)")

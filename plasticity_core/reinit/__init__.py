@@ -14,8 +14,8 @@ from plasticity_core.reinit.fire import orthogonalize
 from plasticity_core.reinit import fire as _fire, reset as _reset, shrink_perturb as _sp  # noqa: F401,E402
 from plasticity_core.reinit import redo as _redo, targeted as _targeted  # noqa: F401,E402
 from plasticity_core.reinit.cbp import ContinualBackprop, make_cbp  # noqa: E402
-from plasticity_core.reinit.plan import ReinitPlan, noop_reason, plan_reinit, strategies_for  # noqa: E402
+from plasticity_core.reinit.plan import ReinitPlan, fit_recommendation, noop_reason, plan_reinit, strategies_for  # noqa: E402
 
 __all__ = ["STRATEGIES", "StrategyInfo", "Param", "Change", "Context", "register", "ReinitReport", "apply_reinit",
            "preview_reinit", "recalibrate_batchnorm", "reset_optimizer_state", "orthogonalize", "ContinualBackprop", "make_cbp",
-           "ReinitPlan", "plan_reinit", "noop_reason", "strategies_for"]
+           "ReinitPlan", "plan_reinit", "fit_recommendation", "noop_reason", "strategies_for"]

@@ -7,7 +7,7 @@ and report per layer what changed.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -42,12 +42,14 @@ def iter_images(data: Any, batches: int, device: torch.device, batch_size: int =
         yield x.to(device, non_blocking=True)
 
 
-def recalibrate_batchnorm(model: nn.Module, loader: Any, batches: int = 20, device: torch.device | str | None = None) -> int:
+def recalibrate_batchnorm(model: nn.Module, loader: Any, batches: int = 20, device: torch.device | str | None = None,
+                          progress: Callable[[str, int, int], None] | None = None) -> int:
     """Re-estimate every BatchNorm's running mean/var on ``loader`` (cumulative average over ``batches``).
 
     Needed after any weight surgery: the stored statistics describe the old weights, so eval-mode outputs
     are wrong until they are refreshed (docs/methods.md, Safeguards: BatchNorm). Only BatchNorm layers run in train mode; dropout
     and the rest stay in eval mode. Returns the number of batches used (0 if the model has no BatchNorm).
+    ``progress("BatchNorm batches", done, batches)`` is called after each batch.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
@@ -66,6 +68,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: Any, batches: int = 20, devi
             for x in iter_images(loader, batches, device):
                 model(x)
                 used += 1
+                if progress is not None:
+                    progress("BatchNorm batches", used, batches)
     finally:
         for bn, mom in momenta.items():
             bn.momentum = mom
@@ -120,13 +124,15 @@ def _check_optimizer(model: nn.Module, optimizer: Any, layers: list, notes: list
                      f"was not reset")
 
 
-def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimizer: torch.optim.Optimizer | None = None) -> ReinitReport:
+def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimizer: torch.optim.Optimizer | None = None,
+                 progress: Callable[[str, int, int], None] | None = None) -> ReinitReport:
     """Re-initialise the layers ``cfg`` selects, in place, and report per layer what changed.
 
     ``data``: target images (DataLoader or Dataset) for unit scoring and BatchNorm recalibration; required
     by strategies that score units (redo, targeted except criterion="magnitude"). ``optimizer``: when given,
     its state of the touched slices is zeroed. For ``cbp`` nothing changes now: the report's
-    ``step_callback`` must be called by the training loop after each optimizer step.
+    ``step_callback`` must be called by the training loop after each optimizer step. ``progress(what, done,
+    total)`` reports the waits in their own units ("batches scored", "BatchNorm batches").
     """
     if not isinstance(cfg, ReinitConfig):
         raise TypeError(f"cfg must be a ReinitConfig, got {type(cfg).__name__}")
@@ -143,7 +149,7 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
     if optimizer is not None and sel.layers:
         _check_optimizer(model, optimizer, sel.layers, notes)
     before = {layer.name: layer.weight(model).detach().clone() for layer in sel.layers}
-    ctx = Context(model, sel.layers, params, cfg.seed, data, _device(model), notes)
+    ctx = Context(model, sel.layers, params, cfg.seed, data, _device(model), notes, progress=progress)
     changes = info.fn(ctx) if sel.layers else []
 
     rows, skipped, slices = [], list(sel.rejected), []
@@ -171,21 +177,22 @@ def apply_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None, optimize
         elif data is None:
             notes.append("BatchNorm not recalibrated: no data given (eval-mode outputs use stale statistics)")
         else:
-            n = recalibrate_batchnorm(model, data, cfg.bn_batches)
+            n = recalibrate_batchnorm(model, data, cfg.bn_batches, progress=progress)
             notes.append(f"BatchNorm statistics recalibrated on {n} batches of the given data")
     return ReinitReport(cfg.strategy, pd.DataFrame(rows, columns=COLUMNS),
                         pd.DataFrame(skipped, columns=["layer", "reason"]), notes, touched, params,
                         dict(ctx.metric_versions), ctx.step_callback)
 
 
-def preview_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None) -> ReinitReport:
+def preview_reinit(model: nn.Module, cfg: ReinitConfig, data: Any = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> ReinitReport:
     """The report ``apply_reinit`` would give, computed on a deep copy: ``model`` stays bit-identical."""
     clone = copy.deepcopy(model)
-    report = apply_reinit(clone, cfg, data=data)
+    report = apply_reinit(clone, cfg, data=data, progress=progress)
     if report.step_callback is not None:
         close = getattr(report.step_callback, "close", None)
         if callable(close):
             close()
         report.step_callback = None
-        report.notes.append("preview: cbp replaces units during fine-tuning; no step callback is returned")
+        report.notes.append(f"preview: {cfg.strategy} acts during fine-tuning; no step callback is returned")
     return report

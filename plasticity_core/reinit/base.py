@@ -73,12 +73,15 @@ class StrategyInfo:
     fn: Callable[["Context"], list["Change"]]
     definition: str
     params: tuple[Param, ...]
-    needs_data: bool
+    data: bool | Callable[[dict[str, Any]], bool]  # scores units on data (or: whether it does, given its params)
     version: int
     kinds: tuple[str, ...] | None = None  # layer kinds it handles (None: all)
     allow_grouped: bool = False
     allow_patch_embed: bool = False
     check: Callable[[nn.Module, LayerInfo, dict[str, Any]], str | None] | None = None  # why a layer would be skipped
+    phase: str = "once"  # "once": changes the weights before training; "during": acts at every optimizer step
+    noop: Callable[[dict[str, Any], int | None], str | None] | None = None  # why these params do nothing in N steps
+    run_defaults: Callable[[int], dict[str, Any]] | None = None  # params a comparison run of N steps should use
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -96,11 +99,26 @@ class StrategyInfo:
             )
         return {name: p.check(self.name, params[name]) if name in params else p.default for name, p in declared.items()}
 
-    def needs_data_for(self, params: dict[str, Any]) -> bool:
-        """Whether this strategy, with these params, scores units on data (targeted+magnitude does not)."""
-        if self.name == "targeted":
-            return params.get("criterion") != "magnitude"
-        return self.needs_data
+    def needs_data(self, params: dict[str, Any] | None = None) -> bool:
+        """Whether this strategy, with these params, scores units on data (e.g. targeted+magnitude does not)."""
+        if callable(self.data):
+            return bool(self.data(self.validate_params(dict(params or {}))))
+        return self.data
+
+    needs_data_for = needs_data  # the earlier name
+
+    @property
+    def during_training(self) -> bool:
+        """True for a strategy that acts during training (``phase == "during"``, e.g. cbp), not once before it."""
+        return self.phase == "during"
+
+    def noop_reason(self, params: dict[str, Any] | None, steps: int | None = None) -> str | None:
+        """Why this strategy with ``params`` changes nothing in a run of ``steps`` steps (None: it may act)."""
+        return self.noop(self.validate_params(dict(params or {})), steps) if self.noop is not None else None
+
+    def params_for_run(self, steps: int) -> dict[str, Any]:
+        """Parameters a short comparison run of ``steps`` steps needs besides the defaults ({} for most)."""
+        return dict(self.run_defaults(steps)) if self.run_defaults is not None else {}
 
 
     def why_not(self, model: nn.Module, layer: LayerInfo, params: dict[str, Any] | None = None,
@@ -121,18 +139,28 @@ class StrategyInfo:
 STRATEGIES: Registry[StrategyInfo] = Registry("re-init strategy")
 
 
-def register(name: str, definition: str, params: tuple[Param, ...], *, needs_data: bool = False, version: int = 1,
+def register(name: str, definition: str, params: tuple[Param, ...], *,
+             needs_data: bool | Callable[[dict[str, Any]], bool] = False, version: int = 1,
              kinds: tuple[str, ...] | None = None, allow_grouped: bool = False, allow_patch_embed: bool = False,
-             check: Callable[[nn.Module, LayerInfo, dict[str, Any]], str | None] | None = None):
+             check: Callable[[nn.Module, LayerInfo, dict[str, Any]], str | None] | None = None, phase: str = "once",
+             noop: Callable[[dict[str, Any], int | None], str | None] | None = None,
+             run_defaults: Callable[[int], dict[str, Any]] | None = None):
     """Decorator: register a strategy function under ``name`` with its documented parameters.
+
+    ``needs_data``: whether it scores units on data (a function of the params when that depends on them);
+    ``phase``: ``"once"`` (the weights change before training) or ``"during"`` (it arms a per-step callback);
+    ``noop(params, steps)``: why such an arm would do nothing in a run of ``steps``; ``run_defaults(steps)``: the
+    params a short comparison run needs (e.g. cbp's maturity). Nothing outside the strategy's file tests its name.
 
     ``check(model, layer, params)`` returns the reason the strategy would skip a selected layer (None: it acts on
     it); it must agree with the ``Change(skip=...)`` the function returns, so a plan matches the real run.
     """
 
     def deco(fn):
+        if phase not in ("once", "during"):
+            raise ValueError(f"strategy {name!r}: phase must be 'once' or 'during', got {phase!r}")
         STRATEGIES.add(StrategyInfo(name, fn, definition, tuple(params), needs_data, version, kinds,
-                                    allow_grouped, allow_patch_embed, check))
+                                    allow_grouped, allow_patch_embed, check, phase, noop, run_defaults))
         return fn
 
     return deco
@@ -166,6 +194,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     step_callback: Any = None
     metric_versions: dict[str, int] = field(default_factory=dict)
+    progress: Callable[[str, int, int], None] | None = None  # (what, done, total): scoring batches, BatchNorm batches
 
     def generator(self, layer_name: str) -> torch.Generator:
         """A CPU generator seeded by (seed, layer name): results do not depend on which other layers are chosen."""

@@ -105,6 +105,16 @@ class ContinualBackprop:
         self.close()
 
 
+def _noop(p: dict[str, Any], steps: int | None) -> str | None:
+    """Why cbp with params ``p`` never replaces a unit in ``steps`` steps (None: it may)."""
+    if p["replacement_rate"] == 0:
+        return "cbp with replacement_rate 0 never replaces a unit"
+    if steps is not None and p["maturity"] >= steps:
+        return (f"cbp maturity {p['maturity']} >= the run's {steps} steps: no unit becomes old enough to be replaced "
+                f"(set maturity below {steps}, e.g. {max(1, steps // 10)})")
+    return None
+
+
 @register(
     "cbp",
     "Continual backprop: during fine-tuning, replace the lowest contribution-utility mature units at a fixed rate",
@@ -116,6 +126,9 @@ class ContinualBackprop:
               max_exclusive=True),
     ),
     check=lambda model, layer, params: None if consumer(model, layer) is not None else f"cbp: {NO_PAIR}",
+    phase="during",
+    noop=lambda params, steps: _noop(params, steps),
+    run_defaults=lambda steps: {"maturity": max(1, int(steps) // 10)},
 )
 def cbp(ctx: Context) -> list[Change]:
     changes, pairs = [], []

@@ -10,13 +10,14 @@ marked "re-init" may end with zero units touched when none qualifies; the previe
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from torch import nn
 
 from plasticity_core.config import ReinitConfig
 from plasticity_core.layers import LayerInfo, layer_map
+from plasticity_core.metrics.recommend import Recommendation
 from plasticity_core.reinit.base import STRATEGIES
 
 COLUMNS = ["layer", "action", "reason", "proposal"]
@@ -97,22 +98,15 @@ def plan_reinit(model: nn.Module, cfg: ReinitConfig) -> ReinitPlan:
 def noop_reason(model: nn.Module, cfg: ReinitConfig | None, steps: int | None = None) -> str | None:
     """Why an arm with this re-init would train exactly like the baseline (None: it changes something).
 
-    An arm changes nothing when its patterns reach no layer the strategy acts on, or, for ``cbp``, when no unit
-    can become old enough to be replaced within ``steps`` (maturity >= steps) or the replacement rate is 0.
+    An arm changes nothing when its patterns reach no layer the strategy acts on, or when the strategy says its
+    params do nothing within ``steps`` (its registered ``noop``: e.g. cbp whose units never mature).
     """
     if cfg is None:
         return None
     plan = plan_reinit(model, cfg)
     if not plan.touched:
         return "; ".join(plan.problems()) or "no layer selected"
-    if cfg.strategy == "cbp":
-        p = STRATEGIES.get("cbp").validate_params(cfg.params)
-        if p["replacement_rate"] == 0:
-            return "cbp with replacement_rate 0 never replaces a unit"
-        if steps is not None and p["maturity"] >= steps:
-            return (f"cbp maturity {p['maturity']} >= the run's {steps} steps: no unit becomes old enough to be replaced "
-                    f"(set maturity below {steps}, e.g. {max(1, steps // 10)})")
-    return None
+    return STRATEGIES.get(cfg.strategy).noop_reason(cfg.params, steps)  # e.g. cbp that never replaces within steps
 
 
 def strategies_for(model: nn.Module, layers: list[str], include_head: bool = False) -> dict[str, int]:
@@ -122,3 +116,29 @@ def strategies_for(model: nn.Module, layers: list[str], include_head: bool = Fal
     counts = {s.name: sum(s.why_not(model, layer, include_head=include_head) is None for layer in chosen)
               for s in STRATEGIES.values()}
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def fit_recommendation(rec: Recommendation, model: nn.Module) -> Recommendation:
+    """``rec`` restricted to the layers its strategy acts on in ``model``, the rest named in the reason.
+
+    ``Diagnosis.recommend`` ranks layers from metrics alone; a strategy can still skip some of them (FIRE with
+    ``targets=qk`` acts on a ViT's q and k blocks only, ReDo needs an explicit unit pair). A recommendation then
+    proposes only what will happen; when the strategy acts on none of them, the layers stay and the reason says
+    so and names the strategy that acts on most of them.
+    """
+    if not rec.layers:
+        return rec
+    plan = plan_reinit(model, rec.to_config())
+    skipped = plan.skipped
+    if not skipped:
+        return rec
+    kept = [name for name in rec.layers if name not in skipped]
+    names = ", ".join(sorted(skipped)[:6]) + (" ..." if len(skipped) > 6 else "")
+    if not kept:
+        best = next((s for s, n in strategies_for(model, rec.layers).items() if n), None)
+        note = (f" {rec.strategy} {rec.params or ''} acts on none of these {len(rec.layers)} layers"
+                f" ({next(iter(skipped.values()))})" + (f"; {best} acts on the most of them." if best else "."))
+        return replace(rec, reason=rec.reason + note)
+    note = (f" Left out {len(skipped)} of the {len(rec.layers)} ranked layers that {rec.strategy}"
+            f" {rec.params or ''} would skip: {names} (e.g. {next(iter(skipped.values()))}).")
+    return replace(rec, layers=kept, reason=rec.reason + note)

@@ -55,7 +55,7 @@ def _check(model: nn.Module, layer: LayerInfo, params: dict) -> str | None:
         SCALE_PARAM,
         MAX_BATCHES_PARAM,
     ),
-    needs_data=True,
+    needs_data=lambda params: params["criterion"] != "magnitude",  # magnitude scores weights, not activations
     check=_check,
 )
 def targeted(ctx: Context) -> list[Change]:

@@ -28,7 +28,8 @@ def diagnose_units(ctx: Context, metrics: list[str], max_batches: int) -> Any:
     """Run ``plasticity_core.metrics.diagnose`` on the context's data; records the metric versions used."""
     from plasticity_core.metrics import METRICS, diagnose
 
-    d = diagnose(ctx.model, ctx.data, metrics=metrics, max_batches=max_batches, device=ctx.device)
+    report = None if ctx.progress is None else (lambda done, total: ctx.progress("batches scored", done, total))
+    d = diagnose(ctx.model, ctx.data, metrics=metrics, max_batches=max_batches, device=ctx.device, progress=report)
     bad = d.meta.get("nonfinite", {})
     if bad.get("inputs") or bad.get("layers"):
         raise ValueError(f"cannot score units: the data or the model gave non-finite values ({bad.get('inputs', 0)} input "

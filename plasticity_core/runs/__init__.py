@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from plasticity_core.runs.compare import compare_runs
 from plasticity_core.runs.execute import execute_run
-from plasticity_core.runs.executors import EXECUTORS, RunHandle, launch, run_experiment, start_run
+from plasticity_core.runs.executors import (EXECUTORS, RunHandle, launch, resume_runs, run_experiment, start_resume,
+                                           start_run)
 from plasticity_core.runs.sinks import SINKS
 from plasticity_core.runs.spec import (LaunchError, MissingExtraError, RunExistsError, apply_overrides, expand_experiment,
                                        noop_arms, run_name, slug)
@@ -22,5 +23,5 @@ from plasticity_core.runs.store import ACTIVE, FINAL, ROOT_ENV, Run, RunStore, d
 
 __all__ = ["ACTIVE", "EXECUTORS", "FINAL", "LaunchError", "MissingExtraError", "ROOT_ENV", "RunExistsError", "Run", "RunHandle", "RunStore", "SINKS", "apply_overrides",
            "compare_runs", "default_root", "execute_run", "expand_experiment", "launch", "noop_arms",
-           "read_events", "run_experiment", "run_name", "slug", "start_run"]
+           "read_events", "resume_runs", "run_experiment", "run_name", "slug", "start_resume", "start_run"]
 

@@ -27,7 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert "streamlit" not in sys.modules, "a run worker must not import streamlit"
         for line in sys.stdin:  # one run folder per line, until the launcher closes stdin
             if line.strip():
-                execute_run(Run(line.strip()), stop=stop)
+                try:
+                    execute_run(Run(line.strip()), stop=stop)
+                except Exception:  # noqa: BLE001 - one run's folder failing (deleted, disk full) must not end the pool
+                    import traceback
+
+                    traceback.print_exc()  # into worker-N.log; the launcher gives that run its final status
         return 0
     if args[:1] == ["launch"] and len(args) >= 3:
         from plasticity_core.runs.executors import _launcher_main

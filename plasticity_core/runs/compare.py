@@ -1,12 +1,14 @@
 """Comparing runs: per arm over seeds, final and best accuracy, steps to a target, wall time."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any, Iterable
 
 import pandas as pd
 
+from plasticity_core.errors import UserError
 from plasticity_core.runs.store import Run
 
 
@@ -53,13 +55,22 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
     items = [r if isinstance(r, Run) else Run(r) for r in runs]
     per_arm: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    setups: dict[str, tuple[str, str]] = {}  # setup key -> (an experiment that has it, its words)
     for r in items:
+        if not r.path.is_dir():
+            skipped[str(r.path)] = "its run folder was deleted"
+            continue
         try:
             s, evals, arm, reinit, seed = r.summary(), r.events("eval"), r.arm, r.config.arms[r.arm], r.seed
             ok = [e for e in evals if isinstance(e.get("val_acc"), (int, float)) and isinstance(e.get("step"), (int, float))]
         except Exception as e:  # noqa: BLE001 - one broken folder must not hide the others
             skipped[str(r.path)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             continue
+        if r.event_notes:
+            notes[str(r.path)] = r.event_notes
+        key = _setup_key(r)
+        setups.setdefault(key[0], (r.experiment, key[1]))
         entry = per_arm.setdefault(arm, {"reinit": reinit, "ok": [], "failed": 0, "stopped": 0, "unfinished": 0})
         status = s.get("status")
         if status == "stopped":
@@ -73,6 +84,10 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
             continue
         entry["ok"].append({"seed": seed, "final": ok[-1]["val_acc"], "best": max(e["val_acc"] for e in ok),
                             "evals": ok, "wall": s.get("wall_time_s") or math.nan})
+    if len(setups) > 1:
+        shown = "; ".join(f"{exp}: {words}" for exp, words in list(setups.values())[:3])
+        raise CompareError(f"these runs were trained on {len(setups)} different setups ({shown}): their arms and "
+                           f"baselines cannot be pooled; compare one experiment at a time")
     if baseline is None:
         plain = [a for a, e in per_arm.items() if e["reinit"] is None]
         baseline = "baseline" if "baseline" in per_arm else (plain[0] if plain else None)
@@ -99,4 +114,22 @@ def compare_runs(runs: Iterable[Run | str | os.PathLike], baseline: str | None =
         })
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs["skipped"] = skipped
+    table.attrs["notes"] = notes
     return table
+
+
+class CompareError(UserError):
+    """Runs that cannot be compared in one table (different backbones, data or fine-tune settings)."""
+
+
+def _setup_key(run: Run) -> tuple[str, str]:
+    """What must be equal for two runs to be pooled: backbone, data and fine-tune settings (not the seed, the arm's
+    re-init, the launch or the experiment's name), as a comparable key and a few words."""
+    cfg = run.config
+    d = cfg.to_dict()
+    ft = {k: v for k, v in d["finetune"].items() if k not in ("seed", "device", "num_workers", "compile", "data_path",
+                                                                "data_memory_mb", "checkpoint", "checkpoint_every",
+                                                                "save_optimizer")}
+    key = json.dumps({k: d[k] for k in ("backbone", "arch", "pretrained", "data", "val_fraction", "data_limit",
+                                        "train_per_class")} | {"finetune": ft}, sort_keys=True, default=str)
+    return key, f"{cfg.backbone} on {cfg.data}, {cfg.finetune.steps} steps"

@@ -1,6 +1,6 @@
 """Executing one run in this process: load backbone and data, fine-tune, write events and the final summary.
 
-Every executor ends up here, in whatever process it gives the run (a pool process, a Ray task, a Slurm task).
+``load_inputs`` is ``setup.load_setup`` (kept as a name). Every executor ends up here, in whatever process it gives the run (a pool process, a Ray task, a Slurm task).
 While the run is active a heartbeat thread rewrites ``heartbeat.json`` in the folder; the summary always ends
 in a final status with its reason, except when the process itself dies (then the heartbeat goes stale, and
 readers say ``failed``).
@@ -11,11 +11,14 @@ import json
 import signal
 import time
 import traceback
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from plasticity_core.config import ExperimentConfig
 from plasticity_core.errors import user_message
 from plasticity_core.runs.store import Run
+from plasticity_core.setup import load_setup
+from plasticity_core.train.checkpoints import STATE_FILE
+from plasticity_core.train.loop import finetune
 from plasticity_core.train.events import FINAL, RunWriter, make_event, write_json as _write_json
 
 
@@ -48,27 +51,9 @@ class _StopFile:
         self.run, self.extra = run, extra
 
     def is_set(self) -> bool:
+        if not self.run.path.is_dir():  # the run folder was deleted under the run: nothing it writes would be kept
+            return True
         return self.run.stop_requested or bool(self.extra is not None and self.extra.is_set())
-
-
-def load_inputs(cfg: ExperimentConfig):
-    """The backbone and data of a (single-run) config, as its run sees them: the data normalised with the
-    backbone's statistics, the head's init drawn from the run's seed only (not the arm)."""
-    from plasticity_core.data import load_dataset
-    from plasticity_core.models import load_backbone
-
-    ft = cfg.finetune
-
-    def dataset(data_config: dict | None = None):
-        return load_dataset(cfg.data, image_size=ft.image_size, val_fraction=cfg.val_fraction, seed=0,
-                            limit=cfg.data_limit, data_config=data_config, train_per_class=cfg.train_per_class)
-
-    data = dataset()  # ImageNet normalisation until the backbone says otherwise
-    bb = load_backbone(cfg.backbone, pretrained=cfg.pretrained, num_classes=data.num_classes, arch=cfg.arch,
-                       seed=ft.seed)  # the fresh head from the run's recorded seed (finetune.seed in config.yaml)
-    if _stats(bb.data_config) != (_floats(data.mean), _floats(data.std)):
-        data = dataset(bb.data_config)  # e.g. tf_efficientnet_lite0 expects mean = std = 0.5
-    return bb, data
 
 
 def _open_sinks(run: Run, cfg: ExperimentConfig) -> list[Any]:
@@ -123,8 +108,6 @@ def execute_run(run: Run, stop: Any = None, on_event: Callable[[dict], None] | N
 
 
 def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopFile, resuming: bool) -> dict[str, Any]:
-    from plasticity_core.finetune import STATE_FILE, finetune
-
     writer.open()
     writer.status("running", "loading backbone and data")
     try:
@@ -135,7 +118,7 @@ def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopF
                                     reason=f"resumed; no checkpoint ({STATE_FILE}) in the folder, restarting from "
                                            f"step 0 (finetune.checkpoint_every > 0 makes a requeued run continue "
                                            f"instead)"))
-        bb, data = load_inputs(cfg)
+        bb, data = load_setup(cfg)
         result = finetune(bb.model, data, cfg.finetune, reinit=cfg.arms[run.arm], on_event=writer.write, stop=stopper,
                           checkpoint_dir=run.path, resume=from_checkpoint)
     except BaseException as e:  # noqa: BLE001 - the folder must say how it ended whatever happened
@@ -160,14 +143,12 @@ def _execute(run: Run, cfg: ExperimentConfig, writer: RunWriter, stopper: _StopF
             raise
         return summary
     fields = {k: v for k, v in result.summary().items() if k not in ("status", "reason")}
-    return writer.finish(result.status, result.reason, **fields)
+    status, reason, flag = result.status, result.reason, stopper.extra
+    if status == "stopped" and getattr(flag, "ends_as", "stopped") != "stopped" and flag.is_set():  # e.g. scancel
+        status = flag.ends_as
+        reason = (f"{status} by {flag.received} from {flag.source} at step {result.steps}; its checkpoint is kept: "
+                  f"resume with plasticity finetune --resume {run.path.parent}")
+    return writer.finish(status, reason, **fields)
 
 
-def _floats(values: Iterable[float]) -> tuple[float, ...]:
-    return tuple(round(float(v), 6) for v in values)
-
-
-def _stats(data_config: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from plasticity_core.models import IMAGENET_MEAN, IMAGENET_STD
-
-    return _floats(data_config.get("mean") or IMAGENET_MEAN), _floats(data_config.get("std") or IMAGENET_STD)
+load_inputs = load_setup  # the name this module had for it

@@ -8,6 +8,8 @@
 - ``reopen(run)``: an interrupted run's folder made ``queued`` again; the next worker to execute it continues from
   the folder's last checkpoint (or from step 0 when there is none, saying so), on whichever executor runs it.
 - ``collect_resumable(targets)``: the runs named by run or experiment folders that can be resumed.
+
+``resume_runs`` / ``start_resume`` (``executors.launching``) launch them again.
 """
 from __future__ import annotations
 
@@ -31,11 +33,14 @@ class StopOnSignals:
     The first signal asks every run to stop at its next step (the executor turns the flag into STOP files); the
     runs then write their checkpoint and end ``stopped``. A second signal raises ``KeyboardInterrupt`` (abort: the
     launcher stops waiting; runs still active are finalised). Outside the main thread it installs nothing and is a
-    plain flag. The previous handlers come back on exit.
+    plain flag. The previous handlers come back on exit. ``ends_as="cancelled"`` (a Slurm task's ``scancel``): a run
+    it stopped reads ``cancelled``, from ``source``.
     """
 
-    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM), announce: bool = True) -> None:
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM), announce: bool = True,
+                 ends_as: str = "stopped", source: str = "") -> None:
         self.signals, self.announce = tuple(signals), announce
+        self.ends_as, self.source = ends_as, source  # a run this flag stopped ends with this status (execute_run)
         self._event = threading.Event()
         self._previous: dict[int, Any] = {}
         self.received: str | None = None
@@ -92,7 +97,7 @@ class AnyStop:
 
 def checkpoint_step(run: Run) -> int | None:
     """The step of the resumable checkpoint in the run's folder (``None``: there is none)."""
-    from plasticity_core.finetune import MODEL_FILE, STATE_FILE
+    from plasticity_core.train.checkpoints import MODEL_FILE, STATE_FILE
 
     if not (run.path / STATE_FILE).exists() or not (run.path / MODEL_FILE).exists():
         return None
@@ -188,45 +193,3 @@ def collect_resumable(targets: Iterable[Run | str | os.PathLike], store: RunStor
                                                    or "no run folders given"))
     return runs, skipped
 
-
-def _resume_launch(runs: Sequence[Run], executor: str | None, parallel: int | None, overrides: Sequence[str] = ()):
-    """The launch settings of the resumed runs (their config's, with ``launch.*`` ``overrides`` and ``executor`` /
-    ``parallel`` applied) and the name of this launcher's heartbeat file when the executor holds the queue."""
-    import dataclasses
-
-    from plasticity_core.runs.executors import EXECUTORS
-    from plasticity_core.runs.spec import apply_overrides
-
-    config = apply_overrides(runs[0].config, list(overrides)).launch
-    changes = {k: v for k, v in (("executor", executor), ("parallel", parallel)) if v is not None}
-    if changes:
-        config = dataclasses.replace(config, **changes)
-    info = EXECUTORS.get(config.executor)
-    info.check()
-    launcher = f".launcher-{os.getpid()}-{time.time_ns()}.json" if info.holds_queue else None
-    return config, launcher
-
-
-def resume_runs(targets: Iterable[Run | str | os.PathLike], store: RunStore | str | os.PathLike | None = None,
-                executor: str | None = None, parallel: int | None = None, overrides: Sequence[str] = (),
-                on_event: Any = None, stop: Any = None) -> list[Run]:
-    """Resume the interrupted runs among ``targets`` (see ``collect_resumable``) and return when all have ended.
-
-    Each continues from its folder's last checkpoint (``finetune.checkpoint_every`` / ``checkpoint``), so its
-    curve is the one an uninterrupted run draws; without a checkpoint it restarts from step 0 and says so.
-    ``executor`` / ``parallel`` and ``launch.*`` ``overrides`` (``"launch.slurm.cluster=local"``) change the runs'
-    launch settings: a run lost with its Ray node can go on in the local pool.
-    """
-    from plasticity_core.runs.executors import launch
-
-    other = [o for o in overrides if not o.startswith("launch.")]
-    if other:
-        raise LaunchError(f"a resumed run keeps the config in its folder; only launch.* settings may change: drop "
-                          f"{' '.join(other)}")
-    runs, _ = collect_resumable(targets, store)
-    config, launcher = _resume_launch(runs, executor, parallel, overrides)
-    reason = "waiting for a worker" if launcher else "waiting to be submitted"
-    for run in runs:
-        reopen(run, launcher=launcher, queued_reason=reason)
-    launch(runs, config, on_event=on_event, stop=stop, launcher=launcher)
-    return runs

@@ -39,8 +39,9 @@ def expand_experiment(config: ExperimentConfig) -> list[ExperimentConfig]:
     runs = []
     for arm, reinit in config.arms.items():
         for seed in config.seeds:
-            # the run's head is drawn from its seed (load_inputs), so the arm records that head seed too
-            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed, head_seed=seed)
+            # the run draws its head from its seed (setup.load_setup) and does not probe it (every arm and the
+            # baseline start from the same untrained head): the arm records what the run does
+            arm_cfg = None if reinit is None else dataclasses.replace(reinit, seed=seed, head_seed=seed, head_probe_steps=0)
             runs.append(dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, seed=seed),
                                             arms={arm: arm_cfg}, seeds=[seed]))
     return runs
@@ -127,17 +128,17 @@ def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None) 
     if not arms:
         return {}
     if backbone is None or data is None:
-        from plasticity_core.runs.execute import load_inputs
+        from plasticity_core.setup import load_setup
 
-        backbone, data = load_inputs(config)
-    from plasticity_core.reinit import noop_reason, preview_reinit
+        backbone, data = load_setup(config)
+    from plasticity_core.reinit import STRATEGIES, noop_reason, preview_reinit
 
     model = getattr(backbone, "model", backbone)
     steps = total_steps(config, len(data.train))
     out: dict[str, str] = {}
     for arm, reinit in arms.items():
         why = noop_reason(model, reinit, steps)  # from the layer map: nothing selected, cbp that never replaces
-        if why is None and reinit.strategy != "cbp":  # on the real data: e.g. redo/targeted scoring no unit
+        if why is None and not STRATEGIES.get(reinit.strategy).during_training:  # on the data: e.g. redo scoring no unit
             totals = preview_reinit(model, dataclasses.replace(reinit, recalibrate_bn=False), data=data.train).summary()
             if totals["units"] == 0 and totals["weights"] == 0:
                 why = "its preview on the loaded backbone and data touches no unit or weight"

@@ -23,12 +23,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from plasticity_core.config import ExperimentConfig
-from plasticity_core.train.events import (ACTIVE, FINAL, Heartbeat, EventReader, drop_superseded, heartbeat_age,
+from plasticity_core.train.events import (ACTIVE, FINAL, Heartbeat, EventReader, beat_age, drop_superseded, heartbeat_age,
                                           read_events)
 from plasticity_core.train.events import read_json as _read_json, write_json as _write_json
 from plasticity_core.runs.spec import LaunchError, RunExistsError, check_experiment, expand_experiment, run_name, slug
 
 ROOT_ENV = "PLASTICITY_RUNS"  # overrides the default store root ./runs
+# path -> ((inode, mtime_ns, size), content) of summary / heartbeat files read by any Run object of this process
+_JSON_CACHE: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -52,6 +54,8 @@ class Run:
         self.path = Path(path)
         self._config: ExperimentConfig | None = None
         self._reader: EventReader | None = None  # reads only the bytes appended since the last events() call
+        self._events: tuple[int, list[dict[str, Any]]] = (-1, [])  # (events parsed, after dropping superseded ones)
+        self._unsaved: dict[str, Any] | None = None  # a final status finalise could not write (disk full, folder gone)
 
     def __repr__(self) -> str:
         return f"Run({self.experiment}/{self.name}: {self.status})"
@@ -89,19 +93,78 @@ class Run:
         interrupted attempt beyond step k are dropped, so a curve never has two points for one step."""
         if self._reader is None:
             self._reader = EventReader(self.path / "metrics.jsonl")
-        events = drop_superseded(self._reader.read())
+        parsed = self._reader.read()
+        if self._events[0] != len(parsed):
+            self._events = (len(parsed), drop_superseded(parsed))
+        events = list(self._events[1])
         if types is None:
             return events
         wanted = {types} if isinstance(types, str) else set(types)
         return [e for e in events if e.get("type") in wanted]
 
+    @property
+    def event_notes(self) -> str | None:
+        """What the reader left out of ``metrics.jsonl`` (mistyped or impossible values), naming the folder, or None."""
+        if self._reader is None:
+            self.events()
+        rejected = self._reader.rejected if self._reader is not None else []
+        if not rejected:
+            return None
+        return (f"{self.path / 'metrics.jsonl'}: {len(rejected)} event line(s) left out ({'; '.join(rejected[:3])}"
+                f"{' ...' if len(rejected) > 3 else ''})")
+
     def curve(self, kind: str = "eval") -> pd.DataFrame:
         """The events of one type as a DataFrame (``eval``: step, val_acc, val_loss; ``step``: loss, lr, ...)."""
         return pd.DataFrame([{k: v for k, v in e.items() if k != "type"} for e in self.events(kind)])
 
+    def _json(self, path: Path) -> dict[str, Any] | None:
+        """A JSON file of the folder, read again only when it changed (writers replace it: a new inode each time);
+        the cache is the process's, so every ``Run`` object of a folder shares one read."""
+        try:
+            st = path.stat()
+        except OSError:
+            _JSON_CACHE.pop(str(path), None)
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _JSON_CACHE.get(str(path))
+        if cached is None or cached[0] != key:
+            cached = (key, _read_json(path))
+            _JSON_CACHE[str(path)] = cached
+        return dict(cached[1]) if cached[1] is not None else None
+
     def raw_summary(self) -> dict[str, Any]:
-        """``summary.json`` as written (``queued`` when there is none yet)."""
-        return _read_json(self.path / "summary.json") or {"status": "queued", "reason": "no summary written yet"}
+        """``summary.json`` as written (``queued`` when there is none yet), read again only when it was replaced.
+
+        Without a readable summary the folder still tells the truth: a folder deleted under a run reads ``failed``;
+        a summary deleted mid-run reads from the events (their final event) or the heartbeat (``running``, so a
+        dead worker goes stale); a final status ``finalise`` could not write (disk full) is kept in memory.
+        """
+        s = self._json(self.path / "summary.json")
+        if s is not None and (s.get("status") in FINAL or self._unsaved is None):
+            return s
+        if self._unsaved is not None:
+            return dict(self._unsaved)
+        if not self.path.is_dir():
+            return {"status": "failed", "reason": f"its run folder {self.path} was deleted (nothing of the run is left)"}
+        events = self.events()
+        final = next((e for e in reversed(events) if e.get("type") in FINAL), None)
+        if final is not None:
+            steps = final.get("step") if isinstance(final.get("step"), int) else None
+            return {"status": final["type"], "reason": f"{final.get('reason') or final['type']} (summary.json is "
+                                                       f"missing; read from metrics.jsonl)", "steps": steps}
+        hb = self._json(self.path / "heartbeat.json")
+        if events or hb is not None:  # it ran: running while its heartbeat (or its event log) stays fresh, then failed
+            try:
+                since = (self.path / "metrics.jsonl").stat().st_mtime
+            except OSError:
+                since = time.time()
+            return {"status": "running", "reason": "summary.json is missing or unreadable; status read from the "
+                                                   "heartbeat and metrics.jsonl", "started_at": since}
+        return {"status": "queued", "reason": "no summary written yet"}
+
+    def _heartbeat_age(self, path: Path, fallback: float | None) -> tuple[float | None, dict[str, Any]]:
+        hb = self._json(path) or {}
+        return beat_age(hb, path, fallback), hb
 
     def summary(self) -> dict[str, Any]:
         """``summary.json`` with the status a reader should trust.
@@ -112,7 +175,7 @@ class Run:
         s = self.raw_summary()
         status, timeout = s.get("status"), float(s.get("heartbeat_timeout_s") or 60.0)
         if status == "running":
-            age, hb = heartbeat_age(self.path / "heartbeat.json", s.get("started_at"))
+            age, hb = self._heartbeat_age(self.path / "heartbeat.json", s.get("started_at"))
             if age is not None and age > timeout:
                 who = f"{hb.get('host', s.get('host', '?'))} pid {hb.get('pid', s.get('pid', '?'))}"
                 step = f", last step {hb['step']}" if hb.get("step") is not None else ""
@@ -121,7 +184,7 @@ class Run:
                                f"worker was killed, crashed, or lost its host or disk{step}; see "
                                f"{self.path / 'worker.log'} if it exists"}
         elif status == "queued" and s.get("launcher"):
-            age, hb = heartbeat_age(self.path.parent / s["launcher"], s.get("created_at"))
+            age, hb = self._heartbeat_age(self.path.parent / s["launcher"], s.get("created_at"))
             if age is not None and age > timeout:
                 who = f"{hb.get('host', '?')} pid {hb.get('pid', '?')}"
                 s = {**s, "status": "cancelled", "stale": True,
@@ -134,8 +197,12 @@ class Run:
         return self.summary().get("status", "queued")
 
     def request_stop(self) -> None:
-        """Ask the worker to stop this run; it checks before every step (and before a queued run starts)."""
-        (self.path / "STOP").touch()
+        """Ask the worker to stop this run; it checks before every step (and before a queued run starts). A folder
+        that is gone or cannot be written is left alone: there is nothing to stop there."""
+        try:
+            (self.path / "STOP").touch()
+        except OSError:
+            pass
 
     @property
     def stop_requested(self) -> bool:
@@ -145,16 +212,24 @@ class Run:
         """Write a final status for a run that cannot write one itself (its worker is gone or never came)."""
         assert status in FINAL, status
         s = {**self.raw_summary(), **fields, "status": status, "reason": reason, "ended_at": time.time()}
-        _write_json(self.path / "summary.json", s)
+        if not self.path.is_dir():  # deleted under the run: nothing to write, the status stays in memory
+            self._unsaved = s
+            return s
+        try:
+            _write_json(self.path / "summary.json", s)
+        except OSError as e:  # disk full or read-only: never raise into the launcher loop (the other runs go on)
+            s = {**s, "not_saved": f"summary.json not written: {e.strerror or type(e).__name__}"}
+            self._unsaved = s
         return s
 
 
 # ---------------------------------------------------------------------------------------------- the store
 class RunStore:
-    """The folders under a root (default ``./runs`` or ``$PLASTICITY_RUNS``): create, list, load and compare runs."""
+    """The folders under a root (default ``./runs`` or ``$PLASTICITY_RUNS``): create, list and load runs."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self._known: dict[Path, Run] = {}  # one Run per folder, so repeated listings reuse what each has read
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -180,7 +255,9 @@ class RunStore:
             if bad:
                 raise LaunchError(f"run index {bad} out of range: the experiment has {len(singles)} runs (0..{len(singles) - 1})")
             singles = [singles[i] for i in only]
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise LaunchError(f"the run store {self.root} is a file, not a folder: choose a folder (--store DIR)")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store is private (an existing one is kept)
         base = f"{slug(config.name)}-{tag or time.strftime('%Y%m%d-%H%M%S')}"
         exp_dir = self._claim_experiment(base, whole=only is None and not resume, explicit=tag is not None)
         launch_id = uuid.uuid4().hex[:12]
@@ -245,7 +322,7 @@ class RunStore:
         if not self.root.is_dir():
             return []
         found = sorted(p.parent for p in self.root.glob("*/*/config.yaml"))
-        return [Run(p) for p in found if experiment is None or p.parent.name == experiment]
+        return [self._known.setdefault(p, Run(p)) for p in found if experiment is None or p.parent.name == experiment]
 
     def experiments(self) -> list[str]:
         return sorted({r.experiment for r in self.runs()})
@@ -274,8 +351,3 @@ class RunStore:
                          "reason": s.get("reason"), "path": str(r.path)})
         return pd.DataFrame(rows, columns=["experiment", "run", "arm", "seed", "status", "steps", "best_val_acc",
                                            "final_val_acc", "wall_time_s", "reason", "path"])
-
-    def compare(self, experiment: str) -> pd.DataFrame:
-        from plasticity_core.runs.compare import compare_runs
-
-        return compare_runs(self.runs(experiment))

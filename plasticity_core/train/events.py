@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 SCHEMA_VERSION = 1
+CLOCK_SKEW_S = 60.0  # a heartbeat time further ahead than this is not believed (the file's mtime is used instead)
 ACTIVE = ("queued", "running")  # a run that may still change
 FINAL = ("finished", "stopped", "failed", "cancelled")  # a run that ended; ``cancelled``: it never started
 
@@ -87,8 +88,15 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:  # disk full, folder deleted, read-only: never leave a temp file behind
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 class Heartbeat:
@@ -138,8 +146,23 @@ class Heartbeat:
 def heartbeat_age(path: str | os.PathLike, fallback: float | None = None) -> tuple[float | None, dict[str, Any]]:
     """Seconds since the heartbeat file's last beat (``fallback`` time when there is none yet) and its content."""
     hb = read_json(path) or {}
-    last = hb.get("time", fallback)
-    return (None if last is None else max(0.0, time.time() - float(last))), hb
+    return beat_age(hb, path, fallback), hb
+
+
+def beat_age(hb: dict[str, Any], path: str | os.PathLike, fallback: float | None = None) -> float | None:
+    """Seconds since the beat ``hb`` (read from ``path``) was written: its ``time``, or the file's modification time
+    when that time is from the future (beyond ``CLOCK_SKEW_S``: another host's clock, a hand edit) or not a number;
+    ``fallback`` when there is no beat. None when nothing tells."""
+    last, now = hb.get("time", fallback), time.time()
+    if hb and not (_number(last) and math.isfinite(last) and last <= now + CLOCK_SKEW_S):
+        # a beat from the future (another host's clock, a hand-edited file) or no number: trust when the file changed
+        try:
+            last = os.stat(path).st_mtime
+        except OSError:
+            last = fallback
+    if not (_number(last) and math.isfinite(last)):
+        return None
+    return max(0.0, now - float(last))
 
 
 # ---------------------------------------------------------------------------------------------- the writer
@@ -170,6 +193,8 @@ class RunWriter:
         self.ended: str | None = None  # the final event type written, if any
         self.summary: dict[str, Any] | None = None  # the final summary once finished
         self.diagnoses: list[dict[str, Any]] = []
+        self.last_step: int | None = None  # the highest step written: a run that fails says where it got to
+        self.write_error: str | None = None  # why the final summary could not be written (disk full, folder gone)
         self._log: Any = None
 
     @classmethod
@@ -244,6 +269,8 @@ class RunWriter:
         self._log.flush()
         if kind in FINAL:
             self.ended = kind
+        if isinstance(event.get("step"), int) and not isinstance(event.get("step"), bool):
+            self.last_step = max(self.last_step or 0, event["step"])
         if event.get("step") is not None and self.heartbeat is not None:
             self.heartbeat.update(step=event["step"])
         if kind == "diagnosis":
@@ -260,6 +287,8 @@ class RunWriter:
         final ``summary.json`` (``{**base, **fields, status, reason, ended_at}``), returned."""
         if status not in FINAL:
             raise ValueError(f"finish: status must be one of {FINAL}, got {status!r}")
+        if fields.get("steps") is None and self.last_step is not None:
+            fields["steps"] = self.last_step  # a run that failed at step 51 says 51, not 0
         if self.ended != status:  # the last final event agrees with the summary (e.g. Ctrl-C after the loop's 'failed')
             try:
                 self.write(make_event(status, fields.get("steps"), time.perf_counter() - self.t0, reason=reason))
@@ -274,7 +303,11 @@ class RunWriter:
             except Exception:  # noqa: BLE001 - the snapshots are also in metrics.jsonl
                 pass
         self.summary = {**self.base, **fields, "status": status, "reason": reason, "ended_at": time.time()}
-        write_json(self.path / SUMMARY_FILE, self.summary)
+        try:
+            write_json(self.path / SUMMARY_FILE, self.summary)
+        except OSError as e:  # disk full, read-only, the folder deleted: the caller gets the true status in memory
+            self.write_error = f"{self.path / SUMMARY_FILE} not written: {e.strerror or type(e).__name__}"
+            self.summary["not_saved"] = self.write_error
         return self.summary
 
 
@@ -291,16 +324,24 @@ class EventReader:
         self.path = Path(path)
         self.offset = 0
         self.events: list[dict[str, Any]] = []
+        self.rejected: list[str] = []  # "line N: why" for complete lines whose values are mistyped or impossible
+        self._lines = 0
         self._ident: tuple[int, int] | None = None
 
     def poll(self) -> list[dict[str, Any]]:
         """The events appended since the last poll (also added to ``events``)."""
         try:
+            st = os.stat(self.path)  # unchanged since the last poll: nothing to open
+        except OSError:
+            return []
+        if (st.st_dev, st.st_ino) == self._ident and st.st_size == self.offset:
+            return []
+        try:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
                 ident = (st.st_dev, st.st_ino)
                 if ident != self._ident or st.st_size < self.offset:
-                    self.offset, self.events, self._ident = 0, [], ident
+                    self.offset, self.events, self._ident, self.rejected, self._lines = 0, [], ident, [], 0
                 if st.st_size == self.offset:
                     return []
                 f.seek(self.offset)
@@ -309,23 +350,56 @@ class EventReader:
             return []
         new: list[dict[str, Any]] = []
         end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].split(b"\n"):
-            event = _parse(line)
-            if event is not None:
-                new.append(event)
+        for line in chunk[:end].split(b"\n")[:-1]:
+            self._lines += 1
+            self._take(_parse(line), new)
         tail = chunk[end:]
         event = _parse(tail)  # a prefix of a JSON object never parses, so a tail that parses is a complete event
         if event is not None:
-            new.append(event)
+            self._lines += 1
+            self._take(event, new)
             end += len(tail)  # its newline, when it comes, reads as an empty line
         self.offset += end
         self.events.extend(new)
         return new
 
+    def _take(self, event: dict[str, Any] | None, new: list[dict[str, Any]]) -> None:
+        if event is None:
+            return
+        why = event_problem(event)
+        if why is None:
+            new.append(event)
+        elif len(self.rejected) < 100:
+            self.rejected.append(f"line {self._lines}: {why}")
+
     def read(self) -> list[dict[str, Any]]:
         """Every event so far (polls first)."""
         self.poll()
         return self.events
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def event_problem(event: dict[str, Any]) -> str | None:
+    """Why an event's values cannot be trusted (a step that is not a whole number, an accuracy outside [0, 1] or not
+    finite, a time that is not a finite number, a mistyped loss or lr), or None. Readers drop such events and say so:
+    one hand-edited or corrupted line must not enter a comparison or break a page."""
+    step = event.get("step")
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        return f"step {str(step)[:40]!r} is not a whole number >= 0"
+    t = event.get("time")
+    if t is not None and not (_number(t) and math.isfinite(t)):
+        return f"time {str(t)[:40]!r} is not a finite number"
+    if "val_acc" in event:
+        acc = event["val_acc"]
+        if not (_number(acc) and math.isfinite(acc) and 0.0 <= acc <= 1.0):
+            return f"val_acc {str(acc)[:40]!r} is not an accuracy in [0, 1]"
+    for key in ("val_loss", "loss", "lr"):  # NaN/inf are allowed here: a diverged loss is a true value
+        if event.get(key) is not None and not _number(event[key]):
+            return f"{key} {str(event[key])[:40]!r} is not a number"
+    return None
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from plasticity_core.runs.executors import process, ray, slurm  # noqa: F401 - registers the executors
 from plasticity_core.runs.executors.base import EXECUTORS, ExecutorInfo, Launch, _env, launch, register_executor
 from plasticity_core.runs.executors.launching import (_CHILDREN, RunHandle, _launcher_main, _pid_alive, _prepare,
-                                                      _terminate, run_experiment, start_run)
+                                                      _terminate, resume_runs, run_experiment, start_resume,
+                                                      start_run)
 from plasticity_core.runs.executors.process import _Worker
 from plasticity_core.runs.executors.slurm import SlurmTask
 
 __all__ = ["EXECUTORS", "ExecutorInfo", "Launch", "RunHandle", "SlurmTask", "launch", "register_executor",
-           "run_experiment", "start_run"]
+           "resume_runs", "run_experiment", "start_resume", "start_run"]

@@ -68,7 +68,26 @@ class Launch:
                  stop: Any = None) -> None:
         self.runs, self.config, self.on_event, self.stop = list(runs), config, on_event, stop
         self._readers = {r: EventReader(r.path / "metrics.jsonl") for r in self.runs}
+        for r, reader in self._readers.items():
+            if r.raw_summary().get("requeued"):
+                reader.poll()  # a resumed run: its earlier attempts' events were shown when they happened
         self.stopping = False
+
+    def last_step(self, run: Run) -> int | None:
+        """The highest step this launch has read from the run's events (also after its folder was deleted)."""
+        self._readers[run].poll()
+        steps = [e["step"] for e in self._readers[run].events if isinstance(e.get("step"), int)]
+        return max(steps) if steps else None
+
+    def vanished(self, run: Run) -> bool:
+        """The run's folder was deleted under it: give it its final status in memory, once; the others go on."""
+        if run.path.is_dir():
+            return False
+        if run._unsaved is None:
+            step = self.last_step(run)
+            run.finalise("failed", f"its run folder {run.path} was deleted during the launch"
+                                   + (f" (last step seen: {step})" if step is not None else ""), steps=step)
+        return True
 
     def tick(self) -> None:
         if not self.stopping and self.stop is not None and self.stop.is_set():
@@ -94,13 +113,17 @@ class Launch:
         """Every run still without a final status gets one, saying why (its worker ended without writing it)."""
         self.tick()
         for r in self.runs:
+            if self.vanished(r):
+                continue
             status = r.raw_summary().get("status")
             if status == "queued":
                 r.finalise("cancelled", f"never started: the {executor} launch ended before giving it a worker")
             elif status == "running":
                 s = r.summary()
+                step = self.last_step(r)
                 r.finalise("failed", s["reason"] if s.get("stale") else
-                           f"its {executor} worker ended without writing a final status (killed or crashed)")
+                           f"its {executor} worker ended without writing a final status (killed, crashed, or the disk "
+                           f"full)" + (f" at step {step}" if step is not None else ""), steps=step)
         self.tick()
 
 

@@ -3,6 +3,7 @@ process, returns a ``RunHandle`` at once) and the handle's process management (a
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -10,15 +11,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from plasticity_core.config import ExperimentConfig
+from plasticity_core.config import LaunchConfig
 from plasticity_core.runs.execute import terminate_on_sigterm
+from plasticity_core.runs.interrupt import collect_resumable, reopen, resume_problem
 from plasticity_core.runs.executors.base import EXECUTORS, _env, launch
 from plasticity_core.runs.sinks import SINKS
-from plasticity_core.runs.spec import LaunchError, noop_arms
+from plasticity_core.runs.spec import LaunchError, apply_overrides, noop_arms
 from plasticity_core.runs.store import Run, RunStore, check_name
-from plasticity_core.train.events import ACTIVE, read_json as _read_json, write_json as _write_json
+from plasticity_core.train.events import ACTIVE, FINAL, read_json as _read_json, write_json as _write_json
 
 _CHILDREN: list[subprocess.Popen] = []  # background launchers this process started; polled so that they are reaped
 
@@ -48,7 +51,12 @@ def _claim(config: ExperimentConfig, store: RunStore | str | os.PathLike | None,
     info = EXECUTORS.get(config.launch.executor)
     launcher = f".launcher-{os.getpid()}-{time.time_ns()}.json" if info.holds_queue else None
     reason = "waiting for a worker" if info.holds_queue else "waiting to be submitted"
-    return store.create(config, tag=tag, only=only, resume=resume, launcher=launcher, queued_reason=reason), launcher
+    runs = store.create(config, tag=tag, only=only, resume=resume, launcher=launcher, queued_reason=reason)
+    if resume:  # adopted folders that ended stopped / cancelled / failed continue from their checkpoint
+        for run in runs:
+            if run.raw_summary().get("status") in FINAL and resume_problem(run) is None:
+                reopen(run, launcher=launcher, queued_reason=reason)
+    return runs, launcher
 
 
 def run_experiment(config: ExperimentConfig | str | os.PathLike, store: RunStore | str | os.PathLike | None = None,
@@ -59,7 +67,8 @@ def run_experiment(config: ExperimentConfig | str | os.PathLike, store: RunStore
 
     ``executor`` / ``parallel`` override ``config.launch``; ``on_event(run, event)`` sees every event (progress
     bars); ``stop.is_set()`` stops all runs. Arms that would do nothing are refused (``allow_noop=True`` runs
-    them anyway). ``resume=True`` adopts existing folders of the same runs (a requeued cluster task).
+    them anyway). ``resume=True`` adopts existing folders of the same runs (a requeued cluster task, ``--index``)
+    and continues those that ended stopped, cancelled or failed from their checkpoint.
     Returns the run folders, each with a final status.
     """
     config = _prepare(config, executor, parallel, allow_noop, tag)
@@ -168,22 +177,84 @@ def start_run(config: ExperimentConfig | str | os.PathLike, store: RunStore | st
     """
     config = _prepare(config, executor, parallel, allow_noop, tag)
     runs, launcher = _claim(config, store, tag, None, False)
+    return _spawn_launcher(runs, launcher, config.launch)
+
+
+def _spawn_launcher(runs: Sequence[Run], launcher: str | None, config: LaunchConfig,
+                    override: bool = False) -> "RunHandle":
+    """The background launcher process of ``runs`` (``override``: with ``config`` instead of the runs' own)."""
     exp_dir = runs[0].path.parent
     folders = [str(r.path.resolve()) for r in runs]
+    extra = ["--launch", json.dumps(config.to_dict())] if override else []
     with open(exp_dir / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "plasticity_core.runs", "launch", launcher or "-", *folders],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "plasticity_core.runs", "launch", launcher or "-", *extra,
+                                 *folders], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                 start_new_session=True, cwd=os.getcwd())
     _CHILDREN.append(proc)
     _write_json(exp_dir / "worker.json", {"pid": proc.pid, "host": socket.gethostname(), "started_at": time.time(),
-                                          "executor": config.launch.executor, "runs": folders})
+                                          "executor": config.executor, "runs": folders})
     return RunHandle(runs, proc.pid, proc)
 
 
+def _resume_launch(runs: Sequence[Run], executor: str | None, parallel: int | None,
+                   overrides: Sequence[str] = ()) -> tuple[LaunchConfig, str | None]:
+    """The launch settings of the resumed runs (their config's, with ``launch.*`` ``overrides`` and ``executor`` /
+    ``parallel`` applied) and the name of this launcher's heartbeat file when the executor holds the queue."""
+    config = apply_overrides(runs[0].config, list(overrides)).launch
+    changes = {k: v for k, v in (("executor", executor), ("parallel", parallel)) if v is not None}
+    if changes:
+        config = dataclasses.replace(config, **changes)
+    info = EXECUTORS.get(config.executor)
+    info.check()
+    launcher = f".launcher-{os.getpid()}-{time.time_ns()}.json" if info.holds_queue else None
+    return config, launcher
+
+
+def _reopen_all(targets, store, executor, parallel, overrides) -> tuple[list[Run], LaunchConfig, str | None]:
+    other = [o for o in overrides if not o.startswith("launch.")]
+    if other:
+        raise LaunchError(f"a resumed run keeps the config in its folder; only launch.* settings may change: drop "
+                          f"{' '.join(other)}")
+    runs, _ = collect_resumable(targets, store)
+    config, launcher = _resume_launch(runs, executor, parallel, overrides)
+    reason = "waiting for a worker" if launcher else "waiting to be submitted"
+    for run in runs:
+        reopen(run, launcher=launcher, queued_reason=reason)
+    return runs, config, launcher
+
+
+def resume_runs(targets: Iterable[Run | str | os.PathLike], store: RunStore | str | os.PathLike | None = None,
+                executor: str | None = None, parallel: int | None = None, overrides: Sequence[str] = (),
+                on_event: Callable[[Run, dict], None] | None = None, stop: Any = None) -> list[Run]:
+    """Resume the interrupted runs among ``targets`` (run or experiment folders, ``experiment/run`` refs, ``Run``s;
+    see ``interrupt.collect_resumable``) in this process and return when all have ended.
+
+    Each continues from its folder's last checkpoint (``finetune.checkpoint_every`` / ``checkpoint``; with
+    ``save_optimizer`` its curve is the one an uninterrupted run draws); without one it restarts from step 0 and
+    says so. ``executor`` / ``parallel`` and ``launch.*`` ``overrides`` (``"launch.slurm.cluster=local"``) change the
+    launch settings: a run lost with its Ray node can go on in the local pool.
+    """
+    runs, config, launcher = _reopen_all(targets, store, executor, parallel, overrides)
+    launch(runs, config, on_event=on_event, stop=stop, launcher=launcher)
+    return runs
+
+
+def start_resume(targets: Iterable[Run | str | os.PathLike], store: RunStore | str | os.PathLike | None = None,
+                 executor: str | None = None, parallel: int | None = None, overrides: Sequence[str] = ()) -> "RunHandle":
+    """``resume_runs`` from a background launcher process (as ``start_run``): returns its ``RunHandle`` at once.
+    What the dashboard's Resume button calls."""
+    runs, config, launcher = _reopen_all(targets, store, executor, parallel, overrides)
+    return _spawn_launcher(runs, launcher, config, override=True)
+
+
 def _launcher_main(launcher: str, folders: Sequence[str]) -> int:
-    """Body of the background launcher: the launch of ``start_run``, with the launch settings of the runs' config."""
+    """Body of the background launcher: the launch of ``start_run`` / ``start_resume``, with the launch settings of
+    the runs' config, or those given as ``--launch JSON`` before the folders."""
     assert "streamlit" not in sys.modules, "the run launcher must not import streamlit"
     terminate_on_sigterm()
+    config = None
+    if folders[:1] == ["--launch"]:
+        config, folders = LaunchConfig.from_dict(json.loads(folders[1])), folders[2:]
     runs = [Run(f) for f in folders]
-    launch(runs, runs[0].config.launch, launcher=None if launcher == "-" else launcher)
+    launch(runs, config or runs[0].config.launch, launcher=None if launcher == "-" else launcher)
     return 0
