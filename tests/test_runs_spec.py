@@ -45,3 +45,30 @@ def test_arms_that_would_do_nothing_are_named_and_refused(tmp_path):
     assert not (tmp_path / "n-x").exists()  # refused before any folder was claimed
     (run,) = run_experiment(_exp({"late_cbp": arms["late_cbp"]}), RunStore(tmp_path), tag="y", allow_noop=True)
     assert run.status == "finished"
+
+
+def test_quick_noop_check_scores_one_batch_and_agrees_with_the_full_check():
+    """The dashboard's Launch check: one forward per unit-scoring arm, the same verdicts as the full check."""
+    from plasticity_core.setup import load_setup
+
+    arms = {"baseline": None,
+            "targeted": ReinitConfig(strategy="targeted", layers=["layer4*"], params={"criterion": "dormant"}),
+            "redo_none": ReinitConfig(strategy="redo", layers=["layer4*"], params={"tau": 0.0}),
+            "fire": ReinitConfig(strategy="fire", layers=["layer4*"])}
+    exp = _exp(arms)
+    bb, data = load_setup(exp)
+    seen = []
+    quick = noop_arms(exp, backbone=bb, data=data, quick=True, progress=lambda *a: seen.append(a))
+    assert quick == noop_arms(exp, backbone=bb, data=data) and "targeted" not in quick and "fire" not in quick
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    forwards = []
+    bb.model.register_forward_pre_hook(lambda *_: forwards.append(1))  # copied into every preview's deep copy
+    noop_arms(_exp({"fire": arms["fire"]}), backbone=bb, data=data, quick=True)
+    tracing = len(forwards)  # what a check costs without scoring units (the layer map's trace of a fresh copy)
+    forwards.clear()
+    one = _exp({"targeted": arms["targeted"]})
+    noop_arms(one, backbone=bb, data=data, quick=True)
+    assert len(forwards) == tracing + 1  # one forward on one batch
+    forwards.clear()
+    noop_arms(one, backbone=bb, data=data)
+    assert len(forwards) > tracing + 1  # the full check scores every probe batch

@@ -135,6 +135,9 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         for arm, why in noop.items():
             st.error(f"Arm **{arm}** would change nothing: {why}", icon=":material/block:")
         anyway = st.checkbox("Launch anyway (the arms above will reproduce the baseline)", key="w_ft_anyway") if noop else False
+        full_check = st.checkbox("Full check before launch (score units on every probe batch, not one)", key="w_ft_full_check",
+                                 help="The quick check scores each arm's units on one batch and re-checks, on all batches, "
+                                      "only an arm that touches nothing there.")
         if st.button("Launch", type="primary", key="btn_launch", disabled=not arms or (bool(noop) and not anyway)):
             try:
                 experiment = pc.ExperimentConfig(
@@ -145,9 +148,12 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
                                                image_size=int(setup["image_size"]), eval_every=int(eval_every),
                                                device=setup["device"], warmup_steps=min(10, int(steps) // 10),
                                                **snapshots))
-                if not anyway:  # the full check: each arm previewed on the loaded model and data (e.g. redo finding no dormant unit)
-                    with st.spinner("Checking that every arm changes something…"):
-                        found = pc.noop_arms(experiment, backbone=current.backbone, data=current.data)
+                if not anyway:  # each arm previewed on one batch of the loaded data (e.g. redo finding no dormant unit)
+                    bar = st.progress(0.0, text="Checking that every arm changes something…")
+                    found = pc.noop_arms(experiment, backbone=current.backbone, data=current.data, quick=not full_check,
+                                         progress=lambda done, total: bar.progress(
+                                             done / total, text=f"Checking that every arm changes something: {done}/{total} arms"))
+                    bar.empty()
                     if found:
                         st.session_state["ft_refused"] = {"for": sorted(arms), "arms": found}
                         st.rerun()

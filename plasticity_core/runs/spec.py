@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -115,14 +115,17 @@ def total_steps(config: ExperimentConfig, n_train: int) -> int:
     return max(1, math.ceil(ft.epochs * per_epoch))
 
 
-def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None) -> dict[str, str]:
+def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None, quick: bool = False,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """Arms that would do nothing, each with the reason: ``{arm: reason}`` (empty when every arm acts).
 
     An arm does nothing when its patterns reach no layer its strategy acts on, or it is ``cbp`` that can never
     replace a unit (``maturity`` at or beyond the run's total steps, or a zero rate): ``reinit.noop_reason`` on the
     layer map; or when its re-init, previewed on a copy of the loaded backbone with the real data (once per arm),
     touches no unit or weight (e.g. ``redo`` finding no dormant unit). The baseline (no re-init) is never a no-op: it is the control.
-    ``backbone``/``data``: already loaded inputs (else loaded as a run would load them).
+    ``backbone``/``data``: already loaded inputs (else loaded as a run would load them). ``quick``: score units on
+    one batch (one forward per arm); only an arm that touches nothing there is checked again on the strategy's full
+    batches, so a quick check never refuses what the full one would run. ``progress(arms checked, arms)``.
     """
     arms = {a: r for a, r in config.arms.items() if r is not None}
     if not arms:
@@ -136,12 +139,19 @@ def noop_arms(config: ExperimentConfig, backbone: Any = None, data: Any = None) 
     model = getattr(backbone, "model", backbone)
     steps = total_steps(config, len(data.train))
     out: dict[str, str] = {}
-    for arm, reinit in arms.items():
+    def touches_nothing(reinit: Any) -> bool:
+        totals = preview_reinit(model, dataclasses.replace(reinit, recalibrate_bn=False), data=data.train).summary()
+        return totals["units"] == 0 and totals["weights"] == 0
+
+    for i, (arm, reinit) in enumerate(arms.items()):
         why = noop_reason(model, reinit, steps)  # from the layer map: nothing selected, cbp that never replaces
         if why is None and not STRATEGIES.get(reinit.strategy).during_training:  # on the data: e.g. redo scoring no unit
-            totals = preview_reinit(model, dataclasses.replace(reinit, recalibrate_bn=False), data=data.train).summary()
-            if totals["units"] == 0 and totals["weights"] == 0:
+            scored = "max_batches" in {p.name for p in STRATEGIES.get(reinit.strategy).params}
+            one = dataclasses.replace(reinit, params={**reinit.params, "max_batches": 1}) if quick and scored else reinit
+            if touches_nothing(one) and (one is reinit or touches_nothing(reinit)):
                 why = "its preview on the loaded backbone and data touches no unit or weight"
         if why:
             out[arm] = f"{reinit.strategy} on {config.backbone}: {why}"
+        if progress is not None:
+            progress(i + 1, len(arms))
     return out
