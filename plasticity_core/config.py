@@ -283,7 +283,6 @@ class ReinitConfig(SerializableConfig):
                 _check_type(k, f"{name}[]", item, (str,))
             setattr(self, name, list(v))
         _check_type(k, "params", self.params, (dict,))
-        check_plain(k, "params", self.params)
         _check_type(k, "seed", self.seed, (int,))
         _check_seed(k, "seed", self.seed)
         _check_type(k, "head_seed", self.head_seed, (int,))
@@ -306,7 +305,8 @@ class ReinitConfig(SerializableConfig):
         for name, why in self.skipped_layers.items():
             _check_type(k, "skipped_layers[]", name, (str,))
             _check_type(k, f"skipped_layers[{name!r}]", why, (str,))
-        self.validate()
+        self.validate()  # the strategy's own check first: it names the parameter, its range and why
+        check_plain(k, "params", self.params)
 
     def validate(self) -> None:
         """Check ``strategy`` and ``params`` against the strategy registry (unknown keys, types, ranges)."""

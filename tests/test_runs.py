@@ -177,17 +177,17 @@ def test_real_pretrained_backbone_on_real_images_beats_chance(tmp_path):
 
 
 def test_data_is_normalised_with_the_backbones_statistics(tmp_path, monkeypatch):
-    import plasticity_core.data as data_mod
+    import plasticity_core.setup as setup_mod  # the one loader every entry point goes through (load_setup)
 
     seen = []
-    real = data_mod.load_dataset
+    real = setup_mod.load_dataset
 
     def spy(*args, **kwargs):
         bundle = real(*args, **kwargs)
         seen.append((bundle.mean, bundle.std))
         return bundle
 
-    monkeypatch.setattr(data_mod, "load_dataset", spy)
+    monkeypatch.setattr(setup_mod, "load_dataset", spy)
     cfg = _exp(steps=2, seeds=(0,))  # timm's test_resnet expects mean = std = 0.5, not ImageNet's statistics
     cfg.arms = {"baseline": None}
     from plasticity_core.runs import execute_run

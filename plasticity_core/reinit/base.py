@@ -91,7 +91,7 @@ class StrategyInfo:
         if not isinstance(params, dict):
             raise ConfigError(f"ReinitConfig.params: expected a mapping, got {type(params).__name__}")
         declared = {p.name: p for p in self.params}
-        unknown = sorted(set(params) - set(declared))
+        unknown = sorted(map(str, set(params) - set(declared)))
         if unknown:
             raise ConfigError(
                 f"ReinitConfig.params: unknown parameter(s) {unknown} for strategy {self.name!r}; "
