@@ -46,8 +46,9 @@ def curve_figure(points: pd.DataFrame, band: pd.DataFrame, metric: str, title: s
         b = band[band["arm"] == arm]
         if b.empty:
             continue
-        n = int(b["n_seeds"].max())
-        label = f"{arm} (mean of {n} seeds)" if n > 1 else str(arm)
+        lo, n = int(b["n_seeds"].min()), int(b["n_seeds"].max())
+        seeds = f"{n} seeds" if lo == n else f"{lo}-{n} seeds, per step"  # the mean covers the seeds present at each step
+        label = f"{arm} (mean of {seeds})" if n > 1 else str(arm)
         if n > 1:
             xs, hi, lo = b[x].to_numpy(float), b["max"].to_numpy(float) * scale, b["min"].to_numpy(float) * scale
             fig.add_trace(go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]),

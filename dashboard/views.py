@@ -273,60 +273,6 @@ def arm_colours(arms: Sequence[str], strategies: Mapping[str, str] | None = None
     return out
 
 
-def curves(points: pd.DataFrame, metric: str, title: str, colours: Mapping[str, str] | None = None,
-           percent: bool = False, total_steps: int | None = None) -> go.Figure:
-    """One line per arm (mean over seeds) with a min-max band over seeds; ``points``: arm, seed, step, metric, value
-    and optionally status.
-
-    The mean and the band at each step are over the seeds present at that step, and the label says how many (a
-    range when it changes along the curve). Runs that ended stopped, failed or cancelled (``status``) are not in the
-    mean: each is its own dashed line, labelled with its seed and status.
-    ``percent``: values are fractions, drawn in % on a fixed 0-100 axis so that runs compare at a glance.
-    """
-    fig = go.Figure()
-    data = points[points["metric"] == metric]
-    colours = dict(colours or arm_colours(list(dict.fromkeys(data["arm"]))))
-    scale = 100.0 if percent else 1.0
-    ended = data["status"].isin(["stopped", "failed", "cancelled"]) if "status" in data.columns else pd.Series(False, data.index)
-    fmt = f"%{{y:.{1 if percent else 3}f}}{'%' if percent else ''}"
-    for arm, g in data[~ended].groupby("arm", sort=False):
-        colour = colours.get(arm, BASELINE_COLOUR)
-        stats = g.groupby("step")["value"].agg(["mean", "min", "max", "count"]).reset_index()
-        lo, hi = int(stats["count"].min()), int(stats["count"].max())
-        if hi > 1:
-            band = stats[stats["count"] > 1]
-            fig.add_trace(go.Scatter(x=list(band["step"]) + list(band["step"][::-1]),
-                                     y=list(band["max"] * scale) + list(band["min"][::-1] * scale), fill="toself",
-                                     mode="lines", fillcolor=_rgba(colour, 0.18), line=dict(width=0, color=colour),
-                                     hoverinfo="skip", showlegend=False, legendgroup=str(arm), name=f"{arm} range"))
-        seeds = f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds, per step"
-        label = f"{arm} (mean of {seeds})" if hi > 1 else str(arm)
-        fig.add_trace(go.Scatter(x=stats["step"], y=stats["mean"] * scale, mode="lines+markers", name=label,
-                                 customdata=stats["count"], line=dict(color=colour, width=2),
-                                 marker=dict(size=5, color=colour), legendgroup=str(arm),
-                                 hovertemplate=f"{arm}<br>step %{{x}}: {fmt} (%{{customdata}} seed(s))<extra></extra>"))
-    for (arm, seed), g in data[ended].groupby(["arm", "seed"], sort=False):
-        colour = colours.get(arm, BASELINE_COLOUR)
-        g = g.sort_values("step")
-        status = str(g["status"].iloc[0])
-        fig.add_trace(go.Scatter(x=g["step"], y=g["value"] * scale, mode="lines", name=f"{arm} seed {seed} ({status})",
-                                 line=dict(color=colour, width=1, dash="dash"), legendgroup=str(arm),
-                                 hovertemplate=f"{arm} seed {seed}, {status}<br>step %{{x}}: {fmt}<extra></extra>"))
-    fig.update_layout(height=330, title=title, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
-                      yaxis_title=f"{metric} (%)" if percent else metric, legend=dict(orientation="h", y=-0.25),
-                      plot_bgcolor="white")
-    fig.update_xaxes(gridcolor="#eee", rangemode="tozero", range=[0, total_steps] if total_steps else None)
-    fig.update_yaxes(gridcolor="#eee")
-    if percent:
-        fig.update_yaxes(range=[0, 100], ticksuffix="%")
-    return fig
-
-
-def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
 def diagnosis_parquet(d: Any) -> bytes:
     """The diagnosis as parquet bytes (``Diagnosis.save``); Export calls it when its button is pressed."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,38 +76,46 @@ def test_layers_from_selection_reads_clicks_boxes_and_positions():
     assert views.layers_from_selection(None, cells, order) == []
 
 
+def _curve(pts, **kw):
+    from dashboard import charts
+    from plasticity_core.runs import frames
+
+    pts = pts.assign(time=pts["step"].astype(float), smoothed=pts["value"])
+    return charts.curve_figure(pts, frames.mean_band(pts), "val_acc", "acc", **kw)
+
+
 def test_curves_percent_axis_fixed_colours_and_a_band_without_markers():
     pts = pd.DataFrame({"arm": ["baseline"] * 6 + ["fire"] * 3, "seed": [0, 0, 0, 1, 1, 1, 0, 0, 0],
-                        "step": [0, 10, 20] * 3, "metric": "val_acc",
-                        "value": [0.1, 0.2, 0.4, 0.1, 0.4, 0.8, 0.1, 0.5, 0.6]})
+                        "step": [0, 10, 20] * 3, "value": [0.1, 0.2, 0.4, 0.1, 0.4, 0.8, 0.1, 0.5, 0.6]})
     colours = views.arm_colours(["baseline", "fire"], {"baseline": "none", "fire": "fire"})
     assert colours == {"baseline": views.BASELINE_COLOUR, "fire": views.STRATEGY_COLOURS["fire"]}
-    fig = views.curves(pts, "val_acc", "acc", colours, percent=True, total_steps=20)
+    fig = _curve(pts, colours=colours, percent=True)
     band, base, fire = fig.data
     assert list(base.x) == [0, 10, 20]  # the step-0 evaluation is drawn
     assert list(base.y) == pytest.approx([10, 30, 60]) and list(fire.y) == pytest.approx([10, 50, 60])
     assert list(band.y) == pytest.approx([10, 40, 80, 40, 20, 10])  # max forward, min backward, in %
-    assert band.mode == "lines" and not band.showlegend  # no markers in Plotly's default colours
-    assert base.line.color == base.marker.color == views.BASELINE_COLOUR and fire.marker.color == colours["fire"]
+    assert band.mode == "lines" and not band.showlegend
+    assert base.line.color == views.BASELINE_COLOUR and fire.line.color == colours["fire"]
     assert tuple(fig.layout.yaxis.range) == (0, 100)
 
 
 def test_curves_keep_a_stopped_seed_out_of_the_mean_and_label_the_seeds_per_step():
     # baseline seed 1 stopped after step 10; fire seed 1 is still running at step 10 (live)
     pts = pd.DataFrame({"arm": ["baseline"] * 5 + ["fire"] * 5, "seed": [0, 0, 0, 1, 1, 0, 0, 0, 1, 1],
-                        "step": [0, 10, 20, 0, 10, 0, 10, 20, 0, 10], "metric": "val_acc",
+                        "step": [0, 10, 20, 0, 10, 0, 10, 20, 0, 10],
                         "value": [0.1, 0.3, 0.5, 0.1, 0.2, 0.1, 0.4, 0.6, 0.1, 0.2],
                         "status": ["finished"] * 3 + ["stopped"] * 2 + ["finished"] * 3 + ["running"] * 2})
-    fig = views.curves(pts, "val_acc", "acc", percent=True)
+    colours = views.arm_colours(["baseline", "fire"], {"baseline": "none", "fire": "fire"})
+    fig = _curve(pts, colours=colours, percent=True)
     names = [t.name for t in fig.data]
     base = next(t for t in fig.data if t.name == "baseline")
     assert list(base.y) == pytest.approx([10, 30, 50])  # the stopped seed's 20 % is not averaged in
     assert "baseline seed 1 (stopped)" in names
     assert next(t for t in fig.data if t.name == "baseline seed 1 (stopped)").line.dash == "dash"
     fire = next(t for t in fig.data if t.name and t.name.startswith("fire (mean"))
-    assert fire.name == "fire (mean of 1-2 seeds, per step)" and list(fire.customdata) == [2, 2, 1]
-    band = next(t for t in fig.data if t.name == "fire range")
-    assert list(band.x) == [0, 10, 10, 0]  # the band only where two seeds are present
+    assert fire.name == "fire (mean of 1-2 seeds, per step)" and list(fire.y) == pytest.approx([10, 30, 60])
+    band = next(t for t in fig.data if t.name == "fire min-max")
+    assert list(band.y) == pytest.approx([10, 40, 60, 60, 20, 10])  # a single seed at step 20: min = max
 
 
 def test_export_command_is_shell_quoted_and_parses_back():
