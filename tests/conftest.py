@@ -47,3 +47,18 @@ def _dashboard_runs_root(request, tmp_path, monkeypatch):
     """Dashboard tests write run folders and workspaces into their own temporary runs root, never ./runs."""
     if request.module.__name__.rpartition(".")[2].startswith(("test_dashboard_", "test_browser")):
         monkeypatch.setenv("PLASTICITY_RUNS", str(tmp_path / "runs"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The module's workers and its in-process runs on one thread: a resumed or remote run is compared bit for bit
+    with one run here, and a float sum's bits depend on how many threads split it."""
+    old_env, old_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old_threads)
+    if old_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old_env

@@ -319,7 +319,8 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
             _settle(page)
             # Setup: 8 sample images for each of the 10 classes and the per-class counts
             page.get_by_role("heading", name="Target data", exact=True).scroll_into_view_if_needed()
-            assert page.locator("img[src*='/media/']").count() >= 80
+            page.wait_for_function("() => document.querySelectorAll(\"img[src*='/media/']\").length >= 80",
+                                   timeout=60_000)  # the grid's images arrive one by one
             assert page.get_by_text("Images per class in each split.").count() == 1
             _tall_shot(page, "setup_data")
 

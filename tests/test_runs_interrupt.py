@@ -22,6 +22,8 @@ from plasticity_core.runs import LaunchError, Run, RunStore, execute_run, read_e
 from plasticity_core.runs import resume_runs
 from plasticity_core.runs.interrupt import checkpoint_step, collect_resumable, reopen
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical curves across processes
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import LaunchError, Run, RunStore, execute_run, run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical curves across processes
+
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -19,7 +19,8 @@ from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import Run, RunStore, execute_run, read_events
 from slurm_cluster import SlurmCluster, why_not
 
-pytestmark = pytest.mark.skipif(why_not() is not None, reason=why_not() or "")
+pytestmark = [pytest.mark.skipif(why_not() is not None, reason=why_not() or ""),
+              pytest.mark.usefixtures("one_thread")]
 submitit = pytest.importorskip("submitit")
 REPO = Path(__file__).resolve().parents[1]
 

@@ -135,7 +135,7 @@ with st.expander("New experiment", expanded="experiment" not in st.session_state
         for arm, why in noop.items():
             st.error(f"Arm **{arm}** would change nothing: {why}", icon=":material/block:")
         anyway = st.checkbox("Launch anyway (the arms above will reproduce the baseline)", key="w_ft_anyway") if noop else False
-        full_check = st.checkbox("Full check before launch (score units on every probe batch, not one)", key="w_ft_full_check",
+        full_check = st.checkbox("Full no-op check (score units on every probe batch, not one)", key="w_ft_full_check",
                                  help="The quick check scores each arm's units on one batch and re-checks, on all batches, "
                                       "only an arm that touches nothing there.")
         if st.button("Launch", type="primary", key="btn_launch", disabled=not arms or (bool(noop) and not anyway)):
