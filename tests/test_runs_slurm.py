@@ -25,7 +25,8 @@ submitit = pytest.importorskip("submitit")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _exp(seeds=(0, 1), steps: int = 150) -> ExperimentConfig:
+def _exp(seeds=(0, 1), steps: int = 1200) -> ExperimentConfig:
+    # long enough (~25 s on one free core) that the scancel lands mid-run however fast the machine trains
     cfg = ExperimentConfig(name="t", backbone="timm:test_resnet", pretrained=False, data="synthetic:classes=4,n=96,size=32",
                            seeds=list(seeds), arms={"baseline": None},
                            finetune=FinetuneConfig(steps=steps, batch_size=16, eval_every=20, image_size=32, device="cpu",
