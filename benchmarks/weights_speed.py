@@ -21,8 +21,6 @@ import argparse
 import contextlib
 import io
 import logging
-import statistics
-import time
 
 import timm
 import torch
@@ -32,36 +30,10 @@ from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.metrics.diagnose import clear_weight_cache
 from plasticity_core.metrics.weights import tall_taps
 
+from diagnose_overhead import interleaved  # the one interleaved timer of benchmarks/
+
 MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100"}
 WW_SET = ["spectral_norm", "stable_rank", "fro_norm"]
-
-
-def clock_for(device: torch.device):
-    def once(fn, before=None) -> float:
-        if before is not None:
-            before()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(device)
-            return time.perf_counter() - t
-        t = time.process_time()
-        fn()
-        return time.process_time() - t
-    return once
-
-
-def interleaved(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
-    """Median of each ``(fn, before)`` over ``repeats`` rounds after one warm-up round, taking turns per round."""
-    once = clock_for(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(repeats + 1):
-        for k, (fn, before) in fns.items():
-            t = once(fn, before)
-            if r:
-                times[k].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def sgemm_rate(device: torch.device, n: int = 1024) -> float:
