@@ -276,3 +276,34 @@ def test_stopping_rule_never_stops_before_the_top_value_arrived(monkeypatch):
             exact = torch.linalg.matrix_norm(w.double(), ord=2)
             top, _ = weights.top_singular(weights.tall_taps(w))
             assert abs(float(top[0]) / float(exact) - 1) <= 1e-5, (shape, seed)
+
+
+def test_batched_and_one_by_one_cpu_paths_agree():
+    """Small taps step together, large ones run one by one: the same values (to rounding) and the exact sigma_1."""
+    import numpy as np
+
+    from plasticity_core.metrics.weights import gkl_top
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(5, 200, 96, generator=g)
+    x[2] *= 0.0  # an all-zero tap in the batch leaves it at once with 0
+    x[3, :, 1:] = 0.0  # rank one: the Krylov space closes at the second step (alpha = 0 there)
+    x[4] = torch.randn(200, 3, generator=g) @ torch.randn(3, 96, generator=g)  # rank three
+    batch, ok = gkl_top(np.ascontiguousarray(x.numpy()))
+    one = np.array([gkl_top(np.ascontiguousarray(t.numpy())[None])[0][0] for t in x])
+    exact = torch.linalg.matrix_norm(x.double(), ord=2).numpy()
+    assert ok.all() and batch[2] == 0.0 and one[2] == 0.0
+    assert np.allclose(batch, exact, rtol=1e-6, atol=0) and np.allclose(one, exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_start_vector_in_the_null_space_is_not_taken_for_a_zero_matrix(batched):
+    """X v0 = 0 for a nonzero X says nothing about sigma_1: the exact SVD decides, and the tap is counted."""
+    from plasticity_core.metrics.weights import start_vector, top_singular
+
+    v0 = start_vector(64).float()
+    w = torch.randn(80, 64, generator=torch.Generator().manual_seed(2))
+    w = w - (w @ v0)[:, None] * v0[None, :]  # every row orthogonal to the start vector
+    top, slow = top_singular(w[None], batched=batched)
+    assert float(top[0]) == pytest.approx(float(torch.linalg.matrix_norm(w.double(), ord=2)), rel=1e-6)
+    assert bool(slow[0])

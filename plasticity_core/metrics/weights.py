@@ -7,11 +7,13 @@ taken in tall orientation ``X`` (``m x n``, ``m >= n``).
 Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = X^T X`` (one batched GEMM per
 layer, fp32, TF32 off), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
 form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself (two matrix-vector
-products per step, full reorthogonalisation, a fixed-seed start vector), stopped per tap as soon as the Ritz
-value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped moving; a tap not converged within
-``GKL_MAX_STEPS`` falls back to an exact SVD and is counted (``SpectraBatch.fallback``, the diagnosis meta).
-On the CPU each tap runs on its own (it stays in cache: batched matrix-vector products over many taps stream
-from memory and were 2-6x slower); on a GPU the taps of one shape run together in one batch. Taps with
+products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector), stopped per tap as
+soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped
+moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
+(``SpectraBatch.fallback``, the diagnosis meta). On the CPU, taps of up to ``BATCH_BYTES`` step together, all
+taps of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by
+one, each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one
+shape run together in one batch. Taps with
 ``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one batched exact ``svdvals``. The
 Ritz value never exceeds ``sigma_1`` (up to rounding); the tests check it against ``torch.linalg`` to 1e-5.
 Frobenius norms accumulate in float64 (exact to float32 rounding at any size). No function here returns NaN
@@ -19,6 +21,7 @@ for a finite weight.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -33,6 +36,7 @@ GKL_MAX_STEPS = 64  # a tap not converged by then gets an exact SVD (counted in 
 GKL_CHECK = 4  # steps between convergence checks (each decomposes the small bidiagonal matrix)
 GKL_FIRST_CHECK = 16
 SMALL_N = 32  # at most this many columns: one batched exact svdvals (cheaper than any iteration)
+BATCH_BYTES = 1 << 18  # CPU: taps of one shape up to this size step together; larger ones run one by one in cache
 
 
 def tall_taps(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -95,68 +99,167 @@ def start_vector(n: int) -> torch.Tensor:
     return v / v.norm()
 
 
-def _ritz(alpha: np.ndarray, beta: np.ndarray, beta_next: float) -> tuple[float, float]:
-    """Top singular value of the upper bidiagonal ``B`` (diagonal ``alpha``, superdiagonal ``beta``) and the
-    estimated error of its square as an eigenvalue of ``G = X^T X``. ``T = B^T B`` is the Lanczos matrix of ``G``
-    and ``G V = V T + beta_next alpha_k v_{k+1} e_k^T``, so the Ritz pair ``(theta^2, y)`` has the residual
-    ``r = beta_next alpha_k |y_k|``; the estimate is ``r^2 / gap`` (``gap = theta_1^2 - theta_2^2``), or ``r``
-    itself (a bound with no gap assumption) when that is smaller."""
-    k = len(alpha)
-    b = np.diag(alpha) + (np.diag(beta[: k - 1], 1) if k > 1 else 0.0)
-    lam, y = np.linalg.eigh(b.T @ b)
-    top = max(float(lam[-1]), 0.0)
-    r = beta_next * alpha[-1] * abs(y[-1, -1])
-    gap = top - (float(lam[-2]) if k > 1 else 0.0)
-    est = min(r, r * r / gap) if gap > 0 else r
-    return float(np.sqrt(top)), float(est)
+def _ritz(alpha: np.ndarray, beta: np.ndarray, beta_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tap (rows): the top singular value of the upper bidiagonal ``B`` (diagonal ``alpha``, superdiagonal
+    ``beta[:, :-1]``) and the estimated error of its square as an eigenvalue of ``G = X^T X``. ``T = B^T B`` is the
+    Lanczos matrix of ``G`` and ``G V = V T + beta_next alpha_k v_{k+1} e_k^T``, so the Ritz pair
+    ``(theta^2, y)`` has the residual ``r = beta_next alpha_k |y_k|``; the estimate is ``r^2 / gap``
+    (``gap = theta_1^2 - theta_2^2``), or ``r`` itself (a bound with no gap assumption) when that is smaller."""
+    t, k = alpha.shape
+    b = np.zeros((t, k, k))
+    i = np.arange(k)
+    b[:, i, i] = alpha
+    b[:, i[:-1], i[1:]] = beta[:, : k - 1]
+    lam, y = np.linalg.eigh(np.matmul(b.transpose(0, 2, 1), b))
+    top = np.maximum(lam[:, -1], 0.0)
+    r = beta_next * alpha[:, -1] * np.abs(y[:, -1, -1])
+    gap = top - (lam[:, -2] if k > 1 else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = np.where(gap > 0, np.minimum(r, r * r / np.where(gap > 0, gap, 1.0)), r)
+    return np.sqrt(top), est
 
 
-def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[float, bool]:
-    """``(sigma_1, converged)`` of one finite tall float32 matrix by Golub-Kahan-Lanczos bidiagonalisation.
+def _ritz_top(alpha: np.ndarray, beta: np.ndarray) -> float:
+    """The top singular value of the upper bidiagonal ``B`` of one tap, from the eigenvalues of ``T = B^T B``
+    alone (half the cost of ``_ritz``, which also needs the eigenvector)."""
+    d = alpha * alpha
+    d[1:] += beta[:-1] * beta[:-1]
+    e = alpha[:-1] * beta[:-1]
+    return math.sqrt(max(float(np.linalg.eigvalsh(np.diag(d) + np.diag(e, 1) + np.diag(e, -1))[-1]), 0.0))
 
-    Full reorthogonalisation of both bases; checked every ``GKL_CHECK`` steps (and at a breakdown or the last
-    step) against ``tol``. Exact (up to rounding) when the Krylov space closes (``min(max_steps, n)`` steps or an
-    invariant subspace). ``converged`` is False when ``max_steps`` ran out first.
+
+def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
+    bidiagonalisation, the taps stepping together (one matrix-vector product per step for the whole batch).
+
+    Full reorthogonalisation of the right vectors (a second pass where the first removed most of the vector);
+    each tap is checked every ``GKL_CHECK`` steps from ``GKL_FIRST_CHECK`` on (and at a breakdown or the last step)
+    against ``tol`` and leaves the batch when it passes. Exact (up to rounding) when the Krylov space closes
+    (``min(max_steps, n)`` steps or an invariant subspace). ``converged`` is False where ``max_steps`` ran out first.
     """
     tol = GKL_TOL if tol is None else tol
+    if x.shape[0] == 1:
+        s, ok = _gkl_tap(x[0], tol, max_steps)
+        return np.array([s]), np.array([ok])
+    nb, m, n = x.shape
+    k = min(GKL_MAX_STEPS if max_steps is None else max_steps, n)
+    s1, conv = np.zeros(nb), np.ones(nb, dtype=bool)
+    scale = np.abs(x).max((1, 2)) * (max(m, n) * np.finfo(x.dtype).eps)  # per-tap breakdown threshold
+    idx = np.flatnonzero(scale > 0)  # an all-zero tap: sigma_1 = 0
+    if idx.size == 0:
+        return s1, conv
+    if idx.size < nb:
+        x = x[idx]
+    sc = scale[idx]
+    t = idx.size
+    v = np.broadcast_to(start_vector(n).numpy().astype(x.dtype), (t, n)).copy()
+    vs, us = np.zeros((t, k + 1, n), x.dtype), np.zeros((t, k, m), x.dtype)
+    alpha, beta, prev = np.zeros((t, k)), np.zeros((t, k)), np.zeros(t)
+
+    def leave(done: np.ndarray, value: np.ndarray, ok: np.ndarray | bool = True) -> bool:
+        """Record the taps in ``done`` and drop them from the batch; True when none is left."""
+        nonlocal x, v, vs, us, alpha, beta, prev, sc, idx
+        s1[idx[done]], conv[idx[done]] = value[done], ok if np.isscalar(ok) else ok[done]
+        keep = ~done
+        x, v, vs, us, alpha, beta, prev, sc, idx = (a[keep] for a in (x, v, vs, us, alpha, beta, prev, sc, idx))
+        return idx.size == 0
+
+    for j in range(k):
+        vs[:, j] = v
+        u = np.matmul(x, v[:, :, None])[:, :, 0]
+        if j:  # one-sided reorthogonalisation (of the right vectors, below) keeps sigma_1 accurate
+            u -= beta[:, j - 1, None] * us[:, j - 1]
+        a = np.sqrt(np.einsum("ij,ij->i", u, u))
+        dead = a <= sc
+        if dead.any():  # X v = 0 on the rest: the Krylov space is invariant, the Ritz value so far is exact
+            # X V_{j+1} = U_j [B_j | beta_{j-1} e_j]: the last beta belongs to the bidiagonal (alpha_j = 0 here)
+            # (at the first step the start vector lies in the null space of a nonzero X: the exact SVD decides)
+            value = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.zeros(len(a)))[0] if j else np.zeros(len(a))
+            if leave(dead, value, j > 0):
+                break
+            u, a = u[~dead], a[~dead]
+        alpha[:, j] = a
+        u /= a[:, None].astype(x.dtype)
+        us[:, j] = u
+        w = np.matmul(u[:, None, :], x)[:, 0] - alpha[:, j, None].astype(x.dtype) * v
+        basis = vs[:, : j + 1]
+        before = np.einsum("ij,ij->i", w, w)
+        w -= np.matmul(np.matmul(basis, w[:, :, None]).transpose(0, 2, 1), basis)[:, 0]
+        bsq = np.einsum("ij,ij->i", w, w)
+        if (bsq < 0.5 * before).any():  # most of w lay in the basis: once more (Kahan's "twice is enough")
+            w -= np.matmul(np.matmul(basis, w[:, :, None]).transpose(0, 2, 1), basis)[:, 0]
+            bsq = np.einsum("ij,ij->i", w, w)
+        b = np.sqrt(bsq)
+        beta[:, j] = b
+        closed = b <= sc
+        last = j == k - 1
+        if last or closed.any() or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
+            s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.where(closed, 0.0, b))
+            # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
+            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet)
+            good = closed | (j + 1 == n) | ((est <= tol * s * s) & (s - prev <= tol * s))
+            if last:
+                leave(np.ones(len(s), dtype=bool), s, good)
+                break
+            if good.any() and leave(good, s):
+                break
+            prev = s[~good]
+            w, b = w[~good], b[~good]
+        v = w / b[:, None].astype(x.dtype)
+    return s1, conv
+
+
+def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, bool]:
+    """``gkl_top`` for one 2-D tap: the same steps and stopping rule on vectors (half the Python cost per step of
+    the batched form, which matters for the large taps that run one by one in cache)."""
     m, n = x.shape
     k = min(GKL_MAX_STEPS if max_steps is None else max_steps, n)
-    v = start_vector(n).numpy().astype(x.dtype)
-    vs = np.zeros((k + 1, n), x.dtype)
-    us = np.zeros((k, m), x.dtype)
-    alpha, beta = np.zeros(k), np.zeros(k)
-    scale = float(np.abs(x).max()) * max(m, n) * np.finfo(x.dtype).eps  # breakdown threshold
+    scale = float(np.abs(x).max()) * max(m, n) * np.finfo(x.dtype).eps
     if scale == 0.0:
         return 0.0, True
-    prev = 0.0  # the Ritz value at the previous check
+    v = start_vector(n).numpy().astype(x.dtype)
+    vs = np.empty((k + 1, n), x.dtype)
+    alpha, beta = np.zeros((1, k)), np.zeros((1, k))
+    u_prev, b, prev = None, 0.0, 0.0
     for j in range(k):
         vs[j] = v
         u = x @ v
-        if j:  # one-sided reorthogonalisation (of the right vectors, below) keeps sigma_1 accurate
-            u -= beta[j - 1] * us[j - 1]
-        a = float(np.sqrt(u @ u))
-        if a <= scale:  # X v = 0 on the rest: the Krylov space is invariant
-            return (_ritz(alpha[:j], beta[:j], 0.0)[0] if j else 0.0), True
-        alpha[j] = a
-        u /= a
-        us[j] = u
-        w = u @ x - a * v
-        for _ in range(2):
-            w -= (vs[: j + 1] @ w) @ vs[: j + 1]
-        b = float(np.sqrt(w @ w))
-        beta[j] = b
-        last = j == k - 1 or b <= scale
-        if last or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
-            s1, est = _ritz(alpha[: j + 1], beta[: j + 1], 0.0 if b <= scale else b)
-            # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
-            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet)
-            if b <= scale or j + 1 == n or (est <= tol * s1 * s1 and s1 - prev <= tol * s1):
-                return s1, True
+        if j:
+            u -= np.float32(b) * u_prev
+        a = math.sqrt(float(u @ u))
+        if a <= scale:
+            return (float(_ritz(alpha[:, : j + 1], beta[:, : j + 1], np.zeros(1))[0][0]) if j else 0.0), j > 0
+        alpha[0, j] = a
+        u *= np.float32(1.0 / a)
+        w = u @ x
+        w -= np.float32(a) * v
+        basis = vs[: j + 1]
+        c = basis @ w
+        w -= c @ basis
+        bsq = float(w @ w)
+        if bsq < float(c @ c):
+            w -= (basis @ w) @ basis
+            bsq = float(w @ w)
+        b = math.sqrt(bsq)
+        beta[0, j] = b
+        closed = b <= scale
+        last = j == k - 1
+        if last or closed or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
+            if not (last or closed or j + 1 == n):  # the Ritz value alone (no vectors) first: is it still moving?
+                top = _ritz_top(alpha[0, : j + 1], beta[0, : j + 1])
+                if top - prev > tol * top:
+                    prev, u_prev, v = top, u, w * np.float32(1.0 / b)
+                    continue
+            s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.array([0.0 if closed else b]))
+            s, est = float(s[0]), float(est[0])
+            if closed or j + 1 == n or (est <= tol * s * s and s - prev <= tol * s):
+                return s, True
             if last:
-                return s1, False
-            prev = s1
-        v = w / b
-    return 0.0, False  # not reached
+                return s, False
+            prev = s
+        u_prev = u
+        v = w * np.float32(1.0 / b)
+    return 0.0, False
 
 
 def gkl_top_batched(x: torch.Tensor, steps: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,6 +300,7 @@ def gkl_top_batched(x: torch.Tensor, steps: int = 48) -> tuple[torch.Tensor, tor
     r = beta[:, -1].double() * s1 * u_[:, -1, 0].abs()
     gap = s1.square() - (s[:, 1].square() if k > 1 else torch.zeros_like(s1))
     est = torch.where(gap > 0, torch.minimum(r, r.square() / gap.clamp_min(1e-300)), r)
+    est = torch.where((alpha[:, 0] == 0) & (scale[:, 0] > 0), float("inf"), est)  # X v0 = 0 for a nonzero X
     return s1.to(x.dtype), est.to(x.dtype)
 
 
@@ -218,7 +322,7 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
     idx = finite.nonzero().flatten()
     if idx.numel() == 0:
         return out, slow
-    xs = x[idx.to(x.device)]
+    xs = x if idx.numel() == b else x[idx.to(x.device)]
     if n <= SMALL_N:
         out[idx.to(x.device)] = torch.linalg.svdvals(xs)[:, 0]
         return out, slow
@@ -226,11 +330,16 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
         batched = x.device.type != "cpu"
     if batched:
         s1, est = gkl_top_batched(xs, min(GKL_MAX_STEPS, n))
-        bad = (~(est <= GKL_TOL * s1.square()) & torch.tensor(n > GKL_MAX_STEPS, device=s1.device)).cpu()
+        bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
     else:
-        res = [gkl_top(_blas_view(t)) for t in xs.detach().cpu()]
-        s1 = torch.tensor([r[0] for r in res], dtype=x.dtype)
-        bad = torch.tensor([not r[1] for r in res], dtype=torch.bool)
+        taps = xs.detach().cpu()
+        if m * n * taps.element_size() <= BATCH_BYTES:  # small taps: one batch (the Python steps cost more than the products)
+            top, ok = gkl_top(np.ascontiguousarray(taps.numpy()))
+        else:  # one by one, each in cache
+            res = [gkl_top(_blas_view(t)[None]) for t in taps]
+            top, ok = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
+        s1 = torch.from_numpy(top).to(x.dtype)
+        bad = torch.from_numpy(~ok)
     if bad.any():
         s1[bad.to(s1.device)] = torch.linalg.svdvals(xs[bad.to(xs.device)])[:, 0].to(s1.device)
     out[idx.to(x.device)] = s1.to(out.device)
@@ -313,7 +422,8 @@ class SpectraBatch:
             if id(v) not in self.done:
                 groups[(tuple(v.taps.shape[1:]), v.taps.device)].append(v)
         for (_, dev), vs in groups.items():
-            if dev.type == "cpu":  # tap by tap anyway: no concatenated copy
+            m, n = vs[0].taps.shape[1:]
+            if dev.type == "cpu" and (len(vs) == 1 or m * n * vs[0].taps.element_size() > BATCH_BYTES):
                 parts = [top_singular(v.taps, fro2=v.fro2) for v in vs]
             else:
                 sizes = [v.taps.shape[0] for v in vs]
