@@ -363,6 +363,7 @@ class WeightView:
         self._gram_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
+        self._sfe: torch.Tensor | None = None
         self.spectra = spectra if spectra is not None else SpectraBatch()
         self.spectra.add(self)
 
@@ -392,6 +393,13 @@ class WeightView:
         if self._fro2 is None:
             self._fro2 = tap_fro2(self.w)
         return self._fro2
+
+    @property
+    def sfe(self) -> torch.Tensor | None:
+        """``||W - W0||_F^2`` (fp32), once for ``sfe`` and ``sfe_rel``; None without a reference of this shape."""
+        if self._sfe is None and self.w0 is not None and self.w0.shape == self.w.shape:
+            self._sfe = sfe_t(self.w, self.w0)
+        return self._sfe
 
     def sigma1(self) -> torch.Tensor:
         """``sigma_1`` per tap, shape ``(taps,)`` (batched with every other layer of the same diagnosis)."""
@@ -458,7 +466,7 @@ def _check_pair(w: torch.Tensor, w0: torch.Tensor) -> None:
 
 def sfe_t(w: torch.Tensor, w0: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     _check_pair(w, w0)
-    return (w.detach().to(dtype) - w0.detach().to(device=w.device, dtype=dtype)).square().sum()
+    return torch.sub(w.detach().to(dtype), w0.detach().to(device=w.device, dtype=dtype)).square_().sum()
 
 
 def sfe_rel_t(w: torch.Tensor, w0: torch.Tensor, dtype: torch.dtype = torch.float32, eps: float = SFE_EPS) -> torch.Tensor:
@@ -470,13 +478,14 @@ def sfe_rel_t(w: torch.Tensor, w0: torch.Tensor, dtype: torch.dtype = torch.floa
 
 @register_metric("sfe", family="weights", definition="||W - W0||_F^2 against the pretrained reference W0 (whole tensor)")
 def _sfe(v: WeightView) -> torch.Tensor | None:
-    return sfe_t(v.w, v.w0) if v.w0 is not None and v.w0.shape == v.w.shape else None
+    return v.sfe
 
 
 @register_metric("sfe_rel", family="weights", defaults={"eps": SFE_EPS}, version=2,
                  definition="sfe / max(||W0||_F^2, eps), eps = 1e-12 by default (whole tensor)")
 def _sfe_rel(v: WeightView, eps: float) -> torch.Tensor | None:
-    return sfe_rel_t(v.w, v.w0, eps=eps) if v.w0 is not None and v.w0.shape == v.w.shape else None
+    sfe = v.sfe
+    return None if sfe is None else sfe / v.w0.float().square().sum().clamp_min(eps)
 
 
 @register_metric("dfi", family="weights",
