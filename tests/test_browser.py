@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -160,6 +161,11 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
 
             # Diagnose: run, then click one cell: exactly that layer is selected
             _goto(page, "Diagnose")
+            # the loaded model's weight metrics were started in the background at load, and the page says where
+            # they stand (computing / ready), so the first Diagnose click waits only for the activation pass
+            status = page.get_by_text("weight metrics: ", exact=False)
+            assert status.count() == 1
+            assert re.match(r"weight metrics: (ready|computing in the background)", status.inner_text()), status.inner_text()
             _set_number(page, "Probe batches", 1)
             page.get_by_role("button", name="Run diagnosis").click()
             page.wait_for_selector(".heatmaplayer", timeout=180_000)
@@ -326,6 +332,11 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
 
             # Diagnose twice: the top-k table and the comparison of the two kept diagnoses
             _goto(page, "Diagnose")
+            # the loaded model's weight metrics were started in the background at load, and the page says where
+            # they stand (computing / ready), so the first Diagnose click waits only for the activation pass
+            status = page.get_by_text("weight metrics: ", exact=False)
+            assert status.count() == 1
+            assert re.match(r"weight metrics: (ready|computing in the background)", status.inner_text()), status.inner_text()
             _set_number(page, "Probe batches", 1)
             page.get_by_role("button", name="Run diagnosis").click()
             page.wait_for_selector(".heatmaplayer", timeout=180_000)
