@@ -193,17 +193,20 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
         beta[:, j] = b
         closed = b <= sc
         last = j == k - 1
-        if last or closed.any() or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
+        regular = last or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0)
+        if regular or closed.any():
             s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.where(closed, 0.0, b))
             # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
-            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet)
-            good = closed | (j + 1 == n) | ((est <= tol * s * s) & (s - prev <= tol * s))
+            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet); between
+            # regular checks only the closed taps (exact) leave
+            good = closed | (j + 1 == n) | ((est <= tol * s * s) & (s - prev <= tol * s)) if regular else closed
             if last:
                 leave(np.ones(len(s), dtype=bool), s, good)
                 break
             if good.any() and leave(good, s):
                 break
-            prev = s[~good]
+            if regular:
+                prev = s[~good]
             w, b = w[~good], b[~good]
         v = w / b[:, None].astype(x.dtype)
     return s1, conv
