@@ -16,6 +16,7 @@ the forward under bfloat16 autocast on CUDA (no effect on CPU). ``meta["precisio
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 import weakref
@@ -114,20 +115,65 @@ def diagnose(
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 
+_POLICY = threading.Condition()  # the TF32 flags are process-wide: threads inside precision_policy share them
+_POLICY_STATE: dict[str, Any] = {"precision": None, "count": 0, "saved": None}
+_POLICY_DEPTH = threading.local()
+
+
+def _tf32_flags() -> tuple[str, bool]:
+    """The user's float32 matmul precision and cuDNN TF32 flag (a state mixing the legacy ``allow_tf32`` and the
+    precision API reads as the precision that flag means)."""
+    try:
+        precision = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        precision = "high" if torch.backends.cuda.matmul.allow_tf32 else "highest"
+    return precision, torch.backends.cudnn.allow_tf32
+
+
+def _set_tf32_flags(flags: tuple[str, bool]) -> None:
+    # the precision API alone (it also sets cuda.matmul.allow_tf32): writing allow_tf32 after it leaves a "mixed"
+    # state in which torch.get_float32_matmul_precision() raises (a user's "medium" broke the next diagnosis)
+    torch.set_float32_matmul_precision(flags[0])
+    torch.backends.cudnn.allow_tf32 = flags[1]
+
+
 @contextlib.contextmanager
 def precision_policy(precision: str) -> Iterator[None]:
-    """TF32 off ("exact") or on ("fast") for matmuls and cuDNN inside the block; the user's settings come back after."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    fast = precision == "fast"
+    """TF32 off ("exact") or on ("fast") for matmuls and cuDNN inside the block; the user's settings come back after.
+
+    The flags are global to the process, so threads coordinate: blocks of the same precision overlap (the first
+    saves the user's settings, the last restores them), a block of the other precision waits until they are all
+    done. A block nested in the same thread just sets and restores the flags around itself."""
+    flags = ("high", True) if precision == "fast" else ("highest", False)
+    depth = getattr(_POLICY_DEPTH, "n", 0)
+    if depth:  # nested in this thread: this thread already holds the policy
+        saved = _tf32_flags()
+        _POLICY_DEPTH.n = depth + 1
+        try:
+            _set_tf32_flags(flags)
+            yield
+        finally:
+            _set_tf32_flags(saved)
+            _POLICY_DEPTH.n = depth
+        return
+    with _POLICY:
+        while _POLICY_STATE["count"] and _POLICY_STATE["precision"] != precision:
+            _POLICY.wait()
+        if not _POLICY_STATE["count"]:
+            _POLICY_STATE.update(saved=_tf32_flags(), precision=precision)
+            _set_tf32_flags(flags)
+        _POLICY_STATE["count"] += 1
+    _POLICY_DEPTH.n = 1
     try:
-        torch.set_float32_matmul_precision("high" if fast else "highest")
-        torch.backends.cuda.matmul.allow_tf32 = fast
-        torch.backends.cudnn.allow_tf32 = fast
         yield
     finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cuda.matmul.allow_tf32 = saved[1]
-        torch.backends.cudnn.allow_tf32 = saved[2]
+        _POLICY_DEPTH.n = 0
+        with _POLICY:
+            _POLICY_STATE["count"] -= 1
+            if not _POLICY_STATE["count"]:
+                _set_tf32_flags(_POLICY_STATE["saved"])
+                _POLICY_STATE.update(saved=None, precision=None)
+                _POLICY.notify_all()
 
 
 # ---- weight metrics, cached per parameter version ----
