@@ -226,23 +226,23 @@ def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, b
     u_prev, b, prev = None, 0.0, 0.0
     for j in range(k):
         vs[j] = v
-        u = x @ v
+        u = x.dot(v)
         if j:
-            u -= np.float32(b) * u_prev
-        a = math.sqrt(float(u @ u))
+            u -= b * u_prev
+        a = math.sqrt(float(u.dot(u)))
         if a <= scale:
             return (float(_ritz(alpha[:, : j + 1], beta[:, : j + 1], np.zeros(1))[0][0]) if j else 0.0), j > 0
         alpha[0, j] = a
-        u *= np.float32(1.0 / a)
-        w = u @ x
-        w -= np.float32(a) * v
+        u *= 1.0 / a
+        w = u.dot(x)
+        w -= a * v
         basis = vs[: j + 1]
-        c = basis @ w
-        w -= c @ basis
-        bsq = float(w @ w)
-        if bsq < float(c @ c):
-            w -= (basis @ w) @ basis
-            bsq = float(w @ w)
+        c = basis.dot(w)
+        w -= c.dot(basis)
+        bsq = float(w.dot(w))
+        if bsq < float(c.dot(c)):
+            w -= basis.dot(w).dot(basis)
+            bsq = float(w.dot(w))
         b = math.sqrt(bsq)
         beta[0, j] = b
         closed = b <= scale
@@ -251,7 +251,7 @@ def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, b
             if not (last or closed or j + 1 == n):  # the Ritz value alone (no vectors) first: is it still moving?
                 top = _ritz_top(alpha[0, : j + 1], beta[0, : j + 1])
                 if top - prev > tol * top:
-                    prev, u_prev, v = top, u, w * np.float32(1.0 / b)
+                    prev, u_prev, v = top, u, w * (1.0 / b)
                     continue
             s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.array([0.0 if closed else b]))
             s, est = float(s[0]), float(est[0])
@@ -261,7 +261,7 @@ def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, b
                 return s, False
             prev = s
         u_prev = u
-        v = w * np.float32(1.0 / b)
+        v = w * (1.0 / b)
     return 0.0, False
 
 
