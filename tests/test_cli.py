@@ -47,3 +47,20 @@ def test_finetune_runs_and_compare_from_the_shell(tmp_path, capsys):
     assert main(["compare", "--store", store, "baseline-seed0", "fire-seed0"]) == 0
     table = capsys.readouterr().out
     assert "baseline" in table and "fire" in table
+
+
+def test_diagnose_names_the_layers_whose_sigma_1_took_the_exact_svd(tmp_path, capsys, monkeypatch):
+    """A layer whose Lanczos did not converge gets the exact value, and the CLI says which (no silent slow path)."""
+    import plasticity_core.metrics.weights as weights
+
+    monkeypatch.setattr(weights, "GKL_MAX_STEPS", 2)  # every tap of more than 32 columns runs out of steps
+    out = tmp_path / "d.parquet"
+    rc = main(["diagnose", "--model", "timm:test_resnet", "--random-init", "--data", "synthetic:classes=4,n=64,size=32",
+               "--image-size", "32", "--batches", "1", "--metrics", "spectral_norm", "--out", str(out)])
+    err = capsys.readouterr().err
+    from plasticity_core.metrics import Diagnosis
+
+    slow = Diagnosis.load(out).meta["weights_slow_path"]["layers"]
+    assert rc == 0 and slow
+    line = next(l for l in err.splitlines() if "came from an exact SVD" in l)
+    assert f"of {len(slow)} layer(s)" in line and all(name in line for name in slow[:8])
