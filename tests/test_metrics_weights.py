@@ -279,20 +279,25 @@ def test_stopping_rule_never_stops_before_the_top_value_arrived(monkeypatch):
 
 
 def test_batched_and_one_by_one_cpu_paths_agree():
-    """Small taps step together, large ones run one by one: the same values (to rounding) and the exact sigma_1."""
+    """Small taps step together, large ones run one by one: both exact to 1e-6, and a small tap's value is the same
+    bit for bit whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point)."""
     import numpy as np
 
-    from plasticity_core.metrics.weights import gkl_top
+    from plasticity_core.metrics.weights import _gkl_tap, gkl_top
 
     g = torch.Generator().manual_seed(11)
     x = torch.randn(5, 200, 96, generator=g)
     x[2] *= 0.0  # an all-zero tap in the batch leaves it at once with 0
     x[3, :, 1:] = 0.0  # rank one: the Krylov space closes at the second step (alpha = 0 there)
     x[4] = torch.randn(200, 3, generator=g) @ torch.randn(3, 96, generator=g)  # rank three
-    batch, ok = gkl_top(np.ascontiguousarray(x.numpy()))
-    one = np.array([gkl_top(np.ascontiguousarray(t.numpy())[None])[0][0] for t in x])
+    taps = np.ascontiguousarray(x.numpy())
+    batch, ok = gkl_top(taps)
+    alone = np.array([gkl_top(taps[i:i + 1])[0][0] for i in range(5)])
+    pairs = np.concatenate([gkl_top(taps[i:i + 2])[0] for i in range(0, 5, 2)])
+    one = np.array([_gkl_tap(t, 1e-6, None)[0] for t in taps])  # the loop large taps take
     exact = torch.linalg.matrix_norm(x.double(), ord=2).numpy()
     assert ok.all() and batch[2] == 0.0 and one[2] == 0.0
+    assert np.array_equal(batch, alone) and np.array_equal(batch, pairs)
     assert np.allclose(batch, exact, rtol=1e-6, atol=0) and np.allclose(one, exact, rtol=1e-6, atol=0)
 
 

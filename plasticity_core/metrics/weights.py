@@ -130,17 +130,29 @@ def _ritz_top(alpha: np.ndarray, beta: np.ndarray) -> float:
 
 def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
-    bidiagonalisation, the taps stepping together (one matrix-vector product per step for the whole batch).
+    bidiagonalisation (see ``_gkl_batch``).
+
+    Taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number, one included), larger ones
+    run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
+    whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
+    """
+    tol = GKL_TOL if tol is None else tol
+    if x.shape[1] * x.shape[2] * x.itemsize <= BATCH_BYTES:
+        return _gkl_batch(x, tol, max_steps)
+    res = [_gkl_tap(t if t.flags.c_contiguous or t.flags.f_contiguous else np.ascontiguousarray(t), tol, max_steps)
+           for t in x]
+    return np.array([r[0] for r in res]), np.array([r[1] for r in res], dtype=bool)
+
+
+def _gkl_batch(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(sigma_1, converged)`` of every tap of ``x``, the taps stepping together (one matrix-vector product per
+    step for the whole batch; a tap's arithmetic does not depend on the others).
 
     Full reorthogonalisation of the right vectors (a second pass where the first removed most of the vector);
     each tap is checked every ``GKL_CHECK`` steps from ``GKL_FIRST_CHECK`` on (and at a breakdown or the last step)
     against ``tol`` and leaves the batch when it passes. Exact (up to rounding) when the Krylov space closes
     (``min(max_steps, n)`` steps or an invariant subspace). ``converged`` is False where ``max_steps`` ran out first.
     """
-    tol = GKL_TOL if tol is None else tol
-    if x.shape[0] == 1:
-        s, ok = _gkl_tap(x[0], tol, max_steps)
-        return np.array([s]), np.array([ok])
     nb, m, n = x.shape
     k = min(GKL_MAX_STEPS if max_steps is None else max_steps, n)
     s1, conv = np.zeros(nb), np.ones(nb, dtype=bool)
@@ -186,9 +198,11 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
         before = np.einsum("ij,ij->i", w, w)
         w -= np.matmul(np.matmul(basis, w[:, :, None]).transpose(0, 2, 1), basis)[:, 0]
         bsq = np.einsum("ij,ij->i", w, w)
-        if (bsq < 0.5 * before).any():  # most of w lay in the basis: once more (Kahan's "twice is enough")
-            w -= np.matmul(np.matmul(basis, w[:, :, None]).transpose(0, 2, 1), basis)[:, 0]
-            bsq = np.einsum("ij,ij->i", w, w)
+        again = bsq < 0.5 * before  # most of w lay in the basis: once more (Kahan's "twice is enough"), on those
+        if again.any():  # taps only, so that a tap's arithmetic never depends on the others in the batch
+            wa, ba = w[again], basis[again]
+            w[again] = wa - np.matmul(np.matmul(ba, wa[:, :, None]).transpose(0, 2, 1), ba)[:, 0]
+            bsq[again] = np.einsum("ij,ij->i", w[again], w[again])
         b = np.sqrt(bsq)
         beta[:, j] = b
         closed = b <= sc
@@ -335,12 +349,9 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
         s1, est = gkl_top_batched(xs, min(GKL_MAX_STEPS, n))
         bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
     else:
-        taps = xs.detach().cpu()
-        if m * n * taps.element_size() <= BATCH_BYTES:  # small taps: one batch (the Python steps cost more than the products)
-            top, ok = gkl_top(np.ascontiguousarray(taps.numpy()))
-        else:  # one by one, each in cache
-            res = [gkl_top(_blas_view(t)[None]) for t in taps]
-            top, ok = np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
+        taps = xs.detach().cpu().numpy()
+        small = m * n * taps.itemsize <= BATCH_BYTES  # one batch (the Python steps cost more than the products)
+        top, ok = gkl_top(np.ascontiguousarray(taps) if small else taps)  # large: one by one, each in cache
         s1 = torch.from_numpy(top).to(x.dtype)
         bad = torch.from_numpy(~ok)
     if bad.any():
@@ -348,12 +359,6 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
     out[idx.to(x.device)] = s1.to(out.device)
     slow[idx] = bad
     return out, slow
-
-
-def _blas_view(t: torch.Tensor) -> np.ndarray:
-    """The tap as a numpy array BLAS reads in place (row- or column-major; a strided conv tap is copied once)."""
-    a = t.numpy()
-    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
 
 
 class WeightView:
