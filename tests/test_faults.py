@@ -86,13 +86,17 @@ def test_deleting_one_run_folder_while_it_trains_leaves_the_others_alone(tmp_pat
 
 
 def test_a_disk_that_fills_up_mid_run_ends_every_run_in_a_true_status(tmpfs):
-    """The store is a real 4 MiB tmpfs; at step 5 of seed0 the disk is filled. The launch still returns, every run has
-    a final status (in memory where the disk could not take it), the failed ones at the step they reached, and no
-    temp file is left."""
-    filled = {}
+    """The store is a real 4 MiB tmpfs; once both runs are stepping and one has reached step 5, the disk is filled.
+    The launch still returns, every run has a final status (in memory where the disk could not take it), the failed
+    ones at the step they reached, and no temp file is left. (Filling at seed0's step 5 alone raced: on a fast
+    machine seed1 could still be starting, and a run that fails before its first step has reached no step.)"""
+    filled, reached = {}, {}
 
     def on_event(run, event):
-        if event.get("type") == "step" and event["step"] >= 5 and not filled:
+        if event.get("type") != "step":
+            return
+        reached[run.name] = event["step"]
+        if not filled and len(reached) == 2 and max(reached.values()) >= 5:
             filled["step"] = event["step"]
             _fill(tmpfs)
 
