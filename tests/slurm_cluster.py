@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from local_server import free_port
+
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 
 
@@ -28,14 +30,6 @@ def why_not() -> str | None:
     if os.geteuid() != 0:
         return "starting slurmctld/slurmd needs root"
     return None
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class SlurmCluster:
@@ -68,8 +62,8 @@ SlurmctldPidFile={root / 'slurmctld.pid'}
 SlurmdPidFile={root / 'slurmd.pid'}
 SlurmctldLogFile={root / 'slurmctld.log'}
 SlurmdLogFile={root / 'slurmd.log'}
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill

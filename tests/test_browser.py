@@ -13,11 +13,9 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,18 +23,14 @@ import pytest
 import plasticity_core as pc
 from plasticity_core import assets
 
+from local_server import free_port, wait_healthy
+
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 EXCEPTION = "[data-testid='stException']"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -47,7 +41,7 @@ def server(tmp_path):
     missing = [a["key"] for a in assets.status() if not a["cached"]]
     if missing:
         pytest.skip(f"offline assets {missing} missing: run `plasticity assets fetch`")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PLASTICITY_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
@@ -56,16 +50,7 @@ def server(tmp_path):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            assert time.monotonic() < deadline, "streamlit did not become healthy in 60 s"
-            time.sleep(0.3)
+        wait_healthy(port, proc, 60, tmp_path / "streamlit.log")
         yield url, tmp_path / "runs"
     finally:
         proc.terminate()

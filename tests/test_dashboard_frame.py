@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 from plasticity_core.cli import dashboard_command
 
+from local_server import free_port, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_response_forbids_framing(tmp_path):
-    port = _free_port()
+    port = free_port()
     cmd = dashboard_command(["--server.port", str(port)])
     serve = next(i for i, a in enumerate(cmd) if a.endswith("serve.py"))
     cmd[serve] = str(ROOT / "dashboard" / "serve.py")  # this checkout's, whatever the installed copy is
@@ -32,16 +26,7 @@ def test_every_response_forbids_framing(tmp_path):
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            assert time.monotonic() < deadline, "the dashboard did not become healthy in 90 s"
-            time.sleep(0.3)
+        wait_healthy(port, proc, 90, tmp_path / "streamlit.log")
         for path in ("/", "/_stcore/health", "/?ws=0123456789ab"):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
                 assert r.headers.get_all("X-Frame-Options") == ["DENY"], (path, dict(r.headers))

@@ -12,15 +12,14 @@ import os
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from local_server import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,12 +88,6 @@ def test_plasticity_layers_from_an_empty_folder(venv, tmp_path):
     assert "layer1.0.conv1" in proc.stdout and "fc" in proc.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listeners(port: int) -> list[str]:
     """Local addresses (hex, as in /proc/net/tcp*) of sockets listening on ``port``."""
     found = []
@@ -122,21 +115,12 @@ def _group(pgid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
 def test_plasticity_dashboard_serves_on_localhost_only_from_any_folder(venv, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "dashboard.log", "w+")
     proc = subprocess.Popen([venv / "bin" / "plasticity", "dashboard", "--server.port", str(port)], cwd=tmp_path,
                             env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline, health = time.time() + 180, None
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    health = r.read().decode()
-                    break
-            except OSError:
-                time.sleep(0.5)
-        log.seek(0)
-        assert health == "ok", f"no health answer; exit code {proc.poll()}; log:\n{log.read()[-3000:]}"
+        wait_healthy(port, proc, 180, tmp_path / "dashboard.log")
         listening = _listeners(port)
         assert listening and set(listening) == {"0100007F"}, listening  # 127.0.0.1, and no IPv4/IPv6 wildcard
         cmdlines = []
