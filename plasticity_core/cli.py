@@ -157,10 +157,8 @@ def cmd_diagnose(args) -> int:
               f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
     for name, why in d.meta.get("uncovered", []):
         print(f"note: not diagnosed: {name}: {why}", file=sys.stderr)
-    slow = d.meta.get("weights_slow_path", {}).get("layers", [])
-    if slow:
-        print(f"note: sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step limit: "
-              f"exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""), file=sys.stderr)
+    if note := d.slow_path_note():
+        print(f"note: {note}", file=sys.stderr)
     print(f"saved {out}", file=sys.stderr)
     return 0
 

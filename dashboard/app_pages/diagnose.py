@@ -92,10 +92,8 @@ if meta.get("no_gradient"):
     st.caption(f"Gradient metrics are *n/a* for {len(meta['no_gradient'])} layer(s) whose output never joined the "
                f"autograd graph (run under no_grad or detached inside the model): {', '.join(meta['no_gradient'][:8])}"
                + (" ..." if len(meta["no_gradient"]) > 8 else ""))
-if meta.get("weights_slow_path", {}).get("count"):
-    slow = meta["weights_slow_path"]["layers"]
-    st.caption(f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step limit: "
-               f"exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
+if note := diagnosis.slow_path_note():
+    st.caption(note)
 if meta.get("uncovered"):
     st.caption("Not in the diagnosis (outside the layer map): "
                + "; ".join(f"`{n}`: {why}" for n, why in meta["uncovered"][:8]))

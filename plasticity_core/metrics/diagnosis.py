@@ -96,6 +96,14 @@ class Diagnosis:
                  for l, m, u in zip(cols["layer"], cols["metric"], cols["units"]) if u is not None}
         return cls.from_rows(rows, units, json.loads(raw))
 
+    def slow_path_note(self) -> str | None:
+        """One line naming the layers whose ``sigma_1`` came from the exact-SVD fallback (None when none did)."""
+        slow = self.meta.get("weights_slow_path", {}).get("layers", [])
+        if not slow:
+            return None
+        return (f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step limit: "
+                f"exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
+
     def recommend(self, budget: float | int = 0.25, min_score: float = 0.05) -> "Recommendation":
         """Rank layers by plasticity loss and propose a layer selection and strategy (see ``recommend``)."""
         from plasticity_core.metrics.recommend import recommend

@@ -128,6 +128,18 @@ def _ritz_top(alpha: np.ndarray, beta: np.ndarray) -> float:
     return math.sqrt(max(float(np.linalg.eigvalsh(np.diag(d) + np.diag(e, 1) + np.diag(e, -1))[-1]), 0.0))
 
 
+def steps_together(m: int, n: int, itemsize: int) -> bool:
+    """CPU: taps of this size step together in one batch (``BATCH_BYTES``); larger ones run one by one in cache."""
+    return m * n * itemsize <= BATCH_BYTES
+
+
+def _converged(est, s, prev, tol: float):
+    """The stopping rule (per tap; floats or arrays): the error estimate of ``sigma_1^2`` is below ``tol`` of it AND
+    the Ritz value moved by at most ``tol`` of itself since the previous check (the estimate alone can pass while
+    the top eigenvalue has not entered the Krylov space yet)."""
+    return (est <= tol * s * s) & (s - prev <= tol * s)
+
+
 def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
     bidiagonalisation (see ``_gkl_batch``).
@@ -137,8 +149,8 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
     """
     tol = GKL_TOL if tol is None else tol
-    if x.shape[1] * x.shape[2] * x.itemsize <= BATCH_BYTES:
-        return _gkl_batch(x, tol, max_steps)
+    if steps_together(x.shape[1], x.shape[2], x.itemsize):
+        return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
     res = [_gkl_tap(t if t.flags.c_contiguous or t.flags.f_contiguous else np.ascontiguousarray(t), tol, max_steps)
            for t in x]
     return np.array([r[0] for r in res]), np.array([r[1] for r in res], dtype=bool)
@@ -210,10 +222,8 @@ def _gkl_batch(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[np.nda
         regular = last or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0)
         if regular or closed.any():
             s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.where(closed, 0.0, b))
-            # converged: the error estimate is small AND the Ritz value stopped moving since the last check (the
-            # estimate alone can pass while the top eigenvalue has not entered the Krylov space yet); between
-            # regular checks only the closed taps (exact) leave
-            good = closed | (j + 1 == n) | ((est <= tol * s * s) & (s - prev <= tol * s)) if regular else closed
+            # between regular checks only the closed taps (exact) leave
+            good = closed | (j + 1 == n) | _converged(est, s, prev, tol) if regular else closed
             if last:
                 leave(np.ones(len(s), dtype=bool), s, good)
                 break
@@ -269,7 +279,7 @@ def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, b
                     continue
             s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.array([0.0 if closed else b]))
             s, est = float(s[0]), float(est[0])
-            if closed or j + 1 == n or (est <= tol * s * s and s - prev <= tol * s):
+            if closed or j + 1 == n or _converged(est, s, prev, tol):
                 return s, True
             if last:
                 return s, False
@@ -349,9 +359,7 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
         s1, est = gkl_top_batched(xs, min(GKL_MAX_STEPS, n))
         bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
     else:
-        taps = xs.detach().cpu().numpy()
-        small = m * n * taps.itemsize <= BATCH_BYTES  # one batch (the Python steps cost more than the products)
-        top, ok = gkl_top(np.ascontiguousarray(taps) if small else taps)  # large: one by one, each in cache
+        top, ok = gkl_top(xs.detach().cpu().numpy())
         s1 = torch.from_numpy(top).to(x.dtype)
         bad = torch.from_numpy(~ok)
     if bad.any():
@@ -439,7 +447,7 @@ class SpectraBatch:
                 groups[(tuple(v.taps.shape[1:]), v.taps.device)].append(v)
         for (_, dev), vs in groups.items():
             m, n = vs[0].taps.shape[1:]
-            if dev.type == "cpu" and (len(vs) == 1 or m * n * vs[0].taps.element_size() > BATCH_BYTES):
+            if dev.type == "cpu" and (len(vs) == 1 or not steps_together(m, n, vs[0].taps.element_size())):
                 parts = [top_singular(v.taps, fro2=v.fro2) for v in vs]
             else:
                 sizes = [v.taps.shape[0] for v in vs]
