@@ -88,6 +88,20 @@ def _set_number(page, label: str, value: int) -> None:
     _settle(page)
 
 
+def _first_diagnosis(page) -> None:
+    """Go to Diagnose and run one diagnosis on one probe batch, until the heatmap is drawn. The loaded model's weight
+    metrics were started in the background at load, and the page says where they stand (computing / ready), so
+    this first click waits only for the activation pass."""
+    _goto(page, "Diagnose")
+    status = page.get_by_text("weight metrics: ", exact=False)
+    assert status.count() == 1
+    assert re.match(r"weight metrics: (ready|computing in the background)", status.inner_text()), status.inner_text()
+    _set_number(page, "Probe batches", 1)
+    page.get_by_role("button", name="Run diagnosis").click()
+    page.wait_for_selector(".heatmaplayer", timeout=180_000)
+    _settle(page)
+
+
 def _statuses(runs_root: Path) -> list[str]:
     return [json.loads(p.read_text())["status"] for p in runs_root.glob("*/*/summary.json")]
 
@@ -145,16 +159,7 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
             _shot(page, "setup")
 
             # Diagnose: run, then click one cell: exactly that layer is selected
-            _goto(page, "Diagnose")
-            # the loaded model's weight metrics were started in the background at load, and the page says where
-            # they stand (computing / ready), so the first Diagnose click waits only for the activation pass
-            status = page.get_by_text("weight metrics: ", exact=False)
-            assert status.count() == 1
-            assert re.match(r"weight metrics: (ready|computing in the background)", status.inner_text()), status.inner_text()
-            _set_number(page, "Probe batches", 1)
-            page.get_by_role("button", name="Run diagnosis").click()
-            page.wait_for_selector(".heatmaplayer", timeout=180_000)
-            _settle(page)
+            _first_diagnosis(page)
             page.locator("[data-testid='stPlotlyChart']").first.scroll_into_view_if_needed()
             rows = _rows(page)
             target = rows.index("blocks.2.0.conv_pw")
@@ -316,16 +321,7 @@ def test_run_views_samples_topk_and_history(server, tmp_path):
             _tall_shot(page, "setup_data")
 
             # Diagnose twice: the top-k table and the comparison of the two kept diagnoses
-            _goto(page, "Diagnose")
-            # the loaded model's weight metrics were started in the background at load, and the page says where
-            # they stand (computing / ready), so the first Diagnose click waits only for the activation pass
-            status = page.get_by_text("weight metrics: ", exact=False)
-            assert status.count() == 1
-            assert re.match(r"weight metrics: (ready|computing in the background)", status.inner_text()), status.inner_text()
-            _set_number(page, "Probe batches", 1)
-            page.get_by_role("button", name="Run diagnosis").click()
-            page.wait_for_selector(".heatmaplayer", timeout=180_000)
-            _settle(page)
+            _first_diagnosis(page)
             page.get_by_role("button", name="Run diagnosis").click()  # a second one: both kept, comparable
             page.get_by_role("combobox", name="Before", exact=True).wait_for(timeout=180_000)
             _settle(page)

@@ -13,6 +13,7 @@ import pytest
 from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig, ReinitConfig
 from plasticity_core.runs import EXECUTORS, MissingExtraError, RunStore, compare_runs, run_experiment, start_run
+from processes import wait_until
 
 DATA = "synthetic:classes=4,n=96,size=32"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -102,13 +103,6 @@ def test_a_missing_backend_names_its_extra(tmp_path, monkeypatch, capsys):
     assert not any(tmp_path.glob("t-*"))  # refused before any folder was claimed
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _heartbeat_pid(run) -> int:
     import json
 
@@ -120,14 +114,14 @@ def test_sigkill_leaves_no_run_in_a_non_final_state(tmp_path):
     handle = start_run(cfg, RunStore(tmp_path), tag="k")
     first, second, third = handle.runs
     try:
-        _wait(lambda: first.events("step"), 120, "the first run to train")
+        wait_until(lambda: first.events("step"), 120, "the first run to train")
         os.kill(_heartbeat_pid(first), signal.SIGKILL)  # a pool worker dies (OOM killer, kill -9)
-        _wait(lambda: first.status == "failed", 1.5 + 5, "the killed run to read failed")
+        wait_until(lambda: first.status == "failed", 1.5 + 5, "the killed run to read failed")
         assert "SIGKILL" in first.summary()["reason"] or "no heartbeat" in first.summary()["reason"]
-        _wait(lambda: second.events("step"), 120, "the next queued run to get a fresh worker")
+        wait_until(lambda: second.events("step"), 120, "the next queued run to get a fresh worker")
         os.killpg(handle.pid, signal.SIGKILL)  # now the launcher and its workers all die at once
         t0 = time.monotonic()
-        _wait(lambda: handle.done(), 1.5 + 5, "every run to read a final status")
+        wait_until(lambda: handle.done(), 1.5 + 5, "every run to read a final status")
         assert time.monotonic() - t0 < 1.5 + 5
     finally:
         if handle.alive():
@@ -149,10 +143,10 @@ def test_a_preempted_slurm_task_is_requeued_and_resumes_from_its_checkpoint(tmp_
     executor.update_parameters(timeout_min=10)
     job = executor.submit(SlurmTask(), str(run.path.resolve()))  # what the slurm executor submits per run
     try:
-        _wait(lambda: any(e["step"] >= 12 for e in run.events("step")), 180, "checkpointed steps")
+        wait_until(lambda: any(e["step"] >= 12 for e in run.events("step")), 180, "checkpointed steps")
         os.kill(_heartbeat_pid(run), signal.SIGUSR2)  # Slurm's preemption / time-limit signal to the task
-        _wait(lambda: run.events("resume"), 180, "the requeued attempt to resume")
-        _wait(lambda: len(run.events("step")) > run.events("resume")[0]["step"] + 2, 120, "steps after the resume")
+        wait_until(lambda: run.events("resume"), 180, "the requeued attempt to resume")
+        wait_until(lambda: len(run.events("step")) > run.events("resume")[0]["step"] + 2, 120, "steps after the resume")
         run.request_stop()
         job.result()
     finally:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import LaunchError, Run, RunStore, execute_run, read_events
 from plasticity_core.runs import resume_runs
 from plasticity_core.runs.interrupt import checkpoint_step, collect_resumable, reopen
+from processes import alive, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical curves across processes
 
@@ -43,24 +43,6 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.Popen:
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "plasticity_core.runs", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _curve(run: Run) -> tuple[list, list]:
@@ -95,7 +77,7 @@ def test_sigterm_to_the_cli_stops_the_run_with_its_checkpoint_and_resume_continu
     cli = _cli(tmp_path, "--config", str(tmp_path / "exp.yaml"), "--store", str(tmp_path), "--tag", "s")
     run = Run(tmp_path / "t-s" / "baseline-seed0")
     try:
-        _wait(lambda: any(e["step"] >= 5 for e in run.events("step")), 120, "training steps")
+        wait_until(lambda: any(e["step"] >= 5 for e in run.events("step")), 120, "training steps")
         worker = json.loads((run.path / "heartbeat.json").read_text())["pid"]
         cli.send_signal(signal.SIGTERM)  # the CLI only, as `kill PID` or a scheduler's stop does
         out, err = cli.communicate(timeout=60)
@@ -105,7 +87,7 @@ def test_sigterm_to_the_cli_stops_the_run_with_its_checkpoint_and_resume_continu
     assert cli.returncode == 1, err
     assert "SIGTERM: stopping every run at its next step" in err
     assert f"resume with: plasticity finetune --resume {tmp_path / 't-s'}" in err
-    _wait(lambda: not _alive(worker), 10, "the pool worker to exit")  # no orphan training on
+    wait_until(lambda: not alive(worker), 10, "the pool worker to exit")  # no orphan training on
     stopped_at = _assert_stopped_with_checkpoint(run)
     assert 5 <= stopped_at < 150
 
@@ -121,7 +103,7 @@ def test_ctrl_c_to_the_process_group_stops_every_run_and_a_killed_cli_leaves_no_
     cli = _cli(tmp_path, "--config", str(tmp_path / "exp.yaml"), "--store", str(tmp_path), "--tag", "c")
     first, second = Run(tmp_path / "t-c" / "baseline-seed0"), Run(tmp_path / "t-c" / "baseline-seed1")
     try:
-        _wait(lambda: any(e["step"] >= 3 for e in first.events("step")), 120, "training steps")
+        wait_until(lambda: any(e["step"] >= 3 for e in first.events("step")), 120, "training steps")
         os.killpg(cli.pid, signal.SIGINT)  # Ctrl-C in a terminal: the launcher and its workers all get it
         out, err = cli.communicate(timeout=60)
     finally:
@@ -136,12 +118,12 @@ def test_ctrl_c_to_the_process_group_stops_every_run_and_a_killed_cli_leaves_no_
     # the launcher killed outright (SIGKILL, OOM killer): its worker notices and stops the run itself
     cli = _cli(tmp_path, "--resume", str(first.path), "--store", str(tmp_path))
     try:
-        _wait(lambda: first.events("resume") and len(first.events("step")) > first.events("resume")[-1]["step"] + 2,
+        wait_until(lambda: first.events("resume") and len(first.events("step")) > first.events("resume")[-1]["step"] + 2,
               120, "the resumed run to train")
         worker = json.loads((first.path / "heartbeat.json").read_text())["pid"]
         os.kill(cli.pid, signal.SIGKILL)
         cli.communicate(timeout=30)
-        _wait(lambda: not _alive(worker), 30, "the orphaned worker to stop")
+        wait_until(lambda: not alive(worker), 30, "the orphaned worker to stop")
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)

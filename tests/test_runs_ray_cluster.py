@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import pytest
 from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import LaunchError, Run, RunStore, execute_run, run_experiment
+from local_server import free_port
+from processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical curves across processes
 
@@ -36,13 +37,6 @@ def _exp(steps: int = 80) -> ExperimentConfig:
     return cfg
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _kill_marked(marker: str) -> None:
     """SIGKILL every process whose environment carries ``marker`` (the Ray processes one test node started)."""
     for proc in Path("/proc").iterdir():
@@ -58,10 +52,7 @@ class _Cluster:
     """A head node (no CPUs: runs go elsewhere) and a worker node with one CPU, both on this machine."""
 
     def __init__(self, root: Path) -> None:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        self.port = free_port()
         self.root, self.token = root, secrets.token_hex(16)
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         self.address = f"127.0.0.1:{self.port}"
@@ -117,7 +108,7 @@ def test_a_two_node_cluster_ctrl_c_a_lost_node_and_resuming_elsewhere(cluster, t
     # 1. attach with `--executor ray` (no num_cpus passed: the head has none, the worker node one); Ctrl-C -> stopped
     cli = _cli(env, "--config", str(tmp_path / "exp.yaml"), "--store", str(tmp_path), "--tag", "r", "--executor", "ray")
     try:
-        _wait(lambda: len(run.events("step")) >= 5, 180, "the Ray task to train")
+        wait_until(lambda: len(run.events("step")) >= 5, 180, "the Ray task to train")
         os.killpg(cli.pid, signal.SIGINT)
         _, err = cli.communicate(timeout=90)
     finally:
@@ -130,7 +121,7 @@ def test_a_two_node_cluster_ctrl_c_a_lost_node_and_resuming_elsewhere(cluster, t
     # 2. resume on the same cluster; the worker node dies mid-run -> failed within seconds, not a heartbeat timeout
     cli = _cli(env, "--resume", str(tmp_path / "t-r"), "--store", str(tmp_path), "--executor", "ray")
     try:
-        _wait(lambda: run.events("resume") and len(run.events("step")) > run.events("resume")[-1]["step"] + 12, 180,
+        wait_until(lambda: run.events("resume") and len(run.events("step")) > run.events("resume")[-1]["step"] + 12, 180,
               "the resumed Ray task to train past a checkpoint")
         cluster.kill("worker")
         t0 = time.monotonic()

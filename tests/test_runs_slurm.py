@@ -18,6 +18,7 @@ from plasticity_core.cli import main
 from plasticity_core.config import ExperimentConfig, FinetuneConfig
 from plasticity_core.runs import Run, RunStore, execute_run, read_events
 from slurm_cluster import SlurmCluster, why_not
+from processes import alive, wait_until
 
 pytestmark = [pytest.mark.skipif(why_not() is not None, reason=why_not() or ""),
               pytest.mark.usefixtures("one_thread")]
@@ -46,21 +47,6 @@ def slurm(tmp_path_factory):
         cluster.stop()
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, OSError):
-        return False
-
-
 def _curve(run: Run) -> tuple[list, list]:
     return ([(e["step"], e["loss"], e["lr"]) for e in run.events("step")],
             [(e["step"], e["val_acc"], e["val_loss"]) for e in run.events("eval")])
@@ -78,7 +64,7 @@ def test_scancel_without_accounting_reads_cancelled_in_seconds_and_resumes(slurm
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     first, second = Run(tmp_path / "t-s" / "baseline-seed0"), Run(tmp_path / "t-s" / "baseline-seed1")
     try:
-        _wait(lambda: len(first.events("step")) >= 15, 240, "the first task to train past a checkpoint")
+        wait_until(lambda: len(first.events("step")) >= 15, 240, "the first task to train past a checkpoint")
         job, pending = first.raw_summary()["job_id"], second.raw_summary()["job_id"]
         shown = slurm.run("scontrol", "show", "job", job).stdout
         assert "MinMemoryNode=1G" in shown or "mem=1G" in shown, shown  # launch.memory_gb_per_run
@@ -86,13 +72,13 @@ def test_scancel_without_accounting_reads_cancelled_in_seconds_and_resumes(slurm
 
         slurm.run("scancel", pending)  # a task still pending (array parallelism 1)
         t0 = time.monotonic()
-        _wait(lambda: second.status == "cancelled", 30, "the pending task to read cancelled")
+        wait_until(lambda: second.status == "cancelled", 30, "the pending task to read cancelled")
         pending_after = time.monotonic() - t0
         slurm.run("scancel", job)  # the running task: SIGTERM, which submitit alone would ignore until KillWait
         t0 = time.monotonic()
-        _wait(lambda: first.status == "cancelled", 20, "the running task to read cancelled")
+        wait_until(lambda: first.status == "cancelled", 20, "the running task to read cancelled")
         running_after = time.monotonic() - t0
-        _wait(lambda: not _alive(worker), 20, "the cancelled task's process to exit")
+        wait_until(lambda: not alive(worker), 20, "the cancelled task's process to exit")
         out, err = cli.communicate(timeout=60)  # the launch ends: nothing left in the queue
     finally:
         if cli.poll() is None:
