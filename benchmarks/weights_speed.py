@@ -11,6 +11,10 @@ so they are the slow case), prints:
   gram GF       GFLOP of the Grams the full set needs (2 m n^2 per tap: dfi / dfi_si read X^T X)
   bound s       gram GF / the sgemm rate measured in this run (1024^3 fp32 matmul)
   bound/full    the fraction of the matmul bound the full weight set reaches (1.0 = only the Grams' GEMMs)
+  base s        with --baseline DIR: "ours" again with the top singular values computed by the checkout in DIR
+                (its plasticity_core/metrics/weights.py: top_singular and everything it calls), the rest of diagnose
+                this checkout's; base/ours is the speed-up of this checkout's spectra over that one, measured in the
+                same rounds (a shared host's drift moves both alike)
 Times are medians over --repeats rounds after a warm-up round, the timed functions taking turns in every round;
 CPU seconds of this process (time.process_time) on a CPU, wall-clock seconds with the device synchronised on a GPU.
 Run with one thread on a CPU: OMP_NUM_THREADS=1 python benchmarks/weights_speed.py
@@ -19,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import logging
 
 import timm
 import torch
 
+import plasticity_core.metrics.base as metrics_base
+import plasticity_core.metrics.weights as weights
 from plasticity_core.layers import layer_map
 from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.metrics.diagnose import clear_weight_cache
@@ -72,20 +79,49 @@ def weightwatcher_fn(model: torch.nn.Module):
     return run
 
 
-def measure(name: str, device: torch.device, repeats: int, ww: bool) -> dict[str, float]:
+def baseline_top_singular(checkout: str):
+    """``top_singular`` of another checkout's ``plasticity_core/metrics/weights.py`` (its metric registrations
+    skipped: this checkout's registry stays as it is)."""
+    spec = importlib.util.spec_from_file_location("baseline_weights", f"{checkout}/plasticity_core/metrics/weights.py")
+    module = importlib.util.module_from_spec(spec)
+    register, metrics_base.register_metric = metrics_base.register_metric, (lambda *a, **k: (lambda f: f))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        metrics_base.register_metric = register
+    return module.top_singular
+
+
+@contextlib.contextmanager
+def spectra_from(top_singular):
+    """Run diagnose with ``top_singular`` in place of this checkout's."""
+    own, weights.top_singular = weights.top_singular, top_singular
+    try:
+        yield
+    finally:
+        weights.top_singular = own
+
+
+def measure(name: str, device: torch.device, repeats: int, ww: bool, baseline=None) -> dict[str, float]:
     model = timm.create_model(MODELS[name], pretrained=False).to(device).eval()
     ref = {k: v.clone() for k, v in model.state_dict().items()}
-    weights = [m for m, info in METRICS.items() if info.needs == "weights"]
+    names = [m for m, info in METRICS.items() if info.needs == "weights"]
     fns = {
         "ours": (lambda: diagnose(model, [], metrics=WW_SET), clear_weight_cache),
-        "full": (lambda: diagnose(model, [], reference=ref, metrics=weights), clear_weight_cache),
+        "full": (lambda: diagnose(model, [], reference=ref, metrics=names), clear_weight_cache),
     }
+    if baseline is not None:
+        def run_base():
+            with spectra_from(baseline):
+                diagnose(model, [], metrics=WW_SET)
+        fns["base"] = (run_base, clear_weight_cache)
     run_ww = weightwatcher_fn(model) if ww else None  # on a GPU it uses torch's SVD there
     if run_ww is not None:
         fns["ww"] = (run_ww, None)
     t = interleaved(fns, device, repeats)
     t["gram_flops"] = gram_flops(model)
     t.setdefault("ww", float("nan"))
+    t.setdefault("base", float("nan"))
     return t
 
 
@@ -96,21 +132,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
+    ap.add_argument("--baseline", metavar="DIR", help="another checkout: also time ours with its top_singular")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    baseline = baseline_top_singular(args.baseline) if args.baseline else None
     rate = sgemm_rate(device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
           f"sgemm={rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':16s} {'ours s':>7s} {'ww s':>7s} {'ww/ours':>7s} {'full s':>7s} {'gram GF':>8s} {'bound s':>8s} "
-          f"{'bound/full':>10s}")
+          f"{'bound/full':>10s}" + (f" {'base s':>7s} {'base/ours':>9s}" if baseline else ""))
     out = []
     for name in args.models:
-        t = measure(name, device, args.repeats, not args.no_ww)
+        t = measure(name, device, args.repeats, not args.no_ww, baseline)
         bound = t["gram_flops"] / rate
         out.append({"model": name, **t, "ww_over_ours": t["ww"] / t["ours"], "bound_s": bound,
-                    "bound_fraction": bound / t["full"], "sgemm_flops": rate})
+                    "bound_fraction": bound / t["full"], "sgemm_flops": rate, "base_over_ours": t["base"] / t["ours"]})
         print(f"{name:16s} {t['ours']:7.3f} {t['ww']:7.3f} {t['ww'] / t['ours']:7.1f} {t['full']:7.3f} "
-              f"{t['gram_flops'] / 1e9:8.2f} {bound:8.3f} {bound / t['full']:10.2f}", flush=True)
+              f"{t['gram_flops'] / 1e9:8.2f} {bound:8.3f} {bound / t['full']:10.2f}"
+              + (f" {t['base']:7.3f} {t['base'] / t['ours']:9.2f}" if baseline else ""), flush=True)
     return out
 
 

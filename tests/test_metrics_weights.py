@@ -114,7 +114,7 @@ def test_weight_metrics_are_registered_with_definitions():
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (3072, 768), (256, 128, 3, 3), (64, 3, 7, 7), (10, 2048), (2048, 512),
-                                   (1536, 384), (384, 384), (100, 40)])
+                                   (1536, 384), (384, 1536), (384, 384), (100, 40)])
 @pytest.mark.parametrize("batched", [False, True])
 def test_gkl_spectral_norm_matches_torch_linalg(shape, batched):
     """Gram-free Golub-Kahan-Lanczos (CPU tap by tap, and the batched device path) against the exact sigma_1 of
@@ -295,8 +295,10 @@ def test_batched_and_one_by_one_cpu_paths_agree():
     alone = np.array([gkl_top(taps[i:i + 1])[0][0] for i in range(5)])
     pairs = np.concatenate([gkl_top(taps[i:i + 2])[0] for i in range(0, 5, 2)])
     one = np.array([_gkl_tap(t, 1e-6, None)[0] for t in taps])  # the loop large taps take
+    one_f = np.array([_gkl_tap(np.asfortranarray(t), 1e-6, None)[0] for t in taps])  # a transposed weight's tap
     exact = torch.linalg.matrix_norm(x.double(), ord=2).numpy()
-    assert ok.all() and batch[2] == 0.0 and one[2] == 0.0
+    assert ok.all() and batch[2] == 0.0 and one[2] == 0.0 and one_f[2] == 0.0
+    assert np.allclose(one_f, exact, rtol=1e-6, atol=0)
     assert np.array_equal(batch, alone) and np.array_equal(batch, pairs)
     assert np.allclose(batch, exact, rtol=1e-6, atol=0) and np.allclose(one, exact, rtol=1e-6, atol=0)
 

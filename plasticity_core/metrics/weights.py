@@ -21,12 +21,14 @@ for a finite weight.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.linalg import blas, lapack
 
 from plasticity_core.metrics.base import register_metric
 
@@ -93,8 +95,10 @@ def tap_fro2(w: torch.Tensor) -> torch.Tensor:
     return w.square().sum().reshape(1) if w.dim() == 2 else w.square().sum((0, 1)).flatten()
 
 
+@functools.lru_cache(maxsize=64)
 def start_vector(n: int) -> torch.Tensor:
-    """The fixed-seed unit start vector of length ``n`` (float64, CPU): the same on every device and run."""
+    """The fixed-seed unit start vector of length ``n`` (float64, CPU): the same on every device and run (one
+    shared tensor per ``n``: callers copy it, never write to it)."""
     v = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return v / v.norm()
 
@@ -119,13 +123,37 @@ def _ritz(alpha: np.ndarray, beta: np.ndarray, beta_next: np.ndarray) -> tuple[n
     return np.sqrt(top), est
 
 
-def _ritz_top(alpha: np.ndarray, beta: np.ndarray) -> float:
-    """The top singular value of the upper bidiagonal ``B`` of one tap, from the eigenvalues of ``T = B^T B``
-    alone (half the cost of ``_ritz``, which also needs the eigenvector)."""
+def _tridiagonal(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Diagonal and off-diagonal of ``T = B^T B`` for one tap's bidiagonal ``B`` (``alpha``, ``beta[:-1]``)."""
     d = alpha * alpha
     d[1:] += beta[:-1] * beta[:-1]
-    e = alpha[:-1] * beta[:-1]
-    return math.sqrt(max(float(np.linalg.eigvalsh(np.diag(d) + np.diag(e, 1) + np.diag(e, -1))[-1]), 0.0))
+    return d, alpha[:-1] * beta[:-1]
+
+
+def _ritz_top(alpha: np.ndarray, beta: np.ndarray) -> float:
+    """The top singular value of one tap's bidiagonal ``B``: the top eigenvalue of ``T = B^T B`` alone, by
+    bisection (LAPACK ``stebz``; a third of the cost of ``_ritz_one``, which also needs the eigenvector)."""
+    d, e = _tridiagonal(alpha, beta)
+    k = d.size
+    top = d[0] if k == 1 else lapack.dstebz(d, e, 2, 0.0, 0.0, k, k, 0.0, "E")[1][0]
+    return math.sqrt(max(float(top), 0.0))
+
+
+def _ritz_one(alpha: np.ndarray, beta: np.ndarray, beta_next: float) -> tuple[float, float]:
+    """``_ritz`` for one tap: the top two eigenvalues of ``T`` by bisection, the top eigenvector by inverse
+    iteration (LAPACK ``stebz`` + ``stein``, a third of the cost of a dense ``eigh``)."""
+    d, e = _tridiagonal(alpha, beta)
+    k = d.size
+    if k == 1:
+        top, second, y_k = max(float(d[0]), 0.0), 0.0, 1.0
+    else:
+        m, lam, block, split, _ = lapack.dstebz(d, e, 2, 0.0, 0.0, k - 1, k, 0.0, "E")
+        block[0] = block[m - 1]
+        y_k = float(lapack.dstein(d, e, lam[m - 1:m], block, split)[0][-1, 0])
+        top, second = max(float(lam[m - 1]), 0.0), float(lam[m - 2]) if m > 1 else 0.0
+    r = beta_next * float(alpha[-1]) * abs(y_k)
+    gap = top - second
+    return math.sqrt(top), (min(r, r * r / gap) if gap > 0 else r)
 
 
 def steps_together(m: int, n: int, itemsize: int) -> bool:
@@ -237,55 +265,59 @@ def _gkl_batch(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[np.nda
 
 
 def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, bool]:
-    """``gkl_top`` for one 2-D tap: the same steps and stopping rule on vectors (half the Python cost per step of
-    the batched form, which matters for the large taps that run one by one in cache)."""
+    """``gkl_top`` for one 2-D tap (C- or F-contiguous): the same steps and stopping rule on vectors, each step a
+    handful of BLAS calls that fuse the vector updates into the products (``gemv`` with ``beta``), so the Python
+    cost of a step stays well below its two passes over ``x`` (the large taps run one by one in cache).
+
+    ``u`` is kept unnormalised: ``alpha_{j+1} u_{j+1} = X v_{j+1} - (beta_j / alpha_j) u_j`` and
+    ``beta_j v_{j+1} = X^T u_j / alpha_j - alpha_j v_j``, the right vectors then reorthogonalised as in
+    ``_gkl_batch``."""
     m, n = x.shape
     k = min(GKL_MAX_STEPS if max_steps is None else max_steps, n)
-    scale = float(np.abs(x).max()) * max(m, n) * np.finfo(x.dtype).eps
+    scale = float(max(x.max(), -x.min())) * max(m, n) * np.finfo(x.dtype).eps
     if scale == 0.0:
         return 0.0, True
-    v = start_vector(n).numpy().astype(x.dtype)
+    gemv, nrm2, dot = blas.get_blas_funcs(("gemv", "nrm2", "dot"), (x,))
+    a, t = (x, 0) if x.flags.f_contiguous else (x.T, 1)  # column-major for BLAS (no copy): X v = op_t(a) v
     vs = np.empty((k + 1, n), x.dtype)
-    alpha, beta = np.zeros((1, k)), np.zeros((1, k))
-    u_prev, b, prev = None, 0.0, 0.0
+    vs[0] = start_vector(n).numpy()
+    u, w = np.zeros(m, x.dtype), np.empty(n, x.dtype)
+    alpha, beta = np.zeros(k), np.zeros(k)
+    back, prev = 0.0, 0.0
     for j in range(k):
-        vs[j] = v
-        u = x.dot(v)
-        if j:
-            u -= b * u_prev
-        a = math.sqrt(float(u.dot(u)))
-        if a <= scale:
-            return (float(_ritz(alpha[:, : j + 1], beta[:, : j + 1], np.zeros(1))[0][0]) if j else 0.0), j > 0
-        alpha[0, j] = a
-        u *= 1.0 / a
-        w = u.dot(x)
-        w -= a * v
-        basis = vs[: j + 1]
-        c = basis.dot(w)
-        w -= c.dot(basis)
-        bsq = float(w.dot(w))
-        if bsq < float(c.dot(c)):
-            w -= basis.dot(w).dot(basis)
-            bsq = float(w.dot(w))
+        v = vs[j]
+        u = gemv(1.0, a, v, beta=-back, y=u, overwrite_y=1, trans=t)  # alpha_j u_j
+        al = float(nrm2(u))
+        if al <= scale:  # the Krylov space closed (see _gkl_batch); at the first step the exact SVD decides
+            return (_ritz_one(alpha[: j + 1], beta[: j + 1], 0.0)[0] if j else 0.0), j > 0
+        alpha[j] = al
+        w[:] = v
+        w = gemv(1.0 / al, a, u, beta=-al, y=w, overwrite_y=1, trans=1 - t)  # X^T u_j - alpha_j v_j
+        basis = vs[: j + 1].T
+        c = gemv(1.0, basis, w, trans=1)
+        w = gemv(-1.0, basis, c, beta=1.0, y=w, overwrite_y=1)
+        bsq = float(dot(w, w))
+        if bsq < float(dot(c, c)):  # the first pass removed most of w: once more
+            w = gemv(-1.0, basis, gemv(1.0, basis, w, trans=1), beta=1.0, y=w, overwrite_y=1)
+            bsq = float(dot(w, w))
         b = math.sqrt(bsq)
-        beta[0, j] = b
+        beta[j] = b
         closed = b <= scale
         last = j == k - 1
         if last or closed or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
             if not (last or closed or j + 1 == n):  # the Ritz value alone (no vectors) first: is it still moving?
-                top = _ritz_top(alpha[0, : j + 1], beta[0, : j + 1])
-                if top - prev > tol * top:
-                    prev, u_prev, v = top, u, w * (1.0 / b)
-                    continue
-            s, est = _ritz(alpha[:, : j + 1], beta[:, : j + 1], np.array([0.0 if closed else b]))
-            s, est = float(s[0]), float(est[0])
-            if closed or j + 1 == n or _converged(est, s, prev, tol):
-                return s, True
-            if last:
-                return s, False
-            prev = s
-        u_prev = u
-        v = w * (1.0 / b)
+                top = _ritz_top(alpha[: j + 1], beta[: j + 1])
+                moving = top - prev > tol * top
+                prev = top if moving else prev
+            if last or closed or j + 1 == n or not moving:
+                s, est = _ritz_one(alpha[: j + 1], beta[: j + 1], 0.0 if closed else b)
+                if closed or j + 1 == n or _converged(est, s, prev, tol):
+                    return s, True
+                if last:
+                    return s, False
+                prev = s
+        np.multiply(w, 1.0 / b, out=vs[j + 1])
+        back = b / al
     return 0.0, False
 
 
