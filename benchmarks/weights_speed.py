@@ -11,10 +11,11 @@ so they are the slow case), prints:
   gram GF       GFLOP of the Grams the full set needs (2 m n^2 per tap: dfi / dfi_si read X^T X)
   bound s       gram GF / the sgemm rate measured in this run (1024^3 fp32 matmul)
   bound/full    the fraction of the matmul bound the full weight set reaches (1.0 = only the Grams' GEMMs)
-  base s        with --baseline DIR: "ours" again with the top singular values computed by the checkout in DIR
-                (its plasticity_core/metrics/weights.py: top_singular and everything it calls), the rest of diagnose
-                this checkout's; base/ours is the speed-up of this checkout's spectra over that one, measured in the
-                same rounds (a shared host's drift moves both alike)
+  base s        with --baseline DIR: "ours" again with the kernels of the checkout in DIR (its
+                plasticity_core/metrics/weights.py: top_singular and gram_norms, with everything they call), the rest
+                of diagnose this checkout's; base/ours is the speed-up of this checkout's kernels over that one,
+                measured in the same rounds (a shared host's drift moves both alike)
+  base full s   the same for "full"; base/full is its speed-up
 Times are medians over --repeats rounds after a warm-up round, the timed functions taking turns in every round;
 CPU seconds of this process (time.process_time) on a CPU, wall-clock seconds with the device synchronised on a GPU.
 Run with one thread on a CPU: OMP_NUM_THREADS=1 python benchmarks/weights_speed.py
@@ -39,7 +40,8 @@ from plasticity_core.metrics.weights import tall_taps
 
 from diagnose_overhead import interleaved  # the one interleaved timer of benchmarks/
 
-MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100"}
+MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100",
+          "resnet18": "resnet18"}
 WW_SET = ["spectral_norm", "stable_rank", "fro_norm"]
 
 
@@ -79,9 +81,12 @@ def weightwatcher_fn(model: torch.nn.Module):
     return run
 
 
-def baseline_top_singular(checkout: str):
-    """``top_singular`` of another checkout's ``plasticity_core/metrics/weights.py`` (its metric registrations
-    skipped: this checkout's registry stays as it is)."""
+KERNELS = ("top_singular", "gram_norms")  # what --baseline takes from the other checkout
+
+
+def baseline_kernels(checkout: str) -> dict:
+    """``KERNELS`` of another checkout's ``plasticity_core/metrics/weights.py`` (its metric registrations skipped:
+    this checkout's registry stays as it is)."""
     spec = importlib.util.spec_from_file_location("baseline_weights", f"{checkout}/plasticity_core/metrics/weights.py")
     module = importlib.util.module_from_spec(spec)
     register, metrics_base.register_metric = metrics_base.register_metric, (lambda *a, **k: (lambda f: f))
@@ -89,17 +94,20 @@ def baseline_top_singular(checkout: str):
         spec.loader.exec_module(module)
     finally:
         metrics_base.register_metric = register
-    return module.top_singular
+    return {k: getattr(module, k) for k in KERNELS}
 
 
 @contextlib.contextmanager
-def spectra_from(top_singular):
-    """Run diagnose with ``top_singular`` in place of this checkout's."""
-    own, weights.top_singular = weights.top_singular, top_singular
+def kernels_from(kernels: dict):
+    """Run diagnose with ``kernels`` in place of this checkout's."""
+    own = {k: getattr(weights, k) for k in kernels}
+    for k, fn in kernels.items():
+        setattr(weights, k, fn)
     try:
         yield
     finally:
-        weights.top_singular = own
+        for k, fn in own.items():
+            setattr(weights, k, fn)
 
 
 def measure(name: str, device: torch.device, repeats: int, ww: bool, baseline=None) -> dict[str, float]:
@@ -111,10 +119,13 @@ def measure(name: str, device: torch.device, repeats: int, ww: bool, baseline=No
         "full": (lambda: diagnose(model, [], reference=ref, metrics=names), clear_weight_cache),
     }
     if baseline is not None:
-        def run_base():
-            with spectra_from(baseline):
-                diagnose(model, [], metrics=WW_SET)
-        fns["base"] = (run_base, clear_weight_cache)
+        def with_baseline(metrics, reference=None):
+            def run():
+                with kernels_from(baseline):
+                    diagnose(model, [], reference=reference, metrics=metrics)
+            return run
+        fns["base"] = (with_baseline(WW_SET), clear_weight_cache)
+        fns["base_full"] = (with_baseline(names, ref), clear_weight_cache)
     run_ww = weightwatcher_fn(model) if ww else None  # on a GPU it uses torch's SVD there
     if run_ww is not None:
         fns["ww"] = (run_ww, None)
@@ -122,6 +133,7 @@ def measure(name: str, device: torch.device, repeats: int, ww: bool, baseline=No
     t["gram_flops"] = gram_flops(model)
     t.setdefault("ww", float("nan"))
     t.setdefault("base", float("nan"))
+    t.setdefault("base_full", float("nan"))
     return t
 
 
@@ -132,24 +144,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-ww", action="store_true", help="skip WeightWatcher")
-    ap.add_argument("--baseline", metavar="DIR", help="another checkout: also time ours with its top_singular")
+    ap.add_argument("--baseline", metavar="DIR", help="another checkout: also time ours with its kernels")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    baseline = baseline_top_singular(args.baseline) if args.baseline else None
+    baseline = baseline_kernels(args.baseline) if args.baseline else None
     rate = sgemm_rate(device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
           f"sgemm={rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':16s} {'ours s':>7s} {'ww s':>7s} {'ww/ours':>7s} {'full s':>7s} {'gram GF':>8s} {'bound s':>8s} "
-          f"{'bound/full':>10s}" + (f" {'base s':>7s} {'base/ours':>9s}" if baseline else ""))
+          f"{'bound/full':>10s}" + (f" {'base s':>7s} {'base/ours':>9s} {'base full s':>11s} {'base/full':>9s}" if baseline else ""))
     out = []
     for name in args.models:
         t = measure(name, device, args.repeats, not args.no_ww, baseline)
         bound = t["gram_flops"] / rate
         out.append({"model": name, **t, "ww_over_ours": t["ww"] / t["ours"], "bound_s": bound,
-                    "bound_fraction": bound / t["full"], "sgemm_flops": rate, "base_over_ours": t["base"] / t["ours"]})
+                    "bound_fraction": bound / t["full"], "sgemm_flops": rate, "base_over_ours": t["base"] / t["ours"],
+                    "base_over_full": t["base_full"] / t["full"]})
         print(f"{name:16s} {t['ours']:7.3f} {t['ww']:7.3f} {t['ww'] / t['ours']:7.1f} {t['full']:7.3f} "
               f"{t['gram_flops'] / 1e9:8.2f} {bound:8.3f} {bound / t['full']:10.2f}"
-              + (f" {t['base']:7.3f} {t['base'] / t['ours']:9.2f}" if baseline else ""), flush=True)
+              + (f" {t['base']:7.3f} {t['base'] / t['ours']:9.2f} {t['base_full']:11.3f} "
+                 f"{t['base_full'] / t['full']:9.2f}" if baseline else ""), flush=True)
     return out
 
 

@@ -169,6 +169,20 @@ def test_blocked_gram_norms_match_the_full_gram(shape):
         assert near["dfi"] == pytest.approx(dfi(q), abs=1e-8)
 
 
+@pytest.mark.parametrize("shape", [(300, 256), (256, 300), (256, 256, 3, 3), (1000, 512)])
+def test_gram_norms_cpu_triangle_and_device_blocks_agree_with_float64(shape):
+    """The CPU path (upper triangle by syrk, conv taps, transposed and plain weights) and the device path (column
+    half blocks, run here on the CPU) both give ||X^T X - I||_F^2 and ||X^T X||_F^2 of the float64 Gram."""
+    from plasticity_core.metrics.weights import _gram_norms_blocks, gram_norms, tall_taps
+
+    x = tall_taps(torch.randn(*shape, generator=torch.Generator().manual_seed(8)) / math.sqrt(shape[0]))
+    g = x.double().transpose(1, 2) @ x.double()
+    want = (((g - torch.eye(g.shape[-1], dtype=g.dtype)) ** 2).sum((1, 2)), (g ** 2).sum((1, 2)))
+    for got in (gram_norms(x), _gram_norms_blocks(x)):
+        for a, b in zip(got, want):
+            assert a.dtype == torch.float32 and torch.allclose(a.double(), b, rtol=2e-6, atol=0)
+
+
 def test_edge_taps_give_todays_values():
     """All-zero, 1-row, 1-column and depthwise taps: the definitions' values; non-finite taps give NaN."""
     from plasticity_core.metrics.weights import tall_taps, top_singular
@@ -314,3 +328,20 @@ def test_a_start_vector_in_the_null_space_is_not_taken_for_a_zero_matrix(batched
     top, slow = top_singular(w[None], batched=batched)
     assert float(top[0]) == pytest.approx(float(torch.linalg.matrix_norm(w.double(), ord=2)), rel=1e-6)
     assert bool(slow[0])
+
+
+@pytest.mark.gpu
+def test_device_path_value_does_not_depend_on_the_batch():
+    """On a GPU the taps of one shape run as one batch (``gkl_top_batched``): a tap's value must not depend on
+    which taps share its batch (a layer recomputed alone after a re-init, or with the whole model), and it agrees
+    with the CPU path to 1e-6."""
+    from plasticity_core.metrics.weights import top_singular
+
+    x = torch.randn(6, 300, 200, generator=torch.Generator().manual_seed(0))
+    cpu, _ = top_singular(x, batched=False)
+    xd = x.cuda()
+    together, _ = top_singular(xd, batched=True)
+    alone = torch.cat([top_singular(xd[i:i + 1], batched=True)[0] for i in range(6)])
+    pairs = torch.cat([top_singular(xd[i:i + 2], batched=True)[0] for i in range(0, 6, 2)])
+    assert torch.equal(together, alone) and torch.equal(together, pairs)
+    assert torch.allclose(together.cpu().double(), cpu.double(), rtol=1e-6, atol=0)

@@ -4,8 +4,8 @@ A 2-D weight ``(d_out, d_in)`` is one matrix; a conv weight ``(C_out, C_in, kh, 
 tap ``w[:, :, i, j]`` (FIRE orthogonalises each tap separately) and per-tap values are averaged. Each matrix is
 taken in tall orientation ``X`` (``m x n``, ``m >= n``).
 
-Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = X^T X`` (one batched GEMM per
-layer, fp32, TF32 off), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
+Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = X^T X`` (fp32, TF32 off; for
+wide taps only its upper triangle, see ``gram_norms``), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
 form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself (two matrix-vector
 products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector), stopped per tap as
 soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped
@@ -59,15 +59,17 @@ def gram(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return x.transpose(1, 2) @ x
 
 
-GRAM_SPLIT_N = 192  # from this many columns on, the Gram's norms come from its upper block triangle (3/4 of the flops)
+GRAM_SPLIT_N = 192  # from this many columns on, only the Gram's upper triangle is formed (CPU) or its upper blocks
 
 
 def gram_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per tap of ``x`` (``(taps, m, n)`` tall): ``||X^T X - I||_F^2`` and ``||X^T X||_F^2``, fp32.
 
-    For ``n >= GRAM_SPLIT_N`` the columns are split in two halves ``[X1 X2]`` and only ``X1^T X1``, ``X2^T X2`` and
-    ``X1^T X2`` are formed (the lower block is the transpose of the upper one): 3/4 of the GEMM flops. The
-    identity is subtracted on the diagonal blocks before squaring (no cancellation near an isometry).
+    For ``n >= GRAM_SPLIT_N`` only what the norms need is formed: on the CPU the upper triangle of each tap's Gram
+    (BLAS ``syrk``, half the flops; its strictly upper part, squared, counts twice), elsewhere the blocks
+    ``X1^T X1``, ``X2^T X2`` and ``X1^T X2`` of the column halves ``[X1 X2]`` (3/4 of the flops, the lower block
+    being the transpose of the upper one). The identity is subtracted on the diagonal before squaring (no
+    cancellation near an isometry).
     """
     n = x.shape[-1]
     if n < GRAM_SPLIT_N:
@@ -75,8 +77,15 @@ def gram_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fro = g.square().sum((1, 2))
         g.diagonal(dim1=1, dim2=2).sub_(1)
         return g.square().sum((1, 2)), fro
+    if x.device.type == "cpu":
+        return _gram_norms_syrk(x.detach().numpy())
+    return _gram_norms_blocks(x)
+
+
+def _gram_norms_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gram_norms`` from the blocks of the column halves (any device)."""
     x = x.contiguous()
-    h = n // 2
+    h = x.shape[-1] // 2
     x1, x2 = x[:, :, :h], x[:, :, h:]
     fro = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     dev = torch.zeros_like(fro)
@@ -87,6 +96,22 @@ def gram_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dev = dev + g.square().sum((1, 2))
     off = 2 * (x1.transpose(1, 2) @ x2).square().sum((1, 2))
     return dev + off, fro + off
+
+
+def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gram_norms`` on the CPU: per tap, the upper triangle of ``X^T X`` by ``syrk`` (the lower one stays zero);
+    the squared strictly upper part counts twice, the diagonal ``d`` once (as ``d`` and as ``d - 1``)."""
+    syrk = blas.get_blas_funcs("syrk", (x,))
+    out = np.empty((2, len(x)))
+    for i, t in enumerate(x):
+        # column-major for BLAS: X^T X from X itself (F-order) or from X^T (C-order X; a conv tap is copied once)
+        g = syrk(1.0, t, trans=1) if t.flags.f_contiguous else syrk(1.0, np.ascontiguousarray(t).T)
+        d = np.diagonal(g).astype(np.float64)
+        np.fill_diagonal(g, 0.0)
+        off = float(np.square(g, out=g).sum(dtype=g.dtype))  # pairwise sums, like the GPU path's
+        out[:, i] = 2.0 * off + float(np.square(d - 1.0).sum()), 2.0 * off + float(np.square(d).sum())
+    dev, fro = torch.from_numpy(out.astype(x.dtype))
+    return dev, fro
 
 
 def tap_fro2(w: torch.Tensor) -> torch.Tensor:
