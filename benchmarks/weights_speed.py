@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
           f"sgemm={rate / 1e9:.1f} GFLOP/s")
     print(f"{'model':16s} {'ours s':>7s} {'ww s':>7s} {'ww/ours':>7s} {'full s':>7s} {'gram GF':>8s} {'bound s':>8s} "
-          f"{'bound/full':>10s}" + (f" {'base s':>7s} {'base/ours':>9s} {'base full s':>11s} {'base/full':>9s}" if baseline else ""))
+          f"{'bound/full':>10s}"
+          + (f" {'base s':>7s} {'base/ours':>9s} {'base full s':>11s} {'base/full':>9s}" if baseline else ""))
     out = []
     for name in args.models:
         t = measure(name, device, args.repeats, not args.no_ww, baseline)

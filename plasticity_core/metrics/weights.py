@@ -4,18 +4,18 @@ A 2-D weight ``(d_out, d_in)`` is one matrix; a conv weight ``(C_out, C_in, kh, 
 tap ``w[:, :, i, j]`` (FIRE orthogonalises each tap separately) and per-tap values are averaged. Each matrix is
 taken in tall orientation ``X`` (``m x n``, ``m >= n``).
 
-Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = X^T X`` (fp32, TF32 off; for
-wide taps only its upper triangle, see ``gram_norms``), formed only when one of them is asked for. ``spectral_norm`` and ``stable_rank`` never
-form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself (two matrix-vector
-products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector), stopped per tap as
-soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and the value stopped
-moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
-(``SpectraBatch.fallback``, the diagnosis meta). On the CPU, taps of up to ``BATCH_BYTES`` step together, all
-taps of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by
-one, each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one
-shape run together in one batch. Taps with
-``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one batched exact ``svdvals``. The
-Ritz value never exceeds ``sigma_1`` (up to rounding); the tests check it against ``torch.linalg`` to 1e-5.
+Each metric costs what it must: ``dfi`` / ``dfi_si`` read the Gram matrix ``G = X^T X`` (fp32, TF32 off; for wide
+taps only its upper triangle, see ``gram_norms``), formed only when one of them is asked for. ``spectral_norm``
+and ``stable_rank`` never form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bidiagonalisation on ``X`` itself
+(two matrix-vector products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector),
+stopped per tap as soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and
+the value stopped moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
+(``SpectraBatch.fallback``, the diagnosis meta). On the CPU, taps of up to ``BATCH_BYTES`` step together, all taps
+of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by one,
+each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one shape run
+together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one
+batched exact ``svdvals``. The Ritz value never exceeds ``sigma_1`` (up to rounding); the tests check it against
+``torch.linalg`` to 1e-5.
 Frobenius norms accumulate in float64 (exact to float32 rounding at any size). No function here returns NaN
 for a finite weight.
 """
