@@ -345,3 +345,31 @@ def test_device_path_value_does_not_depend_on_the_batch():
     pairs = torch.cat([top_singular(xd[i:i + 2], batched=True)[0] for i in range(0, 6, 2)])
     assert torch.equal(together, alone) and torch.equal(together, pairs)
     assert torch.allclose(together.cpu().double(), cpu.double(), rtol=1e-6, atol=0)
+
+
+def test_weight_kernels_run_blas_on_one_thread_and_give_the_setting_back(monkeypatch):
+    """The CPU kernels issue many small BLAS calls (the Lanczos products, one syrk per tap): inside them numpy's
+    and SciPy's BLAS run on one thread (on two threads resnet50's weight set took 3x the wall time, and a forward
+    running beside the dashboard's background weight job slowed by half); the caller's setting is back after."""
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def pools() -> dict:
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    real = blas.get_blas_funcs
+
+    def spy(*args, **kwargs):
+        seen.append(pools())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blas, "get_blas_funcs", spy)
+    w = torch.randn(1536, 384, generator=torch.Generator().manual_seed(4))  # one large tap: the vector loop, syrk
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = pools()
+        got = {k: float(v) for k, v in weight_metrics(w, None, {"spectral_norm", "dfi"}).items()}
+        after = pools()
+    assert len(seen) == 2 and all(set(s.values()) == {1} for s in seen)  # gkl_top's and gram_norms' calls
+    assert before and set(before.values()) == {2} and after == before
+    assert got["spectral_norm"] == pytest.approx(spectral_norm(w), rel=1e-5) and got["dfi"] == pytest.approx(dfi(w), rel=1e-5)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.linalg import blas, lapack
+from threadpoolctl import ThreadpoolController
 
 from plasticity_core.metrics.base import register_metric
 
@@ -101,15 +102,16 @@ def _gram_norms_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """``gram_norms`` on the CPU: per tap, the upper triangle of ``X^T X`` by ``syrk`` (the lower one stays zero);
     the squared strictly upper part counts twice, the diagonal ``d`` once (as ``d`` and as ``d - 1``)."""
-    syrk = blas.get_blas_funcs("syrk", (x,))
     out = np.empty((2, len(x)))
-    for i, t in enumerate(x):
-        # column-major for BLAS: X^T X from X itself (F-order) or from X^T (C-order X; a conv tap is copied once)
-        g = syrk(1.0, t, trans=1) if t.flags.f_contiguous else syrk(1.0, np.ascontiguousarray(t).T)
-        d = np.diagonal(g).astype(np.float64)
-        np.fill_diagonal(g, 0.0)
-        off = float(np.square(g, out=g).sum(dtype=g.dtype))  # pairwise sums, like the GPU path's
-        out[:, i] = 2.0 * off + float(np.square(d - 1.0).sum()), 2.0 * off + float(np.square(d).sum())
+    with one_blas_thread():
+        syrk = blas.get_blas_funcs("syrk", (x,))
+        for i, t in enumerate(x):
+            # column-major for BLAS: X^T X from X itself (F-order) or from X^T (C-order X; a conv tap is copied once)
+            g = syrk(1.0, t, trans=1) if t.flags.f_contiguous else syrk(1.0, np.ascontiguousarray(t).T)
+            d = np.diagonal(g).astype(np.float64)
+            np.fill_diagonal(g, 0.0)
+            off = float(np.square(g, out=g).sum(dtype=g.dtype))  # pairwise sums, like the GPU path's
+            out[:, i] = 2.0 * off + float(np.square(d - 1.0).sum()), 2.0 * off + float(np.square(d).sum())
     dev, fro = torch.from_numpy(out.astype(x.dtype))
     return dev, fro
 
@@ -146,6 +148,20 @@ def _ritz(alpha: np.ndarray, beta: np.ndarray, beta_next: np.ndarray) -> tuple[n
     with np.errstate(divide="ignore", invalid="ignore"):
         est = np.where(gap > 0, np.minimum(r, r * r / np.where(gap > 0, gap, 1.0)), r)
     return np.sqrt(top), est
+
+
+@functools.cache
+def _blas_pools() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Context manager: inside it the BLAS libraries of numpy and SciPy run on one thread, as they were set before
+    outside it. The CPU kernels here issue many small BLAS calls (matrix-vector products, one ``syrk`` per tap): a
+    thread pool's hand-offs cost more than they share (resnet50's weight set took 3x the wall time on two
+    threads), and its spinning threads slow a forward running beside it (the dashboard's background weight job).
+    Process-wide while it lasts, like every BLAS thread setting."""
+    return _blas_pools().limit(limits=1, user_api="blas")
 
 
 def _tridiagonal(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,10 +218,11 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
     """
     tol = GKL_TOL if tol is None else tol
-    if steps_together(x.shape[1], x.shape[2], x.itemsize):
-        return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
-    res = [_gkl_tap(t if t.flags.c_contiguous or t.flags.f_contiguous else np.ascontiguousarray(t), tol, max_steps)
-           for t in x]
+    with one_blas_thread():
+        if steps_together(x.shape[1], x.shape[2], x.itemsize):
+            return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
+        res = [_gkl_tap(t if t.flags.c_contiguous or t.flags.f_contiguous else np.ascontiguousarray(t), tol,
+                        max_steps) for t in x]
     return np.array([r[0] for r in res]), np.array([r[1] for r in res], dtype=bool)
 
 
