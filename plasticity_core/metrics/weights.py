@@ -144,10 +144,14 @@ def _ritz(alpha: np.ndarray, beta: np.ndarray, beta_next: np.ndarray) -> tuple[n
     lam, y = np.linalg.eigh(np.matmul(b.transpose(0, 2, 1), b))
     top = np.maximum(lam[:, -1], 0.0)
     r = beta_next * alpha[:, -1] * np.abs(y[:, -1, -1])
-    gap = top - (lam[:, -2] if k > 1 else 0.0)
+    return np.sqrt(top), _error_estimate(r, top - (lam[:, -2] if k > 1 else 0.0))
+
+
+def _error_estimate(r, gap):
+    """The error estimate of a Ritz value ``theta^2`` with residual ``r`` and ``gap`` to the next one (floats or
+    arrays): ``r^2 / gap``, or ``r`` itself (a bound with no gap assumption) when that is smaller or there is no gap."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        est = np.where(gap > 0, np.minimum(r, r * r / np.where(gap > 0, gap, 1.0)), r)
-    return np.sqrt(top), est
+        return np.where(gap > 0, np.minimum(r, r * r / np.where(gap > 0, gap, 1.0)), r)
 
 
 @functools.cache
@@ -192,9 +196,7 @@ def _ritz_one(alpha: np.ndarray, beta: np.ndarray, beta_next: float) -> tuple[fl
         block[0] = block[m - 1]
         y_k = float(lapack.dstein(d, e, lam[m - 1:m], block, split)[0][-1, 0])
         top, second = max(float(lam[m - 1]), 0.0), float(lam[m - 2]) if m > 1 else 0.0
-    r = beta_next * float(alpha[-1]) * abs(y_k)
-    gap = top - second
-    return math.sqrt(top), (min(r, r * r / gap) if gap > 0 else r)
+    return math.sqrt(top), float(_error_estimate(beta_next * float(alpha[-1]) * abs(y_k), top - second))
 
 
 def steps_together(m: int, n: int, itemsize: int) -> bool:
@@ -347,11 +349,12 @@ def _gkl_tap(x: np.ndarray, tol: float, max_steps: int | None) -> tuple[float, b
         closed = b <= scale
         last = j == k - 1
         if last or closed or (j + 1 >= GKL_FIRST_CHECK and (j + 1) % GKL_CHECK == 0):
-            if not (last or closed or j + 1 == n):  # the Ritz value alone (no vectors) first: is it still moving?
+            settled = last or closed or j + 1 == n
+            if not settled:  # the Ritz value alone (no vectors) first: has it stopped moving?
                 top = _ritz_top(alpha[: j + 1], beta[: j + 1])
-                moving = top - prev > tol * top
-                prev = top if moving else prev
-            if last or closed or j + 1 == n or not moving:
+                settled = top - prev <= tol * top
+                prev = prev if settled else top
+            if settled:
                 s, est = _ritz_one(alpha[: j + 1], beta[: j + 1], 0.0 if closed else b)
                 if closed or j + 1 == n or _converged(est, s, prev, tol):
                     return s, True
