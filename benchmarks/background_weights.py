@@ -62,7 +62,9 @@ def measure(name: str, size: int, batch: int, forwards: int, repeats: int, basel
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {}
-    fwd(), weights(), clear_weight_cache()  # warm-up
+    fwd()  # warm-up
+    weights()
+    clear_weight_cache()
     for r in range(repeats + 1):
         row = {"fwd": timed(fwd)}
         clear_weight_cache()

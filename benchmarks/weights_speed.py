@@ -27,6 +27,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+from pathlib import Path
 
 import timm
 import torch
@@ -87,13 +88,19 @@ KERNELS = ("top_singular", "gram_norms")  # what --baseline takes from the other
 def baseline_kernels(checkout: str) -> dict:
     """``KERNELS`` of another checkout's ``plasticity_core/metrics/weights.py`` (its metric registrations skipped:
     this checkout's registry stays as it is)."""
-    spec = importlib.util.spec_from_file_location("baseline_weights", f"{checkout}/plasticity_core/metrics/weights.py")
+    path = Path(checkout) / "plasticity_core" / "metrics" / "weights.py"
+    if not path.is_file():
+        raise SystemExit(f"--baseline {checkout}: no {path.relative_to(checkout)} there; give a checkout of this project")
+    spec = importlib.util.spec_from_file_location("baseline_weights", path)
     module = importlib.util.module_from_spec(spec)
     register, metrics_base.register_metric = metrics_base.register_metric, (lambda *a, **k: (lambda f: f))
     try:
         spec.loader.exec_module(module)
     finally:
         metrics_base.register_metric = register
+    missing = [k for k in KERNELS if not hasattr(module, k)]
+    if missing:
+        raise SystemExit(f"--baseline {checkout}: its weights.py has no {', '.join(missing)}; give a newer checkout")
     return {k: getattr(module, k) for k in KERNELS}
 
 
