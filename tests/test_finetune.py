@@ -207,6 +207,46 @@ def test_resume_continues_to_the_uninterrupted_weights(data, tmp_path, path):
     assert all(torch.equal(saved[k], v) for k, v in resumed.state_dict().items())
 
 
+class _Killed(BaseException):
+    """A process killed mid-write: nothing in the loop may catch it."""
+
+
+def test_a_stop_between_the_checkpoint_renames_still_resumes_to_the_uninterrupted_weights(data, tmp_path, monkeypatch):
+    """A checkpoint is two files renamed into place one after the other. A kill between the two renames (a lost
+    node, SIGKILL) leaves the new weights beside the old state: the new state is complete in state.pt.tmp, and
+    the resume takes it and continues to the uninterrupted weights. Without that file the mixed pair is refused."""
+    import os
+    import shutil
+
+    from plasticity_core.train.checkpoints import load_checkpoint
+
+    cfg = _cfg(steps=14, eval_every=5, checkpoint="final", save_optimizer=True, checkpoint_every=4, batch_size=48)
+    whole = _net()
+    finetune(whole, data, cfg, checkpoint_dir=tmp_path / "whole")
+    rename = os.replace
+
+    def killed_at_step_8(src, dst):
+        if str(dst).endswith("state.pt") and torch.load(src, weights_only=True)["step"] == 8:
+            raise _Killed
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_step_8)
+    with pytest.raises(_Killed):
+        finetune(_net(), data, cfg, checkpoint_dir=tmp_path / "cut")
+    monkeypatch.setattr(os, "replace", rename)
+    assert torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["step"] == 4  # the mixed pair on disk
+    shutil.copytree(tmp_path / "cut", tmp_path / "lost")
+    (tmp_path / "lost" / "state.pt.tmp").unlink()
+    with pytest.raises(ValueError, match="model.safetensors is from step 8 but state.pt from step 4"):
+        load_checkpoint(tmp_path / "lost")
+    resumed = _net()
+    r = finetune(resumed, data, cfg, checkpoint_dir=tmp_path / "cut", resume=True)
+    assert r.status == "finished" and r.resumed_from == 8 and r.steps == 14
+    assert not (tmp_path / "cut" / "state.pt.tmp").exists()
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), k
+
+
 def test_resume_refuses_another_config_and_starts_afresh_without_a_checkpoint(data, tmp_path):
     cfg = _cfg(steps=3, checkpoint="best")
     finetune(_model(), data, cfg, checkpoint_dir=tmp_path)

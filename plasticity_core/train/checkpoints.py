@@ -25,15 +25,23 @@ RESUME_MAY_CHANGE = {"device", "num_workers", "data_path", "data_memory_mb", "co
                      "checkpoint_every", "time_limit_s", "eval_every", "eval_batches", "diagnose_every", "diagnose_metrics"}
 
 
-def save_weights(model: nn.Module, path: Path, **metadata: Any) -> None:
-    """The model's state dict (parameters and buffers) as safetensors, written to a temporary file then renamed."""
+def _pending(path: Path) -> Path:
+    """Where ``path``'s next version is written before it is renamed into place."""
+    return path.with_name(path.name + ".tmp")
+
+
+def _write_weights(model: nn.Module, path: Path, **metadata: Any) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in metadata.items()})
+
+
+def save_weights(model: nn.Module, path: Path, **metadata: Any) -> None:
+    """The model's state dict (parameters and buffers) as safetensors, written to a temporary file then renamed."""
+    _write_weights(model, _pending(path), **metadata)
+    os.replace(_pending(path), path)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -43,11 +51,20 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
     directory = Path(directory)
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    with safe_open(str(directory / MODEL_FILE), framework="pt") as f:
+        step = (f.metadata() or {}).get("step")
+    pending = _pending(directory / STATE_FILE)
+    if step != str(state.get("step")) and pending.is_file():  # stopped between the two renames of _save: the
+        try:  # state written with these weights is complete in its temporary file; finish the commit
+            newer = torch.load(pending, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable: not the pair's state, refused below
+            newer = {}
+        if str(newer.get("step")) == step:
+            os.replace(pending, directory / STATE_FILE)
+            state = newer
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{directory / STATE_FILE}: checkpoint format {state.get('format')!r} is not supported "
                          f"(this version reads {CHECKPOINT_FORMAT})")
-    with safe_open(str(directory / MODEL_FILE), framework="pt") as f:
-        step = (f.metadata() or {}).get("step")
     if step != str(state["step"]):
         raise ValueError(f"{directory}: {MODEL_FILE} is from step {step} but {STATE_FILE} from step {state['step']} "
                          "(a write was interrupted); cannot resume from a mixed checkpoint")
@@ -64,10 +81,14 @@ def _save(run: _Run, step: int) -> None:
              "rng": {"cpu": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []},
              "optimizer": run.optimizer.state_dict() if run.cfg.save_optimizer else None}
-    save_weights(run.model, run.ckpt / MODEL_FILE, step=step)
-    tmp = run.ckpt / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run.ckpt / STATE_FILE)
+    model, saved = run.ckpt / MODEL_FILE, run.ckpt / STATE_FILE
+    _write_weights(run.model, _pending(model), step=step)
+    torch.save(state, _pending(saved))
+    # both are written before either is renamed: a stop between the two renames leaves the new state complete in
+    # its temporary file, which load_checkpoint then takes (before, the state was still being written while the
+    # new weights were in place, and a killed node left a checkpoint no resume could read)
+    os.replace(_pending(model), model)
+    os.replace(_pending(saved), saved)
     run.emit("checkpoint", step, path=str(run.ckpt), optimizer=run.cfg.save_optimizer)
 
 
