@@ -211,6 +211,7 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
         assert page.get_by_label("Include").input_value().splitlines() == selected
         page.wait_for_selector("text=redo acts on 1 of 3 selected layers")  # the same check where the user looks
         _choose(page, "Strategy", "cbp")
+        _settle(page)
         page.get_by_role("button", name="Preview").click()
         page.wait_for_selector("text=Preview: cbp")
         _settle(page)
@@ -225,6 +226,7 @@ def test_offline_default_from_setup_to_export(server, tmp_path):
         _goto(page, "Re-init")
         _choose(page, "Strategy", "fire")
         page.wait_for_selector("text=fire acts on 2 of 3 selected layers")
+        _settle(page)  # no rerun still running when Preview is pressed (a click during one was lost once in CI)
         page.get_by_role("button", name="Preview").click()
         page.wait_for_selector("text=Preview: fire")
         _settle(page)
