@@ -244,3 +244,36 @@ def test_dormant_and_dead_are_the_authors_formulas(tau, min_fraction):
     alive = lop_dead_fraction(f)
     np.testing.assert_array_equal(d.units("2", "dead"), alive)
     assert d.wide().at["2", "dead"] == pytest.approx(np.mean(alive < min_fraction))
+
+
+@pytest.mark.parametrize("shape,unit_dim", [((6, 5, 2, 2), 1), ((6, 5, 4, 4), 1), ((6, 5, 9, 7), 1),
+                                            ((6, 5, 8, 8), 1), ((6, 5, 16, 16), 1), ((6, 7, 5), -1), ((6, 5), -1)])
+def test_view_sums_and_counts_equal_float64_and_boolean_counts_on_every_reduction_path(shape, unit_dim):
+    """Few positions (a matrix-vector product), many (a reduction), tokens and plain features all give the float64
+    sums and the boolean counts; the views of one pass share one scratch buffer and none reads another's result."""
+    from plasticity_core.metrics.activations import ActivationView, Scratch
+
+    g = torch.Generator().manual_seed(sum(shape))
+    scratch = Scratch()
+    big = torch.randn(8, 5, 32, 32, generator=g)  # a larger tensor through the same scratch first
+    ActivationView(big, 1, "gelu", scratch).at_most(-1.0)
+    z = torch.randn(*shape, generator=g) * 4
+    t = F.relu6(z)
+    t[0].view(-1)[:3] = 6.0  # exact 6s and exact 0s both present
+    views = {"relu6": ActivationView(t, unit_dim, "relu6", scratch), "gelu": ActivationView(z, unit_dim, "gelu", scratch)}
+    u = unit_dim % len(shape)
+    other = tuple(d for d in range(len(shape)) if d != u)
+    for act, x in (("relu6", t), ("gelu", z)):
+        v = views[act]
+        x64 = x.double()
+        per_sample = x64.sum(tuple(d for d in other if d != 0)) if len(other) > 1 else x64
+        positions = x.numel() // (shape[0] * shape[u])
+        scale = (x64.abs().sum(tuple(d for d in other if d != 0)) if len(other) > 1 else x64.abs()) / positions
+        err = (v.pooled().double() - (per_sample / positions).reshape(shape[0], -1)).abs()
+        assert (err <= 1e-6 * scale.reshape(shape[0], -1) + 1e-12).all()  # fp32 sums: to rounding of sum |x|
+        np.testing.assert_allclose(v.abs_sum().double(), x64.abs().sum(other), rtol=1e-6)
+        assert torch.equal(v.nonzero().double(), (x != 0).double().sum(other))
+        assert torch.equal(v.at_most(-0.5).double(), (x <= -0.5).double().sum(other))
+        assert torch.equal(v.at_least(6.0).double(), (x >= 6.0).double().sum(other))
+        assert torch.equal(v.outside(0.0, 6.0).double(), ((x <= 0.0) | (x >= 6.0)).double().sum(other))
+    assert views["relu6"].at_least(6.0).sum() >= 3

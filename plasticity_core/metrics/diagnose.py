@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
-from plasticity_core.metrics.activations import ActivationView
+from plasticity_core.metrics.activations import ActivationView, Scratch
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
 from plasticity_core.metrics.diagnosis import Diagnosis
@@ -311,6 +311,7 @@ class _Probe:
         self.weights = {l.module_name: module.get_submodule(l.module_name).weight for l in layers} if self.grads else {}
         self.bad_inputs = torch.zeros((), dtype=torch.int64, device=dev)
         self.in_graph: set[str] = set()  # weight modules whose output was part of the autograd graph
+        self.scratch = Scratch()  # one buffer for the statistics' elementwise transforms, freed with the pass
 
     @property
     def no_gradient(self) -> list[str]:
@@ -345,7 +346,7 @@ class _Probe:
         views: dict[tuple, ActivationView] = {}  # layers fed by the same call share one view (one set of reductions)
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
             if self.pre[l.name] and _fits(args[0], l):
-                view = _shared_view(views, args[0], l)
+                view = _shared_view(views, args[0], l, self.scratch)
                 for a in self.pre[l.name]:
                     a.update_pre(view)
                 if not self.post[l.name]:
@@ -356,7 +357,7 @@ class _Probe:
         views: dict[tuple, ActivationView] = {}
         for l in self.by_call.get((act, k), ()):
             if self.post[l.name] and _fits(out, l):
-                view = _shared_view(views, out, l)
+                view = _shared_view(views, out, l, self.scratch)
                 for a in self.post[l.name]:
                     a.update(view)
                 self._check(l, view)
@@ -440,10 +441,10 @@ class _Probe:
         return out
 
 
-def _shared_view(views: dict, t: torch.Tensor, layer: LayerInfo) -> ActivationView:
+def _shared_view(views: dict, t: torch.Tensor, layer: LayerInfo, scratch: Scratch) -> ActivationView:
     key = (layer.unit_dim % t.dim(), layer.act_type)
     if key not in views:
-        views[key] = ActivationView(t.detach(), layer.unit_dim, layer.act_type)
+        views[key] = ActivationView(t.detach(), layer.unit_dim, layer.act_type, scratch)
     return views[key]
 
 
