@@ -139,14 +139,15 @@ _UNCOVERED_WHY = {
 }
 
 
-def uncovered_layers(model: nn.Module) -> list[tuple[str, str]]:
+def uncovered_layers(model: nn.Module, layers: list[LayerInfo] | None = None) -> list[tuple[str, str]]:
     """(name, reason) for every weight (a parameter of 2+ dims) the layer map does not cover: ``nn.MultiheadAttention``
     (its packed ``in_proj_weight`` and ``out_proj`` are read by a functional call, never called as layers), Conv3d,
     transposed convs, embeddings, custom parameters, and Conv/Linear modules the traced forward never called."""
-    try:
-        layers = layer_map(model)
-    except LayerMapError:
-        layers = []
+    if layers is None:  # ``layers``: the model's layer map, when the caller has it
+        try:
+            layers = layer_map(model)
+        except LayerMapError:
+            layers = []
     covered = {n for layer in layers for n in (layer.module_name, *layer.aliases)}
     tied = {id(model.get_submodule(layer.module_name).weight) for layer in layers}
     out: list[tuple[str, str]] = []

@@ -87,7 +87,12 @@ def sum_last(x: torch.Tensor) -> torch.Tensor:
     p = x.shape[-1]
     if p >= FEW_POSITIONS:
         return x.sum(-1)
-    return torch.mv(x.reshape(-1, p), x.new_ones(p)).view(x.shape[:-1])
+    return torch.mv(x.reshape(-1, p), _ones(p, x.dtype, x.device)).view(x.shape[:-1])
+
+
+@functools.lru_cache(maxsize=256)
+def _ones(p: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.ones(p, dtype=dtype, device=device)
 
 
 def reduce_dims(t: torch.Tensor, unit_dim: int) -> tuple[int, ...]:
@@ -145,14 +150,15 @@ class ActivationView:
         return x.sum(dims) if dims else x
 
     def _per_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """(units,) float64: the sum of ``x`` over batch and positions (a count, exact: fp32 holds integers < 2^24)."""
+        """(units,): the sum of the 0/1 ``x`` over batch and positions, a count: fp32, exact below 2^24 inputs per
+        unit (the accumulators add it into float64); float64 from a larger batch on."""
         if self.count >= 2 ** 24:  # a huge batch: per sample first (positions alone stay below 2^24)
             return self._per_sample(x).double().sum(0)
         if self.unit_dim == 1 and x.dim() > 2:
             if self.positions < FEW_POSITIONS:  # over the batch first (whole rows), then the few positions
-                return sum_last(x.sum(0).reshape(self.units, -1)).double()
-            return x.reshape(x.shape[0], self.units, -1).sum((0, 2)).double()
-        return x.sum(tuple(d for d in range(x.dim()) if d != self.unit_dim)).double()
+                return sum_last(x.sum(0).reshape(self.units, -1))
+            return x.reshape(x.shape[0], self.units, -1).sum((0, 2))
+        return x.sum(tuple(d for d in range(x.dim()) if d != self.unit_dim))
 
     def _buf(self) -> torch.Tensor:
         """The scratch tensor for one elementwise transform of ``t`` (reduced before the next one is formed)."""
@@ -163,14 +169,18 @@ class ActivationView:
             self._memo[key] = fn()
         return self._memo[key]
 
+    def sums(self) -> torch.Tensor:
+        """(batch, units) fp32: the sum over every axis but batch and units."""
+        return self._get("sums", lambda: self._per_sample(self.t))
+
     def pooled(self) -> torch.Tensor:
         """(batch, units) fp32: the mean over every axis but batch and units (Dohare et al.'s pooled features)."""
-        return self._get("pooled", lambda: self._per_sample(self.t) / self.positions)
+        return self._get("pooled", lambda: self.sums() / self.positions)
 
     def abs_sum(self) -> torch.Tensor:
-        """Per-unit sum of |h| (fp32). Non-negative outputs reuse the pooled features (no second pass)."""
+        """Per-unit sum of |h| (fp32). Non-negative outputs reuse the per-sample sums (no second pass)."""
         if self.act_type in NONNEG:
-            return self._get("abs_sum", lambda: self.pooled().sum(0) * self.positions)
+            return self._get("abs_sum", lambda: self.sums().sum(0))
         return self._get("abs_sum", lambda: self._per_sample(torch.abs(self.t, out=self._buf())).sum(0))
 
     def _count(self, key: str, compare: Callable[..., torch.Tensor], value: float) -> torch.Tensor:

@@ -150,24 +150,18 @@ def masked_fraction(flags: torch.Tensor, bad: torch.Tensor | None) -> torch.Tens
     """Fraction of units flagged among those with finite statistics (NaN when no unit has any)."""
     if bad is None:
         return flags.float().mean()
-    good = ~bad
-    n = good.sum()
-    frac = (flags & good).sum().float() / n.clamp_min(1).float()
-    return torch.where(n > 0, frac, torch.full_like(frac, float("nan")))
+    return torch.where(bad, float("nan"), flags.float()).nanmean()
 
 
 def masked_mean(values: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
     """Mean over the units with finite statistics (NaN when no unit has any)."""
     if bad is None:
         return values.mean()
-    good = ~bad
-    n = good.sum()
-    mean = torch.where(good, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
-    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
+    return torch.where(bad, float("nan"), values).nanmean()
 
 
 def with_nan(scores: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
     """Per-unit scores with the units fed non-finite values set to NaN (undefined, never a silent number)."""
     if bad is None:
         return scores
-    return torch.where(bad, torch.full_like(scores, float("nan")), scores)
+    return torch.where(bad, float("nan"), scores)

@@ -109,7 +109,7 @@ def diagnose(
             "head": head_meta(model, module, layers),
             # layers run under no_grad / detached inside the model: gradient metrics n/a (absent), not 0
             "no_gradient": no_gradient,
-            "uncovered": [list(u) for u in uncovered_layers(module)],  # weights outside the layer map, with why
+            "uncovered": [list(u) for u in uncovered_layers(module, layers)],  # weights outside the layer map, with why
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
@@ -553,17 +553,16 @@ def _assemble(pending: Pending, layers: list[LayerInfo], names: set[str], opts: 
     """One device-to-host transfer of every value and unit score, then the long table, the meta and the warning."""
     dev = pending[0][2].device if pending else torch.device("cpu")
     first = torch.zeros(1, dtype=torch.float64, device=dev) if bad_inputs is None else bad_inputs.reshape(1)
+    # [inputs, every value, every unit vector] as float64 (torch.cat promotes), one copy to the host
     parts = [first.to(dev, torch.float64)]
-    for _, _, v, u in pending:
-        parts.append(v.reshape(1).to(dev, torch.float64))
-        if u is not None:
-            parts.append(u.reshape(-1).to(dev, torch.float64))
+    if pending:
+        parts.append(torch.stack([v if v.device == dev else v.to(dev) for _, _, v, _ in pending]).reshape(-1))
+    parts += [u.reshape(-1) if u.device == dev else u.reshape(-1).to(dev) for _, _, _, u in pending if u is not None]
     flat = torch.cat(parts).cpu().numpy()  # the one device-to-host transfer
     n_inputs = int(flat[0])
-    values, units, i = {}, {}, 1
-    for layer, m, _, u in pending:
-        values[(layer, m)] = float(flat[i])
-        i += 1
+    values, units, i = {}, {}, 1 + len(pending)
+    for k, (layer, m, _, u) in enumerate(pending):
+        values[(layer, m)] = float(flat[1 + k])
         if u is not None:
             units[(layer, m)] = flat[i:i + u.numel()].copy()
             i += u.numel()
