@@ -24,22 +24,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import logging
-from pathlib import Path
 
 import timm
 import torch
 
-import plasticity_core.metrics.base as metrics_base
 import plasticity_core.metrics.weights as weights
 from plasticity_core.layers import layer_map
 from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.metrics.diagnose import clear_weight_cache
 from plasticity_core.metrics.weights import tall_taps
 
-from diagnose_overhead import interleaved  # the one interleaved timer of benchmarks/
+from diagnose_overhead import baseline_module, interleaved  # the one timer and loader of benchmarks/
 
 MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100",
           "resnet18": "resnet18"}
@@ -86,21 +83,8 @@ KERNELS = ("top_singular", "gram_norms")  # what --baseline takes from the other
 
 
 def baseline_kernels(checkout: str) -> dict:
-    """``KERNELS`` of another checkout's ``plasticity_core/metrics/weights.py`` (its metric registrations skipped:
-    this checkout's registry stays as it is)."""
-    path = Path(checkout) / "plasticity_core" / "metrics" / "weights.py"
-    if not path.is_file():
-        raise SystemExit(f"--baseline {checkout}: no {path.relative_to(checkout)} there; give a checkout of this project")
-    spec = importlib.util.spec_from_file_location("baseline_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    register, metrics_base.register_metric = metrics_base.register_metric, (lambda *a, **k: (lambda f: f))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        metrics_base.register_metric = register
-    missing = [k for k in KERNELS if not hasattr(module, k)]
-    if missing:
-        raise SystemExit(f"--baseline {checkout}: its weights.py has no {', '.join(missing)}; give a newer checkout")
+    """``KERNELS`` of another checkout's ``plasticity_core/metrics/weights.py``."""
+    module = baseline_module(checkout, "weights", KERNELS)
     return {k: getattr(module, k) for k in KERNELS}
 
 

@@ -154,6 +154,9 @@ def test_a_nan_weight_gives_nan_weight_metrics_and_no_crash():
     assert w.loc["3", ["dfi", "spectral_norm", "stable_rank", "dfi_si"]].isna().all()
     assert np.isfinite(w.loc["0", ["dfi", "spectral_norm", "dormant"]]).all()  # upstream of the broken weight
     assert d.recommend().layers == []
+    with pytest.warns(UserWarning, match="non-finite"):  # again, the weight metrics from the cache: still NaN
+        again = diagnose(m, data(8)).wide()
+    pd.testing.assert_frame_equal(again, w)
 
 
 def test_units_partly_fed_nan_are_excluded_and_the_rest_still_scored():

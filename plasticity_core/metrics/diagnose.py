@@ -229,12 +229,13 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
     ``slow_layers`` (if given) receives the names of the layers computed now whose ``sigma_1`` needed the exact
     SVD fallback (see ``weights.top_singular``)."""
     wanted = [m for m in METRICS.names() if METRICS[m].needs == "weights" and (m in names or m == "nonfinite")]
+    settings = {m: tuple(sorted(opts[m].items())) for m in wanted}
     spectra = SpectraBatch()
     todo = []
     for layer in layers:  # first every view, so the spectra of all layers are computed in one batch per size
         param = module.get_submodule(layer.module_name).weight
         store = _cache_for(param, (param._version, param.data_ptr(), param.device, param.dtype, precision))
-        keys = {m: (m, layer.rows, tuple(sorted(opts[m].items()))) for m in wanted}
+        keys = {m: (m, layer.rows, settings[m]) for m in wanted}
         ref = None if reference is None else reference.get(f"{layer.module_name}.weight")
         missing = [m for m in wanted if keys[m] not in store
                    or (m in REFERENCE_METRICS and not _same_reference(store[keys[m]], ref))]
@@ -242,26 +243,25 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
         todo.append((layer, store, keys, missing, view))
     out: Pending = []
     for layer, store, keys, missing, view in todo:
-        values: dict[str, torch.Tensor] = {}
+        # the cache holds each value as reported: NaN where the weight has non-finite entries (masked once, when
+        # computed), so a cached layer costs no tensor operation
+        computed = {m: v for m in missing if (v := METRICS[m].impl(view, **opts[m])) is not None}
+        nonfinite = computed["nonfinite"] if "nonfinite" in computed else store[keys["nonfinite"]]
+        broken = nonfinite > 0 if computed else None
         for m in wanted:
-            if m not in missing:
-                values[m] = store[keys[m]][2] if m in REFERENCE_METRICS else store[keys[m]]
+            if m in computed:
+                v = computed[m] if m == "nonfinite" else torch.where(broken, float("nan"), computed[m])
+                if m not in REFERENCE_METRICS:
+                    store[keys[m]] = v
+                elif isinstance(ref := (reference or {}).get(f"{layer.module_name}.weight"), torch.Tensor):
+                    store[keys[m]] = (weakref.ref(ref), ref._version, v)  # valid while that reference is unchanged
+            elif m in missing:  # not defined for this layer (e.g. sfe without a reference of its shape)
                 continue
-            v = METRICS[m].impl(view, **opts[m])
-            if v is None:
-                continue
-            values[m] = v
-            if m not in REFERENCE_METRICS:
-                store[keys[m]] = v
-            elif isinstance(ref := (reference or {}).get(f"{layer.module_name}.weight"), torch.Tensor):
-                store[keys[m]] = (weakref.ref(ref), ref._version, v)  # valid while that reference tensor is unchanged
+            else:
+                v = store[keys[m]][2] if m in REFERENCE_METRICS else store[keys[m]]
+            out.append((layer.name, m, v, None))
         if view is not None and slow_layers is not None and spectra.fallback.get(id(view)):
             slow_layers.append(layer.name)
-        broken = values["nonfinite"] > 0
-        for m, v in values.items():
-            if m != "nonfinite":
-                v = torch.where(broken, torch.full_like(v, float("nan")), v)
-            out.append((layer.name, m, v, None))
     return out
 
 

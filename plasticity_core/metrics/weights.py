@@ -31,7 +31,7 @@ import torch
 from scipy.linalg import blas, lapack
 from threadpoolctl import ThreadpoolController
 
-from plasticity_core.metrics.base import register_metric
+from plasticity_core.metrics.base import METRICS, register_metric
 
 SFE_EPS = 1e-12
 GKL_TOL = 1e-6  # stop when the estimated error of sigma_1^2 is below this fraction of it (sigma_1: half)
@@ -658,8 +658,6 @@ def stable_rank(w: torch.Tensor) -> float:
 def weight_metrics(w: torch.Tensor, w0: torch.Tensor | None, names: set[str],
                    params: dict[str, dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
     """The requested registered weight metrics of one layer as 0-d fp32 tensors on the weight's device."""
-    from plasticity_core.metrics.base import METRICS
-
     view = WeightView(w, w0)
     out = {}
     for name in names:
