@@ -227,3 +227,15 @@ def test_diagnose_gives_every_submodule_its_mode_back():
     model(torch.randn(4, 3, 32, 32))  # a training step's forward: the frozen BN does not move
     assert torch.equal(frozen.running_mean, stats)
     assert not frozen.weight.requires_grad
+
+
+def test_a_data_bundle_is_refused_in_one_line_that_names_its_splits():
+    from plasticity_core.data import DataBundle
+
+    ds = dataset(8)
+    bundle = DataBundle("tiny", ds, ds, ["a", "b", "c", "d"], 32, (0.5,) * 3, (0.5,) * 3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    with pytest.raises(TypeError, match=r"got DataBundle: pass its \.val .* or \.train") as err:
+        diagnose(model, bundle, metrics=["dormant"])
+    assert "\n" not in str(err.value)
+    assert diagnose(model, bundle.val, metrics=["dormant"], max_batches=1).meta["batches"] == 1

@@ -526,7 +526,9 @@ def _reference_weight(reference: Mapping | None, layer: LayerInfo) -> torch.Tens
 def _batches(data: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
     data = probe_batches(data, DATASET_BATCH)
     if not isinstance(data, Iterable):
-        raise TypeError(f"diagnose: data must be a DataLoader, a Dataset or an iterable of batches, got {type(data).__name__}")
+        hint = ": pass its .val (the probe split the dashboard uses) or .train" if hasattr(data, "val") else ""
+        raise TypeError(f"diagnose: data must be a DataLoader, a Dataset or an iterable of batches, got "
+                        f"{type(data).__name__}{hint}")
     for batch in data:
         if isinstance(batch, torch.Tensor):
             yield batch, None
