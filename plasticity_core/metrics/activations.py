@@ -102,8 +102,8 @@ def reduce_dims(t: torch.Tensor, unit_dim: int) -> tuple[int, ...]:
 
 
 class Scratch:
-    """One reusable buffer for the elementwise transforms whose sums the statistics take (``sign``, ``threshold``,
-    ...), owned by one diagnosis pass. A fresh activation-sized tensor per hook costs more than the transform on
+    """One reusable buffer for the elementwise results whose sums the statistics take (the 0/1 comparisons of the
+    counts, ``|h|``), owned by one diagnosis pass. A fresh activation-sized tensor per hook costs more than the transform on
     the CPU: glibc hands large blocks back to the system and every reuse page-faults them in again (mobilenetv2_100
     at 64 px: ~10,000 extra minor faults per 4 batches)."""
 
