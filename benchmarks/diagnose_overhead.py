@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
 import importlib.util
 import inspect
 import io
@@ -161,14 +160,16 @@ def baseline_view(checkout: str) -> type:
 
 
 @contextlib.contextmanager
-def views_from(view: type):
-    """Run diagnose with ``view`` as its activation view."""
-    module = importlib.import_module("plasticity_core.metrics.diagnose")
-    own, module.ActivationView = module.ActivationView, view
+def swapped(module, attrs: dict):
+    """Inside the block ``module``'s attributes named in ``attrs`` are those values (another checkout's code)."""
+    own = {k: getattr(module, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(module, k, v)
     try:
         yield
     finally:
-        module.ActivationView = own
+        for k, v in own.items():
+            setattr(module, k, v)
 
 
 def build(name: str, size: int, device: torch.device) -> torch.nn.Module:
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             model.zero_grad(set_to_none=True)
 
         def act_base():
-            with views_from(base_view):
+            with swapped(importlib.import_module("plasticity_core.metrics.diagnose"), {"ActivationView": base_view}):
                 diagnose(model, data, metrics=act_only)
 
         t = interleaved({

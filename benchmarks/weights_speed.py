@@ -36,7 +36,7 @@ from plasticity_core.metrics import METRICS, diagnose
 from plasticity_core.metrics.diagnose import clear_weight_cache
 from plasticity_core.metrics.weights import tall_taps
 
-from diagnose_overhead import baseline_module, interleaved  # the one timer and loader of benchmarks/
+from diagnose_overhead import baseline_module, interleaved, swapped  # the one timer and loader of benchmarks/
 
 MODELS = {"resnet50": "resnet50", "vit_small": "vit_small_patch16_224", "mobilenetv2_100": "mobilenetv2_100",
           "resnet18": "resnet18"}
@@ -88,17 +88,9 @@ def baseline_kernels(checkout: str) -> dict:
     return {k: getattr(module, k) for k in KERNELS}
 
 
-@contextlib.contextmanager
 def kernels_from(kernels: dict):
     """Run diagnose with ``kernels`` in place of this checkout's."""
-    own = {k: getattr(weights, k) for k in kernels}
-    for k, fn in kernels.items():
-        setattr(weights, k, fn)
-    try:
-        yield
-    finally:
-        for k, fn in own.items():
-            setattr(weights, k, fn)
+    return swapped(weights, kernels)
 
 
 def measure(name: str, device: torch.device, repeats: int, ww: bool, baseline=None) -> dict[str, float]:
