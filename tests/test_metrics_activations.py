@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plasticity_core.metrics import FLAT_REGION, diagnose
+from plasticity_core.metrics import FLAT_REGION, diagnose, onepass
+
+NEEDS_NUMBA = pytest.mark.skipif(not onepass.AVAILABLE, reason="numba not installed (the [fast] extra)")
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -246,12 +248,18 @@ def test_dormant_and_dead_are_the_authors_formulas(tau, min_fraction):
     assert d.wide().at["2", "dead"] == pytest.approx(np.mean(alive < min_fraction))
 
 
+@pytest.mark.parametrize("one_pass", [pytest.param(True, marks=NEEDS_NUMBA), False], ids=["onepass", "torch"])
 @pytest.mark.parametrize("shape,unit_dim", [((6, 5, 2, 2), 1), ((6, 5, 4, 4), 1), ((6, 5, 9, 7), 1),
                                             ((6, 5, 8, 8), 1), ((6, 5, 16, 16), 1), ((6, 7, 5), -1), ((6, 5), -1)])
-def test_view_sums_and_counts_equal_float64_and_boolean_counts_on_every_reduction_path(shape, unit_dim):
-    """Few positions (a matrix-vector product), many (a reduction), tokens and plain features all give the float64
-    sums and the boolean counts; the views of one pass share one scratch buffer and none reads another's result."""
-    from plasticity_core.metrics.activations import ActivationView, Scratch
+def test_view_sums_and_counts_equal_float64_and_boolean_counts_on_every_reduction_path(shape, unit_dim, one_pass,
+                                                                                      monkeypatch):
+    """Few positions (a matrix-vector product), many (a reduction), tokens and plain features, with numba's one-pass
+    kernel and with torch's passes, all give the float64 sums and the boolean counts; the views of one pass share
+    one scratch buffer and none reads another's result."""
+    from plasticity_core.metrics import onepass
+    from plasticity_core.metrics.activations import ActivationView, Scratch, flat_region
+
+    monkeypatch.setattr(onepass, "ENABLED", one_pass)
 
     g = torch.Generator().manual_seed(sum(shape))
     scratch = Scratch()
@@ -276,4 +284,69 @@ def test_view_sums_and_counts_equal_float64_and_boolean_counts_on_every_reductio
         assert torch.equal(v.at_most(-0.5).double(), (x <= -0.5).double().sum(other))
         assert torch.equal(v.at_least(6.0).double(), (x >= 6.0).double().sum(other))
         assert torch.equal(v.outside(0.0, 6.0).double(), ((x <= 0.0) | (x >= 6.0)).double().sum(other))
+        lo, hi = flat_region(act)  # the bounds the one-pass kernel counts
+        assert torch.equal(v.outside(lo, hi).double(), ((x <= lo) | (x >= hi)).double().sum(other))
+        assert v.onepass == (one_pass and len(shape) > 2 and unit_dim == 1)
     assert views["relu6"].at_least(6.0).sum() >= 3
+
+
+@NEEDS_NUMBA
+def test_onepass_diagnosis_equals_torch_passes_and_splits_rows_over_threads(monkeypatch):
+    """A real timm model diagnosed with the one-pass kernel and with torch's passes: the same counts (dead,
+    saturation) exactly, sums-based values to float32 rounding; the meta names the path; rows split over two
+    threads give the one-thread numbers bit for bit."""
+    from plasticity_core.metrics.activations import ActivationView
+
+    model = timm.create_model("test_resnet", num_classes=5).eval()
+    data = batches(2, (3, 32, 32), bs=4, seed=3)
+    metrics = ["dormant", "dead", "saturation", "feature_erank"]
+    fast = diagnose(model, data, metrics=metrics)
+    assert fast.meta["activation_pass"].startswith("one pass (numba)")
+    monkeypatch.setattr(onepass, "ENABLED", False)
+    slow = diagnose(model, data, metrics=metrics)
+    assert "disabled" in slow.meta["activation_pass"]
+    a, b = fast.wide(), slow.wide()
+    assert list(a.index) == list(b.index) and a.notna().values.sum() > 10
+    np.testing.assert_array_equal(a["dead"], b["dead"])
+    np.testing.assert_array_equal(a["saturation"], b["saturation"])
+    np.testing.assert_allclose(a[["dormant", "feature_erank"]], b[["dormant", "feature_erank"]], rtol=1e-5)
+    for layer in a.index:
+        np.testing.assert_array_equal(fast.units(layer, "dead"), slow.units(layer, "dead"))
+        np.testing.assert_allclose(fast.units(layer, "dormant"), slow.units(layer, "dormant"), rtol=1e-5)
+    monkeypatch.setattr(onepass, "ENABLED", True)
+    t = F.relu6(torch.randn(8, 40, 24, 24, generator=torch.Generator().manual_seed(1)) * 4)  # >= PARALLEL_MIN entries
+    assert t.numel() >= onepass.PARALLEL_MIN
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = onepass.row_stats(t, 0.0, 6.0)
+        torch.set_num_threads(2)
+        two = onepass.row_stats(t, 0.0, 6.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert torch.equal(onepass.row_stats(t, 0.0, 6.0, relu=True), one)  # the ReLU loop derives |x| and zeros
+    assert torch.equal(one[4].sum(0).double(), (t >= 6).double().sum((0, 2, 3)))
+    assert ActivationView(t, 1, "relu6").onepass
+
+
+def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says_so(monkeypatch):
+    """numba installed but unusable (an incompatible numpy, a compiler error): the diagnosis still runs, on torch's
+    passes with the same values, a warning says why, and the meta names the path."""
+    def broken():
+        raise ImportError("numba needs NumPy version <= 2.0")
+
+    model = timm.create_model("test_resnet", num_classes=5).eval()
+    data = batches(1, (3, 32, 32), bs=4, seed=4)
+    monkeypatch.setattr(onepass, "ENABLED", False)
+    reference = diagnose(model, data, metrics=["dead", "saturation"]).wide()
+    monkeypatch.setattr(onepass, "ENABLED", True)
+    monkeypatch.setattr(onepass, "_kernels", broken)
+    onepass._loaded.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built .*numba needs NumPy"):
+            d = diagnose(model, data, metrics=["dead", "saturation"])
+        assert "could not be built (ImportError: numba needs NumPy" in d.meta["activation_pass"]
+        np.testing.assert_array_equal(d.wide().values, reference.values)
+    finally:
+        onepass._loaded.cache_clear()

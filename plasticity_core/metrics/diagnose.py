@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
+from plasticity_core.metrics import onepass
 from plasticity_core.metrics.activations import ActivationView, Scratch
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
@@ -111,7 +112,8 @@ def diagnose(
             "no_gradient": no_gradient,
             "uncovered": [list(u) for u in uncovered_layers(module, layers)],  # weights outside the layer map, with why
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
-            "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)}}
+            "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)},
+            "activation_pass": onepass.describe(dev)}  # one read per activation (numba) or torch's passes
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 

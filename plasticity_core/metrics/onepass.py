@@ -1,0 +1,144 @@
+"""One read of a CPU activation for every per-(sample, unit) statistic the activation metrics take (needs numba).
+
+torch reads an activation once per statistic and writes each count's 0/1 comparisons before summing them: for a
+ReLU6 output, three reads and two writes (sums, nonzero count, count of 6s). The kernel here reads each
+(sample, unit) row of an NCHW activation once and returns its sum, its sum of ``|x|``, and its counts of
+``x != 0``, ``x <= lo`` and ``x >= hi``. Sums are float32 (any order: they agree with torch's to float32
+rounding), counts are exact (float32 integers below 2^24 per row; a row that long takes torch's passes). NaN
+behaves as in torch: it makes the sums NaN, counts as nonzero and falls in neither tail.
+
+Optional: ``pip install 'plasticity-lab[fast]'`` (the dev and dashboard setups include it). Without numba, on a
+GPU, or for another layout (tokens, plain features), the statistics take torch's passes; ``describe`` says which.
+Rows are split over torch's intra-op threads (the kernel releases the GIL). The first use in a process compiles
+the kernel (about half a second) or loads it from numba's on-disk cache.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+import torch
+
+AVAILABLE = importlib.util.find_spec("numba") is not None
+ENABLED = AVAILABLE and os.environ.get("PLASTICITY_ONEPASS", "1") != "0"  # PLASTICITY_ONEPASS=0: torch's passes
+STATS = ("sum", "abs_sum", "nonzero", "at_most", "at_least")
+PARALLEL_MIN = 1 << 16  # entries below which one thread does the whole tensor
+MAX_ROW = 1 << 24  # longest row whose counts stay exact in float32
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> dict:
+    import numba  # optional dependency: imported (and the kernels compiled) on first use only
+
+    # reassociation lets LLVM vectorise the sums; no other fast-math flag (NaN and inf keep their meaning)
+    jit = numba.njit(fastmath={"reassoc", "nsz", "contract"}, nogil=True, cache=True)
+
+    @jit
+    def general(x, lo, hi, out, start):
+        for r in range(x.shape[0]):
+            s = np.float32(0.0)
+            a = np.float32(0.0)
+            n = np.float32(0.0)
+            le = np.float32(0.0)
+            ge = np.float32(0.0)
+            for p in range(x.shape[1]):
+                v = x[r, p]
+                s += v
+                a += abs(v)
+                n += np.float32(v != 0)
+                le += np.float32(v <= lo)
+                ge += np.float32(v >= hi)
+            out[0, start + r] = s
+            out[1, start + r] = a
+            out[2, start + r] = n
+            out[3, start + r] = le
+            out[4, start + r] = ge
+
+    @jit
+    def relu(x, lo, hi, out, start):  # x >= 0 (or NaN) and lo == 0: |x| sums are the sums, x <= 0 the zeros
+        for r in range(x.shape[0]):
+            s = np.float32(0.0)
+            n = np.float32(0.0)
+            ge = np.float32(0.0)
+            for p in range(x.shape[1]):
+                v = x[r, p]
+                s += v
+                n += np.float32(v != 0)
+                ge += np.float32(v >= hi)
+            out[0, start + r] = s
+            out[1, start + r] = s
+            out[2, start + r] = n
+            out[3, start + r] = x.shape[1] - n
+            out[4, start + r] = ge
+
+    kernels = {"general": general, "relu": relu}
+    tiny = np.zeros((1, 1), dtype=np.float32)
+    for kernel in kernels.values():  # compile now (or load numba's cache), so that a failure shows here
+        kernel(tiny, np.float32(0.0), np.float32(1.0), np.empty((5, 1), dtype=np.float32), 0)
+    return kernels
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded() -> tuple[dict | None, str]:
+    """The compiled kernels, or None and why not (numba present but unusable: the statistics take torch's passes)."""
+    try:
+        return _kernels(), ""
+    except Exception as e:  # an incompatible numba / numpy pair, a compiler error: never a failed diagnosis
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        warnings.warn(f"the one-pass activation kernel could not be built ({why}); the activation statistics take "
+                      f"torch's passes (same values, slower on the CPU)", RuntimeWarning, stacklevel=2)
+        return None, why
+
+
+@functools.lru_cache(maxsize=1)
+def _pool(pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Worker threads for the row chunks, one pool per process (``pid``: a forked child never reuses its parent's)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                                 thread_name_prefix="plasticity-onepass")
+
+
+def applies(t: torch.Tensor, unit_dim: int) -> bool:
+    """Whether ``t`` (the activation, units on ``unit_dim``) takes the one-pass kernel: numba present and enabled, a
+    contiguous float32 CPU tensor with units on axis 1 and positions after them (NCHW), rows below 2^24 entries."""
+    return (ENABLED and t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() > 2 and unit_dim % t.dim() == 1
+            and t.is_contiguous() and t.numel() > 0 and t.numel() // (t.shape[0] * t.shape[1]) < MAX_ROW
+            and _loaded()[0] is not None)
+
+
+def row_stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> torch.Tensor:
+    """(5, batch, units) float32 for an NCHW ``t`` that ``applies``: per (sample, unit), the sum over positions, the
+    sum of ``|x|``, and the counts of ``x != 0``, ``x <= lo``, ``x >= hi`` (``STATS`` order). ``relu``: ``t`` is a
+    ReLU / ReLU6 output and ``lo`` is 0, so two of the five come from the other three (a shorter loop)."""
+    b, u = t.shape[0], t.shape[1]
+    x = np.from_dlpack(t.detach().reshape(b * u, -1))  # a view: no copy, no host read
+    out = np.empty((5, b * u), dtype=np.float32)
+    lo32, hi32 = np.float32(lo), np.float32(hi)  # torch compares a float32 tensor with a float scalar in float32
+    kernel = _kernels()["relu" if relu else "general"]  # built by ``applies``
+    threads = min(torch.get_num_threads(), x.shape[0])
+    if threads <= 1 or x.size < PARALLEL_MIN:
+        kernel(x, lo32, hi32, out, 0)
+    else:
+        cuts = [x.shape[0] * i // threads for i in range(threads + 1)]
+        pool = _pool(os.getpid())
+        jobs = [pool.submit(kernel, x[cuts[i]:cuts[i + 1]], lo32, hi32, out, cuts[i]) for i in range(1, threads)]
+        kernel(x[:cuts[1]], lo32, hi32, out, 0)
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out).view(5, b, u)
+
+
+def describe(device: torch.device) -> str:
+    """Which path this process's activation statistics take on ``device`` (the diagnosis meta records it)."""
+    if device.type != "cpu":
+        return "torch (one pass per statistic on the device)"
+    if not AVAILABLE:
+        return "torch passes on the CPU: numba not installed (pip install 'plasticity-lab[fast]' for one pass)"
+    if not ENABLED:
+        return "torch passes on the CPU: one-pass kernel disabled (PLASTICITY_ONEPASS=0)"
+    if _loaded()[0] is None:
+        return f"torch passes on the CPU: the one-pass kernel could not be built ({_loaded()[1]})"
+    return "one pass (numba) for NCHW activations on the CPU; torch passes for tokens and plain features"
