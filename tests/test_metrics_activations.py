@@ -305,6 +305,7 @@ def test_onepass_diagnosis_equals_torch_passes_and_splits_rows_over_threads(monk
     monkeypatch.setattr(onepass, "ENABLED", False)
     slow = diagnose(model, data, metrics=metrics)
     assert "disabled" in slow.meta["activation_pass"]
+    assert fast.slow_path_note() is None and "PLASTICITY_ONEPASS=0" in slow.slow_path_note()
     a, b = fast.wide(), slow.wide()
     assert list(a.index) == list(b.index) and a.notna().values.sum() > 10
     np.testing.assert_array_equal(a["dead"], b["dead"])
@@ -347,6 +348,7 @@ def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says
         with pytest.warns(RuntimeWarning, match="could not be built .*numba needs NumPy"):
             d = diagnose(model, data, metrics=["dead", "saturation"])
         assert "could not be built (ImportError: numba needs NumPy" in d.meta["activation_pass"]
+        assert "could not be built" in d.slow_path_note()  # the line the CLI prints and the Diagnose page shows
         np.testing.assert_array_equal(d.wide().values, reference.values)
     finally:
         onepass._loaded.cache_clear()

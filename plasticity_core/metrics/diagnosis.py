@@ -97,12 +97,17 @@ class Diagnosis:
         return cls.from_rows(rows, units, json.loads(raw))
 
     def slow_path_note(self) -> str | None:
-        """One line naming the layers whose ``sigma_1`` came from the exact-SVD fallback (None when none did)."""
+        """One line naming the slower paths this diagnosis took (None when none): layers whose ``sigma_1`` came from
+        the exact-SVD fallback, and activation statistics on the CPU without the one-pass kernel (and why)."""
+        notes = []
         slow = self.meta.get("weights_slow_path", {}).get("layers", [])
-        if not slow:
-            return None
-        return (f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step limit: "
-                f"exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
+        if slow:
+            notes.append(f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step "
+                         f"limit: exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
+        act = self.meta.get("activation_pass", "")
+        if act.startswith("torch passes on the CPU"):
+            notes.append(f"activation statistics took {act} (the same values, slower)")
+        return ". ".join(notes) or None
 
     def recommend(self, budget: float | int = 0.25, min_score: float = 0.05) -> "Recommendation":
         """Rank layers by plasticity loss and propose a layer selection and strategy (see ``recommend``)."""
