@@ -352,3 +352,14 @@ def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says
         np.testing.assert_array_equal(d.wide().values, reference.values)
     finally:
         onepass._loaded.cache_clear()
+
+
+@NEEDS_NUMBA
+def test_precomputing_weight_metrics_builds_the_onepass_kernel_for_a_cpu_model():
+    """The dashboard's background job on model load also builds the kernel, so the first Diagnose click does not."""
+    from plasticity_core.metrics import precompute_weight_metrics
+
+    onepass._loaded.cache_clear()
+    assert onepass._loaded.cache_info().currsize == 0
+    precompute_weight_metrics(timm.create_model("test_resnet", num_classes=5), metrics=["fro_norm"])
+    assert onepass._loaded.cache_info().currsize == 1 and onepass._loaded()[0] is not None

@@ -196,6 +196,8 @@ def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, laye
     Meant for a background thread started when a model is loaded: it only reads the weights (pass ``layers`` from
     ``layer_map`` computed on the caller's thread, so no tracing forward runs here) and changes no module state;
     weights updated meanwhile are simply recomputed by the next diagnosis (the cache key is the version counter).
+    A model on the CPU also gets the one-pass activation kernel built (``onepass.prepare``: numba's import and
+    compilation or cache load, up to a second, otherwise paid by the first diagnosis of the process).
     Returns the layers whose ``sigma_1`` took the slow path (exact SVD).
     """
     module, _ = _unwrap(model, None)
@@ -206,6 +208,8 @@ def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, laye
     slow: list[str] = []
     with precision_policy(precision):
         weight_values(module, layers if layers is not None else layer_map(module), None, names, opts, precision, slow)
+    if _model_device(module).type == "cpu":
+        onepass.prepare()
     return slow
 
 

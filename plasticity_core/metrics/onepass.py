@@ -131,6 +131,12 @@ def row_stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> torc
     return torch.from_numpy(out).view(5, b, u)
 
 
+def prepare() -> bool:
+    """Build the kernels now (numba's import and compilation, or its cache load) instead of in the first diagnosis;
+    True when the one-pass path is ready."""
+    return ENABLED and _loaded()[0] is not None
+
+
 def describe(device: torch.device) -> str:
     """Which path this process's activation statistics take on ``device`` (the diagnosis meta records it)."""
     if device.type != "cpu":
