@@ -481,6 +481,12 @@ def weight_metrics_status(bb: pc.Backbone) -> str:
     return "weight metrics: ready" + (f" ({len(slow)} layer(s) needed an exact SVD)" if slow else "")
 
 
+def weight_metrics_pending(bb: pc.Backbone) -> bool:
+    """Whether this model's background weight metrics are still computing."""
+    entry = _WEIGHT_JOBS.get(id(bb.model))
+    return entry is not None and entry[0]() is bb.model and not entry[1].done()
+
+
 def wait_weight_metrics(bb: pc.Backbone) -> None:
     """Wait for this model's background weight metrics (a failure is left to the diagnosis, which reports it)."""
     entry = _WEIGHT_JOBS.get(id(bb.model))

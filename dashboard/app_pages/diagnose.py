@@ -40,7 +40,17 @@ def _history() -> dict[str, pc.Diagnosis]:
             f"{len(d.metrics)} metrics · {m.get('samples', '?')} images"] = d
     return out
 
-st.caption(state.weight_metrics_status(current.backbone))
+weights_pending = state.weight_metrics_pending(current.backbone)
+
+
+def _weight_status() -> None:
+    """The background weight metrics' line: redrawn every second while they compute, the page rerun once they end."""
+    st.caption(state.weight_metrics_status(current.backbone))
+    if weights_pending and not state.weight_metrics_pending(current.backbone):
+        st.rerun()
+
+
+st.fragment(_weight_status, run_every=1.0 if weights_pending else None)()
 all_metrics = pc.METRICS.names()
 with st.form("diagnose_form", border=False):
     c1, c2, c3 = st.columns([4, 1, 1])
