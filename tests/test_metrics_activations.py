@@ -320,14 +320,17 @@ def test_onepass_diagnosis_equals_torch_passes_and_splits_rows_over_threads(monk
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = onepass.row_stats(t, 0.0, 6.0)
+        one = onepass.stats(t, 0.0, 6.0)
         torch.set_num_threads(2)
-        two = onepass.row_stats(t, 0.0, 6.0)
+        two = onepass.stats(t, 0.0, 6.0)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, two)
-    assert torch.equal(onepass.row_stats(t, 0.0, 6.0, relu=True), one)  # the ReLU loop derives |x| and zeros
-    assert torch.equal(one[4].sum(0).double(), (t >= 6).double().sum((0, 2, 3)))
+    relu = onepass.stats(t, 0.0, 6.0, relu=True)  # the ReLU loop derives |x| and the zeros
+    for a, b in ((one, two), (one, relu)):
+        assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    totals = dict(zip(onepass.TOTALS, one[1]))
+    assert torch.equal(totals["at_least"], (t >= 6).double().sum((0, 2, 3)))
+    assert torch.equal(totals["outside"], ((t <= 0) | (t >= 6)).double().sum((0, 2, 3)))
     assert ActivationView(t, 1, "relu6").onepass
 
 

@@ -128,8 +128,8 @@ class ActivationView:
     maps NaN to a definite 0 or 1, so counts alone cannot flag a broken unit: the per-unit sum of ``|h|``, which
     every layer's statistics go through (``_Probe._check`` in diagnose), turns non-finite for any NaN or inf, and
     that unit's scores are NaN and left out of the layer's value. A contiguous NCHW float32 activation on the CPU
-    takes every sum and count from one read (``onepass``, with numba) when the bounds asked for are the
-    activation's default flat region; anything else takes torch's passes, with the same counts.
+    takes its sums and counts from one read (``onepass``, with numba; per-unit totals in float64) when the bounds
+    asked for are the activation's default flat region; anything else takes torch's passes, with the same counts.
     """
 
     def __init__(self, t: torch.Tensor, unit_dim: int, act_type: str | None, scratch: Scratch | None = None) -> None:
@@ -145,6 +145,7 @@ class ActivationView:
         self.unit_dim = u
         self.bounds = flat_region(act_type) if act_type in ACT_FNS else (-math.inf, math.inf)
         self.onepass = onepass.applies(self.t, u)
+        self._pass: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._memo: dict[str, torch.Tensor] = {}
 
     def _per_sample(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,16 +166,13 @@ class ActivationView:
             return x.reshape(x.shape[0], self.units, -1).sum((0, 2))
         return x.sum(tuple(d for d in range(x.dim()) if d != self.unit_dim))
 
-    def _one(self, stat: str) -> torch.Tensor:
-        """(batch, units): one of ``onepass.STATS`` per (sample, unit), all five from one read of ``t``."""
-        if "one" not in self._memo:
+    def _one(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The one-pass kernel's per-sample sums and per-unit float64 totals (``onepass.TOTALS``), one read of ``t``."""
+        if self._pass is None:
             relu = self.act_type in ("relu", "relu6") and self.bounds[0] == 0.0
-            self._memo["one"] = onepass.row_stats(self.t, *self.bounds, relu=relu)
-        return self._memo["one"][onepass.STATS.index(stat)]
-
-    def _over_batch(self, per_sample: torch.Tensor) -> torch.Tensor:
-        """(units,): per-sample counts summed over the batch (fp32 exact below 2^24 inputs per unit, else float64)."""
-        return per_sample.sum(0) if self.count < 2 ** 24 else per_sample.double().sum(0)
+            sums, totals = onepass.stats(self.t, *self.bounds, relu=relu)
+            self._pass = (sums, dict(zip(onepass.TOTALS, totals)))
+        return self._pass
 
     def _buf(self) -> torch.Tensor:
         """The scratch tensor for one elementwise transform of ``t`` (reduced before the next one is formed)."""
@@ -188,7 +186,7 @@ class ActivationView:
     def sums(self) -> torch.Tensor:
         """(batch, units) fp32: the sum over every axis but batch and units."""
         if self.onepass:
-            return self._one("sum")
+            return self._one()[0]
         return self._get("sums", lambda: self._per_sample(self.t))
 
     def pooled(self) -> torch.Tensor:
@@ -196,37 +194,43 @@ class ActivationView:
         return self._get("pooled", lambda: self.sums() / self.positions)
 
     def abs_sum(self) -> torch.Tensor:
-        """Per-unit sum of |h| (fp32). Non-negative outputs reuse the per-sample sums (no second pass)."""
+        """Per-unit sum of |h| (fp32; float64 from the one-pass kernel). Non-negative outputs reuse the per-sample sums."""
+        if self.onepass:
+            return self._one()[1]["abs_sum"]
         if self.act_type in NONNEG:
             return self._get("abs_sum", lambda: self.sums().sum(0))
-        if self.onepass:
-            return self._get("abs_sum", lambda: self._one("abs_sum").sum(0))
         return self._get("abs_sum", lambda: self._per_sample(torch.abs(self.t, out=self._buf())).sum(0))
 
-    def _count(self, key: str, compare: Callable[..., torch.Tensor], value: float, stat: str | None = None) -> torch.Tensor:
-        """Per-unit count of the entries where ``compare(t, value)`` holds: from the one-pass kernel's ``stat`` when it
-        applies, else the comparison written as 0.0 / 1.0 into the scratch buffer, then summed (one pass; no boolean
-        tensor, whose sum is several times slower on the CPU; exact: integers below 2^24)."""
-        if self.onepass and stat is not None:
-            return self._get(key, lambda: self._over_batch(self._one(stat)))
+    def _count(self, key: str, compare: Callable[..., torch.Tensor], value: float) -> torch.Tensor:
+        """Per-unit count of the entries where ``compare(t, value)`` holds: the comparison written as 0.0 / 1.0
+        into the scratch buffer, then summed (one pass; no boolean tensor, whose sum is several times slower on the
+        CPU; exact: integers below 2^24)."""
         return self._get(key, lambda: self._per_unit(compare(self.t, value, out=self._buf())))
 
     def nonzero(self) -> torch.Tensor:
         """Per-unit count of nonzero entries."""
-        return self._count("nonzero", torch.ne, 0.0, "nonzero")
+        if self.onepass:
+            return self._one()[1]["nonzero"]
+        return self._count("nonzero", torch.ne, 0.0)
 
     def at_most(self, lo: float) -> torch.Tensor:
         """Per-unit count of entries ``<= lo``."""
+        if self.onepass and lo == self.bounds[0]:
+            return self._one()[1]["at_most"]
         if lo == 0.0 and self.act_type in ("relu", "relu6"):  # outputs >= 0: zero or positive (shared with dead)
             return self.count - self.nonzero()
-        return self._count(f"le{lo}", torch.le, lo, "at_most" if lo == self.bounds[0] else None)
+        return self._count(f"le{lo}", torch.le, lo)
 
     def at_least(self, hi: float) -> torch.Tensor:
         """Per-unit count of entries ``>= hi``."""
-        return self._count(f"ge{hi}", torch.ge, hi, "at_least" if hi == self.bounds[1] else None)
+        if self.onepass and hi == self.bounds[1]:
+            return self._one()[1]["at_least"]
+        return self._count(f"ge{hi}", torch.ge, hi)
 
     def outside(self, lo: float, hi: float) -> torch.Tensor:
         """Per-unit count of entries ``<= lo`` or ``>= hi`` (lo < hi)."""
+        if self.onepass and (lo, hi) == self.bounds:
+            return self._one()[1]["outside"]
         if lo > -math.inf and hi < math.inf:
             return self.at_most(lo) + self.at_least(hi)
         if lo > -math.inf:

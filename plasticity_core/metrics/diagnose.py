@@ -576,7 +576,8 @@ def _assemble(pending: Pending, layers: list[LayerInfo], names: set[str], opts: 
             i += u.numel()
     bad_layers = [l.name for l in layers if values.get((l.name, "nonfinite"), 0) > 0]
     show_nonfinite = "nonfinite" in names or bad_layers
-    computed = [m for m in METRICS.names() if any(k[1] == m for k in values) and (m != "nonfinite" or show_nonfinite)]
+    present = {m for _, m in values}
+    computed = [m for m in METRICS.names() if m in present and (m != "nonfinite" or show_nonfinite)]
     rows = [(l.name, m, values[(l.name, m)]) for l in layers for m in computed if (l.name, m) in values]
     weight_bad = sum(values[(l, m)] for (l, m) in values if m == "nonfinite")
     meta.update({

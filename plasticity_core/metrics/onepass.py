@@ -1,16 +1,16 @@
-"""One read of a CPU activation for every per-(sample, unit) statistic the activation metrics take (needs numba).
+"""One read of a CPU activation for every statistic the activation metrics take from it (needs numba).
 
 torch reads an activation once per statistic and writes each count's 0/1 comparisons before summing them: for a
-ReLU6 output, three reads and two writes (sums, nonzero count, count of 6s). The kernel here reads each
-(sample, unit) row of an NCHW activation once and returns its sum, its sum of ``|x|``, and its counts of
-``x != 0``, ``x <= lo`` and ``x >= hi``. Sums are float32 (any order: they agree with torch's to float32
-rounding), counts are exact (float32 integers below 2^24 per row; a row that long takes torch's passes). NaN
-behaves as in torch: it makes the sums NaN, counts as nonzero and falls in neither tail.
+ReLU6 output, three reads and two writes (sums, nonzero count, count of 6s), then a handful of small operations per
+layer to total them over the batch. The kernel here reads each (sample, unit) row of an NCHW activation once and
+returns the per-sample sums (float32, in any order: they agree with torch's to float32 rounding) and, per unit,
+totals over the batch in float64: the sum of ``|x|`` and the counts of ``x != 0``, ``x <= lo``, ``x >= hi`` and
+of either tail (exact). NaN behaves as in torch: it makes the sums NaN, counts as nonzero and falls in neither tail.
 
 Optional: ``pip install 'plasticity-lab[fast]'`` (the dev and dashboard setups include it). Without numba, on a
 GPU, or for another layout (tokens, plain features), the statistics take torch's passes; ``describe`` says which.
-Rows are split over torch's intra-op threads (the kernel releases the GIL). The first use in a process compiles
-the kernel (about half a second) or loads it from numba's on-disk cache.
+Units are split over torch's intra-op threads (the kernel releases the GIL). The first use in a process compiles
+the kernel (about half a second) or loads it from numba's on-disk cache (``prepare`` does it ahead).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import torch
 
 AVAILABLE = importlib.util.find_spec("numba") is not None
 ENABLED = AVAILABLE and os.environ.get("PLASTICITY_ONEPASS", "1") != "0"  # PLASTICITY_ONEPASS=0: torch's passes
-STATS = ("sum", "abs_sum", "nonzero", "at_most", "at_least")
+TOTALS = ("abs_sum", "nonzero", "at_most", "at_least", "outside")  # per-unit float64 totals, in this order
 PARALLEL_MIN = 1 << 16  # entries below which one thread does the whole tensor
-MAX_ROW = 1 << 24  # longest row whose counts stay exact in float32
+MAX_ROW = 1 << 24  # longest row whose per-row counts stay exact in float32
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,47 +38,67 @@ def _kernels() -> dict:
     jit = numba.njit(fastmath={"reassoc", "nsz", "contract"}, nogil=True, cache=True)
 
     @jit
-    def general(x, lo, hi, out, start):
-        for r in range(x.shape[0]):
-            s = np.float32(0.0)
-            a = np.float32(0.0)
-            n = np.float32(0.0)
-            le = np.float32(0.0)
-            ge = np.float32(0.0)
-            for p in range(x.shape[1]):
-                v = x[r, p]
-                s += v
-                a += abs(v)
-                n += np.float32(v != 0)
-                le += np.float32(v <= lo)
-                ge += np.float32(v >= hi)
-            out[0, start + r] = s
-            out[1, start + r] = a
-            out[2, start + r] = n
-            out[3, start + r] = le
-            out[4, start + r] = ge
+    def general(x, lo, hi, sums, totals, u0, u1):
+        for u in range(u0, u1):
+            ta = 0.0
+            tn = 0.0
+            tl = 0.0
+            tg = 0.0
+            for b in range(x.shape[0]):
+                s = np.float32(0.0)
+                a = np.float32(0.0)
+                n = np.float32(0.0)
+                le = np.float32(0.0)
+                ge = np.float32(0.0)
+                for p in range(x.shape[2]):
+                    v = x[b, u, p]
+                    s += v
+                    a += abs(v)
+                    n += np.float32(v != 0)
+                    le += np.float32(v <= lo)
+                    ge += np.float32(v >= hi)
+                sums[b, u] = s
+                ta += a
+                tn += n
+                tl += le
+                tg += ge
+            totals[0, u] = ta
+            totals[1, u] = tn
+            totals[2, u] = tl
+            totals[3, u] = tg
+            totals[4, u] = tl + tg
 
     @jit
-    def relu(x, lo, hi, out, start):  # x >= 0 (or NaN) and lo == 0: |x| sums are the sums, x <= 0 the zeros
-        for r in range(x.shape[0]):
-            s = np.float32(0.0)
-            n = np.float32(0.0)
-            ge = np.float32(0.0)
-            for p in range(x.shape[1]):
-                v = x[r, p]
-                s += v
-                n += np.float32(v != 0)
-                ge += np.float32(v >= hi)
-            out[0, start + r] = s
-            out[1, start + r] = s
-            out[2, start + r] = n
-            out[3, start + r] = x.shape[1] - n
-            out[4, start + r] = ge
+    def relu(x, lo, hi, sums, totals, u0, u1):  # x >= 0 (or NaN), lo == 0: |x| is x, x <= 0 the zeros
+        for u in range(u0, u1):
+            ta = 0.0
+            tn = 0.0
+            tg = 0.0
+            for b in range(x.shape[0]):
+                s = np.float32(0.0)
+                n = np.float32(0.0)
+                ge = np.float32(0.0)
+                for p in range(x.shape[2]):
+                    v = x[b, u, p]
+                    s += v
+                    n += np.float32(v != 0)
+                    ge += np.float32(v >= hi)
+                sums[b, u] = s
+                ta += s
+                tn += n
+                tg += ge
+            zeros = x.shape[0] * x.shape[2] - tn
+            totals[0, u] = ta
+            totals[1, u] = tn
+            totals[2, u] = zeros
+            totals[3, u] = tg
+            totals[4, u] = zeros + tg
 
     kernels = {"general": general, "relu": relu}
-    tiny = np.zeros((1, 1), dtype=np.float32)
+    tiny = np.zeros((1, 1, 1), dtype=np.float32)
     for kernel in kernels.values():  # compile now (or load numba's cache), so that a failure shows here
-        kernel(tiny, np.float32(0.0), np.float32(1.0), np.empty((5, 1), dtype=np.float32), 0)
+        kernel(tiny, np.float32(0.0), np.float32(1.0), np.empty((1, 1), dtype=np.float32),
+               np.empty((5, 1), dtype=np.float64), 0, 1)
     return kernels
 
 
@@ -96,7 +116,7 @@ def _loaded() -> tuple[dict | None, str]:
 
 @functools.lru_cache(maxsize=1)
 def _pool(pid: int) -> concurrent.futures.ThreadPoolExecutor:
-    """Worker threads for the row chunks, one pool per process (``pid``: a forked child never reuses its parent's)."""
+    """Worker threads for the unit blocks, one pool per process (``pid``: a forked child never reuses its parent's)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
                                                  thread_name_prefix="plasticity-onepass")
 
@@ -109,26 +129,27 @@ def applies(t: torch.Tensor, unit_dim: int) -> bool:
             and _loaded()[0] is not None)
 
 
-def row_stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> torch.Tensor:
-    """(5, batch, units) float32 for an NCHW ``t`` that ``applies``: per (sample, unit), the sum over positions, the
-    sum of ``|x|``, and the counts of ``x != 0``, ``x <= lo``, ``x >= hi`` (``STATS`` order). ``relu``: ``t`` is a
-    ReLU / ReLU6 output and ``lo`` is 0, so two of the five come from the other three (a shorter loop)."""
+def stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """For an NCHW ``t`` that ``applies``: the per-sample sums over positions, (batch, units) float32, and the
+    per-unit float64 totals over batch and positions named by ``TOTALS`` (``|x|``, ``x != 0``, ``x <= lo``,
+    ``x >= hi``, either tail). ``relu``: ``t`` is a ReLU / ReLU6 output and ``lo`` is 0 (a shorter loop)."""
     b, u = t.shape[0], t.shape[1]
-    x = np.from_dlpack(t.detach().reshape(b * u, -1))  # a view: no copy, no host read
-    out = np.empty((5, b * u), dtype=np.float32)
+    x = np.from_dlpack(t.detach().reshape(b, u, -1))  # a view: no copy, no host read
+    sums = np.empty((b, u), dtype=np.float32)
+    totals = np.empty((len(TOTALS), u), dtype=np.float64)
     lo32, hi32 = np.float32(lo), np.float32(hi)  # torch compares a float32 tensor with a float scalar in float32
     kernel = _kernels()["relu" if relu else "general"]  # built by ``applies``
-    threads = min(torch.get_num_threads(), x.shape[0])
+    threads = min(torch.get_num_threads(), u)
     if threads <= 1 or x.size < PARALLEL_MIN:
-        kernel(x, lo32, hi32, out, 0)
-    else:
-        cuts = [x.shape[0] * i // threads for i in range(threads + 1)]
+        kernel(x, lo32, hi32, sums, totals, 0, u)
+    else:  # each thread a block of units, all their samples (disjoint outputs)
+        cuts = [u * i // threads for i in range(threads + 1)]
         pool = _pool(os.getpid())
-        jobs = [pool.submit(kernel, x[cuts[i]:cuts[i + 1]], lo32, hi32, out, cuts[i]) for i in range(1, threads)]
-        kernel(x[:cuts[1]], lo32, hi32, out, 0)
+        jobs = [pool.submit(kernel, x, lo32, hi32, sums, totals, cuts[i], cuts[i + 1]) for i in range(1, threads)]
+        kernel(x, lo32, hi32, sums, totals, 0, cuts[1])
         for job in jobs:
             job.result()
-    return torch.from_numpy(out).view(5, b, u)
+    return torch.from_numpy(sums), torch.from_numpy(totals).unbind(0)
 
 
 def prepare() -> bool:
