@@ -135,6 +135,10 @@ def test_a_nan_pixel_is_counted_and_reported_never_a_silent_zero():
     assert d.meta["nonfinite"]["inputs"] == 1 and "0" in d.meta["nonfinite"]["layers"]
     w = d.wide()
     assert (w.loc[["0", "3", "7"], "nonfinite"] > 0).all()
+    x[5, 0, 1, 1], x[6, 2, 0, 0], x[7, 0, 0, 0], x[8, 0, 0, 0] = float("inf"), -float("inf"), 3e38, -0.0
+    with pytest.warns(UserWarning, match="non-finite"):
+        d = diagnose(net(), TensorDataset(x, ds.tensors[1]))
+    assert d.meta["nonfinite"]["inputs"] == 3  # NaN, inf, -inf; a huge finite value and -0.0 are not counted
     # one NaN sample reaches every unit: the activation metrics have no defined value, and say so (NaN)
     assert w.loc[["0", "3", "7"], ["dormant", "dead", "saturation", "feature_erank"]].isna().all().all()
     assert np.isnan(d.units("0", "dormant")).all()

