@@ -366,3 +366,14 @@ def test_precomputing_weight_metrics_builds_the_onepass_kernel_for_a_cpu_model()
     assert onepass._loaded.cache_info().currsize == 0
     precompute_weight_metrics(timm.create_model("test_resnet", num_classes=5), metrics=["fro_norm"])
     assert onepass._loaded.cache_info().currsize == 1 and onepass._loaded()[0] is not None
+
+
+def test_activation_pass_in_the_meta_names_what_this_diagnosis_did():
+    """A ViT's token activations never take the kernel, and that is not a slow path; a weights-only diagnosis has no
+    activation pass to name."""
+    vit = timm.create_model("test_vit", num_classes=5, img_size=32).eval()
+    d = diagnose(vit, batches(1, (3, 32, 32), bs=2, seed=5), metrics=["dormant", "dead"])
+    assert d.meta["activation_pass"].startswith("torch passes (no NCHW") and d.slow_path_note() is None
+    w = diagnose(timm.create_model("test_resnet", num_classes=5), batches(1, (3, 32, 32), bs=2, seed=5),
+                 metrics=["fro_norm"])
+    assert w.meta["activation_pass"] is None and w.slow_path_note() is None

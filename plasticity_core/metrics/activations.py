@@ -144,7 +144,8 @@ class ActivationView:
         self.count = self.positions * t.shape[0]  # inputs per unit (from the shape: no sync)
         self.unit_dim = u
         self.bounds = flat_region(act_type) if act_type in ACT_FNS else (-math.inf, math.inf)
-        self.onepass = onepass.applies(self.t, u)
+        self.eligible = onepass.eligible(self.t, u)  # the layout the one-pass kernel reads
+        self.onepass = self.eligible and onepass.ready()
         self._pass: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._memo: dict[str, torch.Tensor] = {}
 

@@ -85,6 +85,7 @@ def diagnose(
     slow_layers: list[str] = []
     no_gradient: list[str] = []
     bad_inputs: torch.Tensor | None = None
+    activation_pass: str | None = None  # which path the activation statistics took (None: no data pass)
     try:
         with precision_policy(precision), kept_modes(module):
             if dev != home:
@@ -98,6 +99,7 @@ def diagnose(
                 pending += probe.finish()
                 no_gradient = probe.no_gradient
                 bad_inputs = probe.bad_inputs
+                activation_pass = onepass.describe(dev, probe.nchw)
                 pending = _add_bad_units(pending, probe.bad)
     finally:
         for p, flag in flags:
@@ -113,7 +115,7 @@ def diagnose(
             "uncovered": [list(u) for u in uncovered_layers(module, layers)],  # weights outside the layer map, with why
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)},
-            "activation_pass": onepass.describe(dev)}  # one read per activation (numba) or torch's passes
+            "activation_pass": activation_pass}  # one read per activation (numba) or torch's passes
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 
@@ -196,7 +198,7 @@ def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, laye
     Meant for a background thread started when a model is loaded: it only reads the weights (pass ``layers`` from
     ``layer_map`` computed on the caller's thread, so no tracing forward runs here) and changes no module state;
     weights updated meanwhile are simply recomputed by the next diagnosis (the cache key is the version counter).
-    A model on the CPU also gets the one-pass activation kernel built (``onepass.prepare``: numba's import and
+    A model on the CPU also gets the one-pass activation kernel built (``onepass.ready``: numba's import and
     compilation or cache load, up to a second, otherwise paid by the first diagnosis of the process).
     Returns the layers whose ``sigma_1`` took the slow path (exact SVD).
     """
@@ -209,7 +211,7 @@ def precompute_weight_metrics(model: Any, metrics: list[str] | None = None, laye
     with precision_policy(precision):
         weight_values(module, layers if layers is not None else layer_map(module), None, names, opts, precision, slow)
     if _model_device(module).type == "cpu":
-        onepass.prepare()
+        onepass.ready()
     return slow
 
 
@@ -318,6 +320,7 @@ class _Probe:
         self.bad_inputs = torch.zeros((), dtype=torch.int64, device=dev)
         self.in_graph: set[str] = set()  # weight modules whose output was part of the autograd graph
         self.scratch = Scratch()  # one buffer for the statistics' elementwise transforms, freed with the pass
+        self.nchw = False  # an activation with the one-pass kernel's layout was read (onepass.describe)
 
     @property
     def no_gradient(self) -> list[str]:
@@ -353,6 +356,7 @@ class _Probe:
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
             if self.pre[l.name] and _fits(args[0], l):
                 view = _shared_view(views, args[0], l, self.scratch)
+                self.nchw = self.nchw or view.eligible
                 for a in self.pre[l.name]:
                     a.update_pre(view)
                 if not self.post[l.name]:
@@ -364,6 +368,7 @@ class _Probe:
         for l in self.by_call.get((act, k), ()):
             if self.post[l.name] and _fits(out, l):
                 view = _shared_view(views, out, l, self.scratch)
+                self.nchw = self.nchw or view.eligible
                 for a in self.post[l.name]:
                     a.update(view)
                 self._check(l, view)

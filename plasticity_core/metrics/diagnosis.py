@@ -108,7 +108,7 @@ class Diagnosis:
         if slow:
             notes.append(f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step "
                          f"limit: exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
-        act = self.meta.get("activation_pass", "")
+        act = self.meta.get("activation_pass") or ""
         if act.startswith("torch passes on the CPU"):
             notes.append(f"activation statistics took {act} (the same values, slower)")
         return ". ".join(notes) or None

@@ -10,7 +10,7 @@ of either tail (exact). NaN behaves as in torch: it makes the sums NaN, counts a
 Optional: ``pip install 'plasticity-lab[fast]'`` (the dev and dashboard setups include it). Without numba, on a
 GPU, or for another layout (tokens, plain features), the statistics take torch's passes; ``describe`` says which.
 Units are split over torch's intra-op threads (the kernel releases the GIL). The first use in a process compiles
-the kernel (about half a second) or loads it from numba's on-disk cache (``prepare`` does it ahead).
+the kernel (about half a second) or loads it from numba's on-disk cache (``ready`` does it ahead).
 """
 from __future__ import annotations
 
@@ -121,16 +121,21 @@ def _pool(pid: int) -> concurrent.futures.ThreadPoolExecutor:
                                                  thread_name_prefix="plasticity-onepass")
 
 
-def applies(t: torch.Tensor, unit_dim: int) -> bool:
-    """Whether ``t`` (the activation, units on ``unit_dim``) takes the one-pass kernel: numba present and enabled, a
-    contiguous float32 CPU tensor with units on axis 1 and positions after them (NCHW), rows below 2^24 entries."""
-    return (ENABLED and t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() > 2 and unit_dim % t.dim() == 1
-            and t.is_contiguous() and t.numel() > 0 and t.numel() // (t.shape[0] * t.shape[1]) < MAX_ROW
-            and _loaded()[0] is not None)
+def eligible(t: torch.Tensor, unit_dim: int) -> bool:
+    """Whether ``t`` (the activation, units on ``unit_dim``) has the layout the kernel reads: a contiguous float32 CPU
+    tensor with units on axis 1 and positions after them (NCHW), rows below 2^24 entries."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() > 2 and unit_dim % t.dim() == 1
+            and t.is_contiguous() and t.numel() > 0 and t.numel() // (t.shape[0] * t.shape[1]) < MAX_ROW)
+
+
+def ready() -> bool:
+    """Whether the one-pass path is usable: numba present and enabled, the kernels built (built now on the first
+    call: numba's import and compilation, or its cache load, up to a second)."""
+    return ENABLED and _loaded()[0] is not None
 
 
 def stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """For an NCHW ``t`` that ``applies``: the per-sample sums over positions, (batch, units) float32, and the
+    """For an ``eligible`` ``t`` when ``ready``: the per-sample sums over positions, (batch, units) float32, and the
     per-unit float64 totals over batch and positions named by ``TOTALS`` (``|x|``, ``x != 0``, ``x <= lo``,
     ``x >= hi``, either tail). ``relu``: ``t`` is a ReLU / ReLU6 output and ``lo`` is 0 (a shorter loop)."""
     b, u = t.shape[0], t.shape[1]
@@ -138,7 +143,7 @@ def stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> tuple[to
     sums = np.empty((b, u), dtype=np.float32)
     totals = np.empty((len(TOTALS), u), dtype=np.float64)
     lo32, hi32 = np.float32(lo), np.float32(hi)  # torch compares a float32 tensor with a float scalar in float32
-    kernel = _kernels()["relu" if relu else "general"]  # built by ``applies``
+    kernel = _kernels()["relu" if relu else "general"]  # built by ``ready``
     threads = min(torch.get_num_threads(), u)
     if threads <= 1 or x.size < PARALLEL_MIN:
         kernel(x, lo32, hi32, sums, totals, 0, u)
@@ -152,16 +157,14 @@ def stats(t: torch.Tensor, lo: float, hi: float, relu: bool = False) -> tuple[to
     return torch.from_numpy(sums), torch.from_numpy(totals).unbind(0)
 
 
-def prepare() -> bool:
-    """Build the kernels now (numba's import and compilation, or its cache load) instead of in the first diagnosis;
-    True when the one-pass path is ready."""
-    return ENABLED and _loaded()[0] is not None
-
-
-def describe(device: torch.device) -> str:
-    """Which path this process's activation statistics take on ``device`` (the diagnosis meta records it)."""
+def describe(device: torch.device, nchw: bool) -> str:
+    """Which path a diagnosis's activation statistics took on ``device``; ``nchw``: it read an ``eligible``
+    activation (the diagnosis meta records the line; those starting "torch passes on the CPU" were slower than
+    they had to be)."""
     if device.type != "cpu":
         return "torch (one pass per statistic on the device)"
+    if not nchw:
+        return "torch passes (no NCHW float32 activation: the one-pass kernel reads those only)"
     if not AVAILABLE:
         return "torch passes on the CPU: numba not installed (pip install 'plasticity-lab[fast]' for one pass)"
     if not ENABLED:
