@@ -345,7 +345,7 @@ def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says
     monkeypatch.setattr(onepass, "ENABLED", False)
     reference = diagnose(model, data, metrics=["dead", "saturation"]).wide()
     monkeypatch.setattr(onepass, "ENABLED", True)
-    monkeypatch.setattr(onepass, "_kernels", broken)
+    monkeypatch.setattr(onepass, "_kernel", broken)
     onepass._loaded.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="could not be built .*numba needs NumPy"):
