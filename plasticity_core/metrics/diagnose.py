@@ -351,12 +351,19 @@ class _Probe:
         s = view.abs_sum()
         self.check[l.name] = s.clone() if l.name not in self.check else self.check[l.name].add_(s)
 
+    def _view(self, views: dict, t: torch.Tensor, layer: LayerInfo) -> ActivationView:
+        """The view of ``t`` that the layers of one activation call with the same unit axis and type share."""
+        key = (layer.unit_dim % t.dim(), layer.act_type)
+        if key not in views:
+            views[key] = ActivationView(t.detach(), layer.unit_dim, layer.act_type, self.scratch)
+            self.nchw = self.nchw or views[key].eligible
+        return views[key]
+
     def _pre(self, act: str, args: tuple) -> None:
         views: dict[tuple, ActivationView] = {}  # layers fed by the same call share one view (one set of reductions)
         for l in self.by_call.get((act, self.calls.get(act, 0)), ()):
             if self.pre[l.name] and _fits(args[0], l):
-                view = _shared_view(views, args[0], l, self.scratch)
-                self.nchw = self.nchw or view.eligible
+                view = self._view(views, args[0], l)
                 for a in self.pre[l.name]:
                     a.update_pre(view)
                 if not self.post[l.name]:
@@ -367,8 +374,7 @@ class _Probe:
         views: dict[tuple, ActivationView] = {}
         for l in self.by_call.get((act, k), ()):
             if self.post[l.name] and _fits(out, l):
-                view = _shared_view(views, out, l, self.scratch)
-                self.nchw = self.nchw or view.eligible
+                view = self._view(views, out, l)
                 for a in self.post[l.name]:
                     a.update(view)
                 self._check(l, view)
@@ -450,13 +456,6 @@ class _Probe:
                 if r is not None:
                     out.append((l.name, m, r[0], r[1]))
         return out
-
-
-def _shared_view(views: dict, t: torch.Tensor, layer: LayerInfo, scratch: Scratch) -> ActivationView:
-    key = (layer.unit_dim % t.dim(), layer.act_type)
-    if key not in views:
-        views[key] = ActivationView(t.detach(), layer.unit_dim, layer.act_type, scratch)
-    return views[key]
 
 
 def _fits(t: Any, layer: LayerInfo) -> bool:

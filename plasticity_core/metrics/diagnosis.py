@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from plasticity_core.errors import UnknownNameError
 from plasticity_core.files import write_atomic
+from plasticity_core.metrics import onepass
 from plasticity_core.metrics.base import METRICS
 
 META_KEY = b"plasticity.meta"
@@ -109,7 +110,7 @@ class Diagnosis:
             notes.append(f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step "
                          f"limit: exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
         act = self.meta.get("activation_pass") or ""
-        if act.startswith("torch passes on the CPU"):
+        if act.startswith(onepass.SLOWER):
             notes.append(f"activation statistics took {act} (the same values, slower)")
         return ". ".join(notes) or None
 
