@@ -155,6 +155,7 @@ def baseline_view(checkout: str) -> type:
     class View(base):
         def __init__(self, t, unit_dim, act_type, scratch=None):
             super().__init__(t, unit_dim, act_type, *((scratch,) if takes_scratch else ()))
+            self.eligible = getattr(self, "eligible", False)  # read by the probe; older views never take the kernel
 
     return View
 
