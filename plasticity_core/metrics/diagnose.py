@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
-from plasticity_core.metrics import onepass
+from plasticity_core.metrics import lanczos, onepass
 from plasticity_core.metrics.activations import ActivationView, Scratch
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
@@ -42,6 +42,7 @@ from plasticity_core.version import __version__
 
 DATASET_BATCH = 32
 PRECISIONS = ("exact", "fast")
+SPECTRAL_METRICS = {"spectral_norm", "stable_rank"}  # the metrics that need sigma_1
 REFERENCE_METRICS = {"sfe", "sfe_rel"}  # depend on the reference too: cached per reference tensor (identity + version)
 
 Pending = list[tuple[str, str, torch.Tensor, "torch.Tensor | None"]]
@@ -115,7 +116,9 @@ def diagnose(
             "uncovered": [list(u) for u in uncovered_layers(module, layers)],  # weights outside the layer map, with why
             # layers whose sigma_1 needed the exact SVD (Lanczos not converged in GKL_MAX_STEPS): the slow path
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)},
-            "activation_pass": activation_pass}  # one read per activation (numba) or torch's passes
+            "activation_pass": activation_pass,  # one read per activation (numba) or torch's passes
+            # how sigma_1 was computed (None: no spectral metric asked for)
+            "spectral_path": lanczos.describe(dev) if names & SPECTRAL_METRICS else None}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 

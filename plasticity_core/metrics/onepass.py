@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import importlib.util
 import os
-import warnings
 
 import numpy as np
 import torch
 
-AVAILABLE = importlib.util.find_spec("numba") is not None
-ENABLED = AVAILABLE and os.environ.get("PLASTICITY_ONEPASS", "1") != "0"  # PLASTICITY_ONEPASS=0: torch's passes
+from plasticity_core.metrics import jit
+
+AVAILABLE = jit.AVAILABLE
+ENABLED = jit.ENABLED and os.environ.get("PLASTICITY_ONEPASS", "1") != "0"  # PLASTICITY_ONEPASS=0: torch's passes
 TOTALS = ("abs_sum", "nonzero", "at_most", "at_least", "outside")  # per-unit float64 totals, in this order
 SLOWER = "torch passes on the CPU"  # how ``describe`` starts the lines of a path slower than it had to be
 PARALLEL_MIN = 1 << 16  # entries below which one thread does the whole tensor
@@ -85,13 +85,8 @@ def _kernel():
 @functools.lru_cache(maxsize=1)
 def _loaded() -> tuple[dict | None, str]:
     """The compiled kernel, or None and why not (numba present but unusable: the statistics take torch's passes)."""
-    try:
-        return _kernel(), ""
-    except Exception as e:  # an incompatible numba / numpy pair, a compiler error: never a failed diagnosis
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        warnings.warn(f"the one-pass activation kernel could not be built ({why}); the activation statistics take "
-                      f"torch's passes (same values, slower on the CPU)", RuntimeWarning, stacklevel=2)
-        return None, why
+    return jit.build(_kernel, "the one-pass activation kernel",
+                     "the activation statistics take torch's passes (same values, slower on the CPU)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,10 +139,7 @@ def describe(device: torch.device, nchw: bool) -> str:
         return "torch (one pass per statistic on the device)"
     if not nchw:
         return "torch passes (no NCHW float32 activation: the one-pass kernel reads those only)"
-    if not AVAILABLE:
-        return f"{SLOWER}: numba not installed (pip install 'plasticity-lab[fast]' for one pass)"
-    if not ENABLED:
-        return f"{SLOWER}: one-pass kernel disabled (PLASTICITY_ONEPASS=0)"
-    if _loaded()[0] is None:
-        return f"{SLOWER}: the one-pass kernel could not be built ({_loaded()[1]})"
+    why = jit.why_not(ENABLED, _loaded, "the one-pass kernel", "PLASTICITY_ONEPASS=0 or PLASTICITY_NUMBA=0")
+    if why:
+        return f"{SLOWER}: {why}"
     return "one pass (numba) for NCHW activations on the CPU; torch passes for tokens and plain features"

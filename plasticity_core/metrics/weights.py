@@ -10,7 +10,10 @@ and ``stable_rank`` never form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bi
 (two matrix-vector products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector),
 stopped per tap as soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and
 the value stopped moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
-(``SpectraBatch.fallback``, the diagnosis meta). On the CPU, taps of up to ``BATCH_BYTES`` step together, all taps
+(``SpectraBatch.fallback``, the diagnosis meta). On the CPU with numba, the compiled kernel of ``lanczos`` runs
+instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap per
+step; the diagnosis meta's ``spectral_path`` says which path ran). Without it, on the CPU, taps of up to
+``BATCH_BYTES`` step together, all taps
 of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by one,
 each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one shape run
 together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one
@@ -31,6 +34,7 @@ import torch
 from scipy.linalg import blas, lapack
 from threadpoolctl import ThreadpoolController
 
+from plasticity_core.metrics import lanczos
 from plasticity_core.metrics.base import METRICS, register_metric
 
 SFE_EPS = 1e-12
@@ -213,13 +217,18 @@ def _converged(est, s, prev, tol: float):
 
 def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
-    bidiagonalisation (see ``_gkl_batch``).
+    bidiagonalisation (see ``_gkl_batch``), or, where ``lanczos.ready()``, by its compiled Lanczos on ``X^T X``.
 
-    Taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number, one included), larger ones
+    Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number, one included), larger ones
     run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
     whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
     """
     tol = GKL_TOL if tol is None else tol
+    if lanczos.ready():  # the same Krylov space, one read of the tap per step, compiled (``lanczos``)
+        xr = lanczos.rows(x)
+        top, ok, _ = lanczos.top(xr, start_vector(xr.shape[2]).numpy(), tol,
+                                 GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
+        return top, ok
     with one_blas_thread():
         if steps_together(x.shape[1], x.shape[2], x.itemsize):
             return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
@@ -605,7 +614,8 @@ def _fro(v: WeightView) -> torch.Tensor:
 
 
 @register_metric("spectral_norm", family="weights", version=2,
-                 definition="largest singular value sigma_1 (conv: mean over taps), Golub-Kahan-Lanczos on X in fp32 "
+                 definition="largest singular value sigma_1 (conv: mean over taps), Lanczos (on X^T X through X, or "
+                            "Golub-Kahan on X: the same Krylov space) in fp32 "
                             "to an estimated 1e-6 of sigma_1^2 (exact SVD where not converged in 64 steps)")
 def _spectral(v: WeightView) -> torch.Tensor:
     return v.sigma1().mean()
