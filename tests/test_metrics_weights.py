@@ -284,11 +284,11 @@ def test_stopping_rule_never_stops_before_the_top_value_arrived(monkeypatch, com
     for the Ritz value to stop moving. Even at a 10x looser tolerance every value stays within 1e-5 (the compiled
     Lanczos kernel and the BLAS path)."""
     import plasticity_core.metrics.weights as weights
-    from plasticity_core.metrics import lanczos
+    from plasticity_core.metrics import weight_kernels
 
-    if compiled and not lanczos.ready():
+    if compiled and not weight_kernels.ready():
         pytest.skip("numba not installed (the [fast] extra)")
-    monkeypatch.setattr(lanczos, "ENABLED", compiled)
+    monkeypatch.setattr(weight_kernels, "ENABLED", compiled)
     monkeypatch.setattr(weights, "GKL_TOL", 1e-5)
     for shape in [(64, 64), (384, 384), (1536, 384), (512, 512), (256, 256), (128, 128), (100, 40)]:
         for seed in range(6):
@@ -304,10 +304,10 @@ def test_batched_and_one_by_one_cpu_paths_agree(monkeypatch):
     layers at once, any entry point)."""
     import numpy as np
 
-    from plasticity_core.metrics import lanczos
+    from plasticity_core.metrics import weight_kernels
     from plasticity_core.metrics.weights import _gkl_tap, gkl_top
 
-    monkeypatch.setattr(lanczos, "ENABLED", False)
+    monkeypatch.setattr(weight_kernels, "ENABLED", False)
 
     g = torch.Generator().manual_seed(11)
     x = torch.randn(5, 200, 96, generator=g)
@@ -380,9 +380,9 @@ def test_weight_kernels_run_blas_on_one_thread_and_give_the_setting_back(monkeyp
         before = pools()
         got = {k: float(v) for k, v in weight_metrics(w, None, {"spectral_norm", "dfi"}).items()}
         after = pools()
-    from plasticity_core.metrics import lanczos
+    from plasticity_core.metrics import weight_kernels
 
-    calls = 1 if lanczos.ready() else 2  # gram_norms' syrk, and gkl_top's products unless compiled (no BLAS there)
+    calls = 1 if weight_kernels.ready() else 2  # gram_norms' syrk, and gkl_top's products unless compiled (no BLAS there)
     assert len(seen) == calls and all(set(s.values()) == {1} for s in seen)
     assert before and set(before.values()) == {2} and after == before
     assert got["spectral_norm"] == pytest.approx(spectral_norm(w), rel=1e-5) and got["dfi"] == pytest.approx(dfi(w), rel=1e-5)

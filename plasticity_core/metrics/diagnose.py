@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
-from plasticity_core.metrics import lanczos, onepass
+from plasticity_core.metrics import weight_kernels, onepass
 from plasticity_core.metrics.activations import ActivationView, Scratch
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning
@@ -118,7 +118,7 @@ def diagnose(
             "weights_slow_path": {"layers": slow_layers, "count": len(slow_layers)},
             "activation_pass": activation_pass,  # one read per activation (numba) or torch's passes
             # how sigma_1 was computed (None: no spectral metric asked for)
-            "spectral_path": lanczos.describe(dev) if names & SPECTRAL_METRICS else None}
+            "spectral_path": weight_kernels.describe(dev) if names & SPECTRAL_METRICS else None}
     return _assemble(pending, layers, names, opts, meta, bad_inputs, start)
 
 

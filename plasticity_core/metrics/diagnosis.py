@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from plasticity_core.errors import UnknownNameError
 from plasticity_core.files import write_atomic
-from plasticity_core.metrics import lanczos, onepass
+from plasticity_core.metrics import weight_kernels, onepass
 from plasticity_core.metrics.base import METRICS
 
 META_KEY = b"plasticity.meta"
@@ -103,14 +103,15 @@ class Diagnosis:
 
     def slow_path_note(self) -> str | None:
         """One line naming the slower paths this diagnosis took (None when none): layers whose ``sigma_1`` came from
-        the exact-SVD fallback, sigma_1 on the CPU without the compiled Lanczos kernel, and activation statistics on the CPU without the one-pass kernel (and why)."""
+        the exact-SVD fallback, sigma_1 on the CPU without the compiled Lanczos kernel, and activation statistics on
+        the CPU without the one-pass kernel (and why)."""
         notes = []
         slow = self.meta.get("weights_slow_path", {}).get("layers", [])
         if slow:
             notes.append(f"sigma_1 of {len(slow)} layer(s) came from an exact SVD (Lanczos not converged in its step "
                          f"limit: exact, only slower): {', '.join(slow[:8])}" + (" ..." if len(slow) > 8 else ""))
         spectral = self.meta.get("spectral_path") or ""
-        if spectral.startswith(lanczos.SLOWER):
+        if spectral.startswith(weight_kernels.SLOWER):
             notes.append(f"sigma_1 took {spectral} (the same values to rounding, slower)")
         act = self.meta.get("activation_pass") or ""
         if act.startswith(onepass.SLOWER):

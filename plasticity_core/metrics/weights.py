@@ -10,8 +10,8 @@ and ``stable_rank`` never form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bi
 (two matrix-vector products per step, full reorthogonalisation of the right vectors, a fixed-seed start vector),
 stopped per tap as soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and
 the value stopped moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
-(``SpectraBatch.fallback``, the diagnosis meta). On the CPU with numba, the compiled kernel of ``lanczos`` runs
-instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap per
+(``SpectraBatch.fallback``, the diagnosis meta). On the CPU with numba, the compiled kernel of ``weight_kernels``
+runs instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap per
 step; the diagnosis meta's ``spectral_path`` says which path ran). Without it, on the CPU, taps of up to
 ``BATCH_BYTES`` step together, all taps
 of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by one,
@@ -34,7 +34,7 @@ import torch
 from scipy.linalg import blas, lapack
 from threadpoolctl import ThreadpoolController
 
-from plasticity_core.metrics import lanczos
+from plasticity_core.metrics import weight_kernels
 from plasticity_core.metrics.base import METRICS, register_metric
 
 SFE_EPS = 1e-12
@@ -121,8 +121,11 @@ def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tap_fro2(w: torch.Tensor) -> torch.Tensor:
-    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation."""
+    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation (a
+    matrix on the CPU with the compiled kernels: one read, float64 accumulation)."""
     w = w.detach().float()
+    if w.device.type == "cpu" and weight_kernels.ready() and (total := weight_kernels.sum_of_squares(w)) is not None:
+        return total
     return w.square().sum().reshape(1) if w.dim() == 2 else w.square().sum((0, 1)).flatten()
 
 
@@ -217,16 +220,16 @@ def _converged(est, s, prev, tol: float):
 
 def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
-    bidiagonalisation (see ``_gkl_batch``), or, where ``lanczos.ready()``, by its compiled Lanczos on ``X^T X``.
+    bidiagonalisation (see ``_gkl_batch``), or, where ``weight_kernels.ready()``, by its compiled Lanczos on ``X^T X``.
 
     Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number, one included), larger ones
     run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
     whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
     """
     tol = GKL_TOL if tol is None else tol
-    if lanczos.ready():  # the same Krylov space, one read of the tap per step, compiled (``lanczos``)
-        xr = lanczos.rows(x)
-        top, ok, _ = lanczos.top(xr, start_vector(xr.shape[2]).numpy(), tol,
+    if weight_kernels.ready():  # the same Krylov space, one read of the tap per step, compiled (``weight_kernels``)
+        xr = weight_kernels.rows(x)
+        top, ok, _ = weight_kernels.top(xr, start_vector(xr.shape[2]).numpy(), tol,
                                  GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
         return top, ok
     with one_blas_thread():
@@ -427,32 +430,36 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
     estimate is above ``GKL_TOL`` after ``GKL_MAX_STEPS`` steps.
     """
     b, m, n = x.shape
-    out = torch.full((b,), float("nan"), dtype=x.dtype, device=x.device)
-    slow = torch.zeros(b, dtype=torch.bool)
     finite = None if fro2 is None else torch.isfinite(fro2).cpu()
     if finite is None or not finite.all():
         finite = torch.isfinite(x).flatten(1).all(1).cpu()
+    if bool(finite.all()):  # the usual case: no index bookkeeping
+        return _top_finite(x, batched)
+    out = torch.full((b,), float("nan"), dtype=x.dtype, device=x.device)
+    slow = torch.zeros(b, dtype=torch.bool)
     idx = finite.nonzero().flatten()
-    if idx.numel() == 0:
-        return out, slow
-    xs = x if idx.numel() == b else x[idx.to(x.device)]
+    if idx.numel():
+        out[idx.to(x.device)], slow[idx] = _top_finite(x[idx.to(x.device)], batched)
+    return out, slow
+
+
+def _top_finite(x: torch.Tensor, batched: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_singular`` of finite taps."""
+    n = x.shape[2]
     if n <= SMALL_N:
-        out[idx.to(x.device)] = torch.linalg.svdvals(xs)[:, 0]
-        return out, slow
+        return torch.linalg.svdvals(x)[:, 0], torch.zeros(x.shape[0], dtype=torch.bool)
     if batched is None:
         batched = x.device.type != "cpu"
     if batched:
-        s1, est = gkl_top_batched(xs, min(GKL_MAX_STEPS, n))
+        s1, est = gkl_top_batched(x, min(GKL_MAX_STEPS, n))
         bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
     else:
-        top, ok = gkl_top(xs.detach().cpu().numpy())
-        s1 = torch.from_numpy(top).to(x.dtype)
+        top, ok = gkl_top(x.detach().cpu().numpy())
+        s1 = torch.from_numpy(top).to(device=x.device, dtype=x.dtype)
         bad = torch.from_numpy(~ok)
     if bad.any():
-        s1[bad.to(s1.device)] = torch.linalg.svdvals(xs[bad.to(xs.device)])[:, 0].to(s1.device)
-    out[idx.to(x.device)] = s1.to(out.device)
-    slow[idx] = bad
-    return out, slow
+        s1[bad.to(s1.device)] = torch.linalg.svdvals(x[bad.to(x.device)])[:, 0].to(s1.device)
+    return s1, bad
 
 
 class WeightView:

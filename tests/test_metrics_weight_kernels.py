@@ -1,10 +1,11 @@
-"""The compiled Lanczos kernel (``metrics/lanczos.py``, numba): sigma_1 against exact SVDs and the BLAS path."""
+"""The compiled weight kernels (``metrics/weight_kernels.py``, numba): sigma_1 against exact SVDs and the BLAS path,
+sums of squares against float64."""
 import numpy as np
 import pytest
 import timm
 import torch
 
-from plasticity_core.metrics import diagnose, jit, lanczos
+from plasticity_core.metrics import diagnose, jit, weight_kernels
 from plasticity_core.metrics import weights as W
 
 NEEDS_NUMBA = pytest.mark.skipif(not jit.AVAILABLE, reason="numba not installed (the [fast] extra)")
@@ -40,9 +41,9 @@ def test_compiled_sigma1_is_exact_to_the_documented_accuracy_and_agrees_with_bla
     agrees to the same accuracy."""
     w = weights_under_test()[name]
     exact = torch.linalg.matrix_norm(W.tall_taps(w, torch.float64), ord=2).numpy()
-    assert lanczos.ready()
+    assert weight_kernels.ready()
     compiled, slow = W.top_singular(W.tall_taps(w))
-    monkeypatch.setattr(lanczos, "ENABLED", False)
+    monkeypatch.setattr(weight_kernels, "ENABLED", False)
     blas, slow_blas = W.top_singular(W.tall_taps(w))
     for got in (compiled.double().numpy(), blas.double().numpy()):
         assert np.all(np.abs(got / exact - 1) <= 1e-6), (name, got, exact)
@@ -70,9 +71,9 @@ def test_compiled_path_reads_each_tap_once_per_step_in_its_contiguous_axis():
     """A transposed weight's taps are read through their transposed view (no copy); conv taps are copied once."""
     w = torch.randn(96, 300)
     x = W.tall_taps(w).numpy()  # (1, 300, 96), F-contiguous
-    assert not x.flags.c_contiguous and np.shares_memory(lanczos.rows(x), x) and lanczos.rows(x).shape == (1, 96, 300)
+    assert not x.flags.c_contiguous and np.shares_memory(weight_kernels.rows(x), x) and weight_kernels.rows(x).shape == (1, 96, 300)
     conv = W.tall_taps(torch.randn(64, 32, 3, 3)).numpy()
-    assert lanczos.rows(conv).flags.c_contiguous and not np.shares_memory(lanczos.rows(conv), conv)
+    assert weight_kernels.rows(conv).flags.c_contiguous and not np.shares_memory(weight_kernels.rows(conv), conv)
 
 
 def test_kernel_that_cannot_be_built_takes_the_blas_path_and_says_so(monkeypatch):
@@ -81,31 +82,53 @@ def test_kernel_that_cannot_be_built_takes_the_blas_path_and_says_so(monkeypatch
         raise ImportError("numba needs NumPy version <= 2.0")
 
     model = timm.create_model("test_resnet", num_classes=5)
-    monkeypatch.setattr(lanczos, "ENABLED", False)
+    monkeypatch.setattr(weight_kernels, "ENABLED", False)
     reference = diagnose(model, [], metrics=["spectral_norm", "stable_rank"])
-    assert reference.meta["spectral_path"].startswith(lanczos.SLOWER)
-    monkeypatch.setattr(lanczos, "ENABLED", True)
-    monkeypatch.setattr(lanczos, "_kernel", broken)
-    lanczos._loaded.cache_clear()
+    assert reference.meta["spectral_path"].startswith(weight_kernels.SLOWER)
+    monkeypatch.setattr(weight_kernels, "ENABLED", True)
+    monkeypatch.setattr(weight_kernels, "_kernel", broken)
+    weight_kernels._loaded.cache_clear()
     try:
         from plasticity_core.metrics.diagnose import clear_weight_cache
 
         clear_weight_cache()
-        with pytest.warns(RuntimeWarning, match="compiled Lanczos kernel could not be built .*numba needs NumPy"):
+        with pytest.warns(RuntimeWarning, match="compiled weight kernels could not be built .*numba needs NumPy"):
             d = diagnose(model, [], metrics=["spectral_norm", "stable_rank"])
         assert "could not be built (ImportError: numba needs NumPy" in d.meta["spectral_path"]
         assert "sigma_1 took two reads of each tap per step" in d.slow_path_note()  # the CLI and Diagnose page line
         np.testing.assert_array_equal(d.wide().values, reference.wide().values)
     finally:
-        lanczos._loaded.cache_clear()
+        weight_kernels._loaded.cache_clear()
 
 
 def test_spectral_path_in_the_meta_names_what_this_diagnosis_did():
     model = timm.create_model("test_resnet", num_classes=5)
     assert diagnose(model, [], metrics=["fro_norm"]).meta["spectral_path"] is None  # no sigma_1 asked for
     d = diagnose(model, [], metrics=["stable_rank"])
-    if lanczos.ready():
-        assert d.meta["spectral_path"] == lanczos.describe(torch.device("cpu")) and "numba" in d.meta["spectral_path"]
+    if weight_kernels.ready():
+        assert d.meta["spectral_path"] == weight_kernels.describe(torch.device("cpu")) and "numba" in d.meta["spectral_path"]
         assert d.slow_path_note() is None
     else:
-        assert d.meta["spectral_path"].startswith(lanczos.SLOWER) and "sigma_1 took" in d.slow_path_note()
+        assert d.meta["spectral_path"].startswith(weight_kernels.SLOWER) and "sigma_1 took" in d.slow_path_note()
+
+
+@NEEDS_NUMBA
+def test_sums_of_squares_of_matrices_are_float64_exact_and_conv_taps_keep_torch(monkeypatch):
+    """A matrix's ||W||_F^2 from one read, accumulated in float64 (the fro_norm and stable_rank input); a 1x1 conv
+    too; 3x3 conv taps keep torch's per-tap sums. The torch path (numba off) agrees to float32 rounding."""
+    g = torch.Generator().manual_seed(9)
+    for w in (torch.randn(3000, 700, generator=g) + 0.5, torch.randn(64, 32, 1, 1, generator=g),
+              torch.randn(64, 32, 3, 3, generator=g), torch.randn(50, 40, generator=g).T):  # the last: not contiguous
+        exact = W.tall_taps(w, torch.float64).square().sum((1, 2))
+        compiled = W.tap_fro2(w)
+        assert compiled.dtype == torch.float32 and compiled.shape == exact.shape
+        assert torch.allclose(compiled.double(), exact, rtol=1e-7, atol=0)
+        monkeypatch.setattr(weight_kernels, "ENABLED", False)
+        assert torch.allclose(W.tap_fro2(w).double(), exact, rtol=3e-7, atol=0)
+        monkeypatch.setattr(weight_kernels, "ENABLED", True)
+    assert weight_kernels.sum_of_squares(torch.randn(64, 32, 3, 3)) is None  # interleaved taps: torch's sums
+    bad = torch.randn(40, 30)
+    bad[3, 4] = float("inf")
+    assert torch.isinf(W.tap_fro2(bad)).all()  # a non-finite entry shows in the sum (the nonfinite check reads it)
+    bad[3, 4] = float("nan")
+    assert torch.isnan(W.tap_fro2(bad)).all()

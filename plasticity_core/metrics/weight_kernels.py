@@ -1,6 +1,6 @@
-"""``sigma_1`` of many taps by Lanczos on ``G = X^T X`` with one read of ``X`` per step (numba; optional).
+"""Compiled weight-metric kernels (numba; optional): ``sigma_1`` with one read of a tap per step, and sums of squares.
 
-Golub-Kahan-Lanczos on ``X`` reads a tap twice per step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same
+``top``: ``sigma_1`` of many taps by Lanczos on ``G = X^T X``. Golub-Kahan-Lanczos on ``X`` reads a tap twice per step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same
 start vector spans the same Krylov space (``T = B^T B``: the same Ritz values, step for step) and needs one read:
 ``G v = sum_r (x_r . v) x_r`` over the rows ``x_r`` of ``X``, four rows at a time, each used twice while it is in
 cache; ``G`` is never formed. The whole iteration runs compiled, tap after tap (no interpreter cost per step, so
@@ -16,6 +16,12 @@ the top eigenvalue). A breakdown (the Krylov space closed) makes the Ritz value 
 The rows are the tap's contiguous axis, so the Krylov space lies in that axis' dimension ``q``: for a transposed
 weight's tap (F-contiguous in ``tall_taps``), the larger one. The path depends on the layout alone, never on the
 other taps: a tap's value is the same whichever taps it is computed with.
+
+``sum_of_squares``: ``||W||_F^2`` of a matrix in one read accumulated in float64 (torch squares into a temporary,
+then sums it in float32). Conv taps, interleaved in memory, keep torch's per-tap sums.
+
+Without numba (or ``PLASTICITY_NUMBA=0``, or a kernel that cannot be built) ``weights`` takes its BLAS / torch
+paths; ``describe`` names the path for the diagnosis meta.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import functools
 import math
 
 import numpy as np
+import torch
 
 from plasticity_core.metrics import jit
 
@@ -32,17 +39,18 @@ SLOWER = "two reads of each tap per step (BLAS)"  # how ``describe`` starts the 
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
-    from plasticity_core.metrics import lanczos_numba  # needs numba (optional): imported on first use only
+    from plasticity_core.metrics import weight_kernels_numba as k  # needs numba (optional): imported on first use
 
     # compile now (or load numba's cache), so that a failure shows here
-    lanczos_numba.top_sigma(np.ones((1, 2, 2), np.float32), np.ones(2, np.float32) / np.float32(math.sqrt(2)), 1e-6,
-                            4, 2, 2, np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64))
-    return lanczos_numba.top_sigma
+    k.top_sigma(np.ones((1, 2, 2), np.float32), np.ones(2, np.float32) / np.float32(math.sqrt(2)), 1e-6, 4, 2, 2,
+                np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64))
+    k.sum_of_squares(np.ones(2, np.float32))
+    return k
 
 
 @functools.lru_cache(maxsize=1)
 def _loaded():
-    return jit.build(_kernel, "the compiled Lanczos kernel",
+    return jit.build(_kernel, "the compiled weight kernels",
                      "sigma_1 takes the BLAS Golub-Kahan-Lanczos path (same values to rounding, slower)")
 
 
@@ -56,7 +64,7 @@ def describe(device) -> str:
     ``SLOWER`` is slower than it had to be, with the same values to float32 rounding)."""
     if device.type != "cpu":
         return "Golub-Kahan-Lanczos on the device, the taps of one shape in one batch"
-    why = jit.why_not(ENABLED, _loaded, "the compiled Lanczos kernel", "PLASTICITY_NUMBA=0")
+    why = jit.why_not(ENABLED, _loaded, "the compiled weight kernels", "PLASTICITY_NUMBA=0")
     if why:
         return f"{SLOWER}: {why}"
     return "Lanczos on X^T X, one read of each tap per step (numba)"
@@ -77,5 +85,16 @@ def top(x: np.ndarray, start: np.ndarray, tol: float, max_steps: int, first_chec
     ``rows``), ``start`` the unit start vector of length ``q``. Needs ``ready()``."""
     nb = x.shape[0]
     out, conv, steps = np.zeros(nb), np.ones(nb, dtype=bool), np.zeros(nb, dtype=np.int64)
-    _kernel()(x, start.astype(np.float32), float(tol), int(max_steps), int(first_check), int(check), out, conv, steps)
+    _kernel().top_sigma(x, start.astype(np.float32), float(tol), int(max_steps), int(first_check), int(check), out,
+                        conv, steps)
     return out, conv, steps
+
+
+def sum_of_squares(w: torch.Tensor) -> torch.Tensor | None:
+    """``||W||_F^2`` of a 2-D (or 1 x 1 conv) contiguous float32 CPU weight as a float32 tensor of shape ``(1,)``
+    (float64 accumulation), or None for any other weight (the caller takes torch's per-tap sums). Needs ``ready()``."""
+    if not (w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() and w.numel()
+            and (w.dim() == 2 or (w.dim() in (3, 4) and math.prod(w.shape[2:]) == 1))):
+        return None
+    total = _kernel().sum_of_squares(np.from_dlpack(w.detach().reshape(-1)))
+    return torch.tensor([total], dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""The compiled Lanczos kernel of ``lanczos`` (needs numba: ``lanczos`` imports this module on first use only).
+"""The compiled kernels of ``weight_kernels`` (needs numba: ``weight_kernels`` imports this module on first use).
 
 Module-level functions, so that numba's on-disk cache serves every later process (functions closing over other
 compiled functions are recompiled in each process: seconds)."""
@@ -190,3 +190,14 @@ def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps):
             inv = np.float32(1.0 / beta)
             for i in range(q):
                 vs[j + 1, i] = w[i] * inv
+
+
+@numba.njit(fastmath=FAST, nogil=True, cache=True)
+def sum_of_squares(x):
+    """``sum x^2`` of a contiguous float32 vector, accumulated in float64: one read, no temporary (a conv's taps,
+    interleaved, take torch's per-tap sums: faster there)."""
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
