@@ -113,22 +113,45 @@ def test_spectral_path_in_the_meta_names_what_this_diagnosis_did():
 
 
 @NEEDS_NUMBA
-def test_sums_of_squares_of_matrices_are_float64_exact_and_conv_taps_keep_torch(monkeypatch):
-    """A matrix's ||W||_F^2 from one read, accumulated in float64 (the fro_norm and stable_rank input); a 1x1 conv
-    too; 3x3 conv taps keep torch's per-tap sums. The torch path (numba off) agrees to float32 rounding."""
+def test_sums_of_squares_are_float64_exact_on_every_layout(monkeypatch):
+    """||X||_F^2 per tap from one read, accumulated in float64 (the fro_norm and stable_rank input): a matrix, a
+    transposed one, 1x1 and 3x3 convs (taps copied once). The torch path (numba off) agrees to float32 rounding."""
     g = torch.Generator().manual_seed(9)
     for w in (torch.randn(3000, 700, generator=g) + 0.5, torch.randn(64, 32, 1, 1, generator=g),
-              torch.randn(64, 32, 3, 3, generator=g), torch.randn(50, 40, generator=g).T):  # the last: not contiguous
+              torch.randn(64, 32, 3, 3, generator=g), torch.randn(50, 40, generator=g).T,
+              torch.randn(40, 90, generator=g)):
         exact = W.tall_taps(w, torch.float64).square().sum((1, 2))
         compiled = W.tap_fro2(w)
         assert compiled.dtype == torch.float32 and compiled.shape == exact.shape
         assert torch.allclose(compiled.double(), exact, rtol=1e-7, atol=0)
+        assert torch.equal(W.WeightView(w, None).fro2, compiled)  # the view's (from its tap copy) is the same
         monkeypatch.setattr(weight_kernels, "ENABLED", False)
         assert torch.allclose(W.tap_fro2(w).double(), exact, rtol=3e-7, atol=0)
         monkeypatch.setattr(weight_kernels, "ENABLED", True)
-    assert weight_kernels.sum_of_squares(torch.randn(64, 32, 3, 3)) is None  # interleaved taps: torch's sums
     bad = torch.randn(40, 30)
     bad[3, 4] = float("inf")
     assert torch.isinf(W.tap_fro2(bad)).all()  # a non-finite entry shows in the sum (the nonfinite check reads it)
     bad[3, 4] = float("nan")
     assert torch.isnan(W.tap_fro2(bad)).all()
+
+
+def test_a_diagnosis_holds_one_layers_tap_copies_at_a_time():
+    """Conv taps are copied once per layer for the compiled kernels and dropped when the layer's values are in."""
+    from plasticity_core.metrics.diagnose import clear_weight_cache
+
+    held = []
+    real = W.WeightView.release
+
+    def spy(view):
+        held.append(sum(v._taps is not None for v in view.spectra.views))
+        real(view)
+
+    model = timm.create_model("test_resnet", num_classes=5)
+    clear_weight_cache()
+    try:
+        W.WeightView.release = spy
+        d = diagnose(model, [], metrics=["spectral_norm", "stable_rank", "dfi", "fro_norm"])
+    finally:
+        W.WeightView.release = real
+    assert held and (max(held) == 1 if weight_kernels.ready() else max(held) >= 1)
+    assert d.wide()["spectral_norm"].notna().all()

@@ -271,8 +271,10 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
             else:
                 v = store[keys[m]][2] if m in REFERENCE_METRICS else store[keys[m]]
             out.append((layer.name, m, v, None))
-        if view is not None and slow_layers is not None and spectra.fallback.get(id(view)):
-            slow_layers.append(layer.name)
+        if view is not None:
+            view.release()  # this layer's tap copies and Gram: one layer's at a time
+            if slow_layers is not None and spectra.fallback.get(id(view)):
+                slow_layers.append(layer.name)
     return out
 
 

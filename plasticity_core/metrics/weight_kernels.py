@@ -17,8 +17,8 @@ The rows are the tap's contiguous axis, so the Krylov space lies in that axis' d
 weight's tap (F-contiguous in ``tall_taps``), the larger one. The path depends on the layout alone, never on the
 other taps: a tap's value is the same whichever taps it is computed with.
 
-``sum_of_squares``: ``||W||_F^2`` of a matrix in one read accumulated in float64 (torch squares into a temporary,
-then sums it in float32). Conv taps, interleaved in memory, keep torch's per-tap sums.
+``sums_of_squares``: ``||X||_F^2`` of each tap in one read accumulated in float64 (torch squares into a temporary,
+then sums it in float32); a conv's taps from their copy in memory of their own (``WeightView.taps``).
 
 Without numba (or ``PLASTICITY_NUMBA=0``, or a kernel that cannot be built) ``weights`` takes its BLAS / torch
 paths; ``describe`` names the path for the diagnosis meta.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ def _kernel():
 
     # compile now (or load numba's cache), so that a failure shows here
     k.top_sigma(np.ones((1, 2, 2), np.float32), np.ones(2, np.float32) / np.float32(math.sqrt(2)), 1e-6, 4, 2, 2,
-                np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64))
-    k.sum_of_squares(np.ones(2, np.float32))
+                np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64), np.empty((4, 2), np.float32))
+    k.sums_of_squares(np.ones((1, 2), np.float32), np.empty(1))
     return k
 
 
@@ -83,18 +84,29 @@ def top(x: np.ndarray, start: np.ndarray, tol: float, max_steps: int, first_chec
         check: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(sigma_1, converged, steps)`` of every tap of ``x`` (``(b, p, q)`` float32, finite, rows contiguous: see
     ``rows``), ``start`` the unit start vector of length ``q``. Needs ``ready()``."""
-    nb = x.shape[0]
+    nb, q = x.shape[0], x.shape[2]
     out, conv, steps = np.zeros(nb), np.ones(nb, dtype=bool), np.zeros(nb, dtype=np.int64)
     _kernel().top_sigma(x, start.astype(np.float32), float(tol), int(max_steps), int(first_check), int(check), out,
-                        conv, steps)
+                        conv, steps, _scratch(min(max_steps, q) + 2, q))
     return out, conv, steps
 
 
-def sum_of_squares(w: torch.Tensor) -> torch.Tensor | None:
-    """``||W||_F^2`` of a 2-D (or 1 x 1 conv) contiguous float32 CPU weight as a float32 tensor of shape ``(1,)``
-    (float64 accumulation), or None for any other weight (the caller takes torch's per-tap sums). Needs ``ready()``."""
-    if not (w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous() and w.numel()
-            and (w.dim() == 2 or (w.dim() in (3, 4) and math.prod(w.shape[2:]) == 1))):
-        return None
-    total = _kernel().sum_of_squares(np.from_dlpack(w.detach().reshape(-1)))
-    return torch.tensor([total], dtype=torch.float32)
+_SCRATCH = threading.local()  # per thread: the dashboard's background weight job runs beside a foreground diagnosis
+
+
+def _scratch(rows_: int, q: int) -> np.ndarray:
+    """This thread's Lanczos vector scratch, at least ``rows_ x q`` float32 (grown, never shrunk; ~0.4 MB for a
+    1536-wide tap)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < rows_ * q:
+        buf = _SCRATCH.buf = np.empty(max(rows_ * q, 1 << 16), np.float32)
+    return buf[: rows_ * q].reshape(rows_, q)
+
+
+def sums_of_squares(x: torch.Tensor) -> torch.Tensor:
+    """``||X||_F^2`` of every tap of ``x`` (``(b, m, n)`` float32 on the CPU, see ``rows``; a strided one is copied),
+    one read each, accumulated in float64; float32 ``(b,)``. Needs ``ready()``."""
+    xr = rows(x.detach().numpy())
+    out = np.empty(len(xr))
+    _kernel().sums_of_squares(xr.reshape(len(xr), -1), out)
+    return torch.from_numpy(out.astype(np.float32))

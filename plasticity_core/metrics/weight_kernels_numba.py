@@ -107,13 +107,13 @@ def largest(x):
 
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
-def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps):
+def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs):
     """For every tap ``x[b]`` (p x q, rows contiguous, finite): ``sigma_1`` into ``out[b]``, whether the rule
-    was met into ``conv[b]``, the steps taken into ``steps[b]``."""
+    was met into ``conv[b]``, the steps taken into ``steps[b]``. ``vs``: scratch for the Lanczos vectors, at least
+    ``(min(max_steps, q) + 2) x q`` float32 (the caller keeps it: a fresh one per call costs page faults)."""
     nb, p, q = x.shape
     k = min(max_steps, q)
-    vs = np.empty((k + 1, q), np.float32)
-    w = np.empty(q, np.float32)
+    w = vs[k + 1]
     c = np.empty(k + 1, np.float32)
     d = np.zeros(k)
     e = np.zeros(k)
@@ -193,11 +193,12 @@ def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps):
 
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
-def sum_of_squares(x):
-    """``sum x^2`` of a contiguous float32 vector, accumulated in float64: one read, no temporary (a conv's taps,
-    interleaved, take torch's per-tap sums: faster there)."""
-    s = 0.0
-    for i in range(x.shape[0]):
-        v = np.float64(x[i])
-        s += v * v
-    return s
+def sums_of_squares(x, out):
+    """``out[t] = sum x[t]^2`` of each row of ``x`` (taps x entries, C-contiguous float32), accumulated in float64:
+    one read, no temporary."""
+    for t in range(x.shape[0]):
+        s = 0.0
+        for i in range(x.shape[1]):
+            v = np.float64(x[t, i])
+            s += v * v
+        out[t] = s

@@ -46,13 +46,15 @@ SMALL_N = 32  # at most this many columns: one batched exact svdvals (cheaper th
 BATCH_BYTES = 1 << 18  # CPU: taps of one shape up to this size step together; larger ones run one by one in cache
 
 
-def tall_taps(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The weight as a batch of tall matrices ``(taps, m, n)``, ``m >= n``: one per conv tap, one for a 2-D weight."""
+def tall_taps(w: torch.Tensor, dtype: torch.dtype = torch.float32, contiguous: bool = False) -> torch.Tensor:
+    """The weight as a batch of tall matrices ``(taps, m, n)``, ``m >= n``: one per conv tap, one for a 2-D weight.
+    ``contiguous``: a conv's taps are copied once into memory of their own (else a strided view of the weight)."""
     w = w.detach().to(dtype)
     if w.dim() == 2:
         x = w.unsqueeze(0)
     elif w.dim() in (3, 4):  # conv1d (C_out, C_in, k) / conv2d (C_out, C_in, kh, kw)
         x = w.flatten(2).permute(2, 0, 1)
+        x = x.contiguous() if contiguous else x
     else:
         raise ValueError(f"expected a 2-D weight or a conv kernel (3-D/4-D), got shape {tuple(w.shape)}")
     return x.transpose(1, 2) if x.shape[2] > x.shape[1] else x
@@ -120,12 +122,12 @@ def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return dev, fro
 
 
-def tap_fro2(w: torch.Tensor) -> torch.Tensor:
-    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation (a
-    matrix on the CPU with the compiled kernels: one read, float64 accumulation)."""
+def tap_fro2(w: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
+    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation; on the
+    CPU with the compiled kernels, one read of each tap accumulated in float64 (``taps``: ``tall_taps(w)`` if at hand)."""
+    if w.device.type == "cpu" and weight_kernels.ready():
+        return weight_kernels.sums_of_squares(tall_taps(w, contiguous=True) if taps is None else taps)
     w = w.detach().float()
-    if w.device.type == "cpu" and weight_kernels.ready() and (total := weight_kernels.sum_of_squares(w)) is not None:
-        return total
     return w.square().sum().reshape(1) if w.dim() == 2 else w.square().sum((0, 1)).flatten()
 
 
@@ -473,6 +475,7 @@ class WeightView:
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
         self._sfe: torch.Tensor | None = None
+        self.compiled = self.w.device.type == "cpu" and weight_kernels.ready()  # tap by tap, compiled (CPU)
         self.spectra = spectra if spectra is not None else SpectraBatch()
         self.spectra.add(self)
 
@@ -492,15 +495,15 @@ class WeightView:
 
     @property
     def taps(self) -> torch.Tensor:
-        if self._taps is None:
-            self._taps = tall_taps(self.w)
+        if self._taps is None:  # conv taps copied once where the compiled kernels read them (Gram and Lanczos share it)
+            self._taps = tall_taps(self.w, contiguous=self.compiled)
         return self._taps
 
     @property
     def fro2(self) -> torch.Tensor:
         """``||X||_F^2`` per tap (fp32)."""
         if self._fro2 is None:
-            self._fro2 = tap_fro2(self.w)
+            self._fro2 = tap_fro2(self.w, self.taps if self.compiled else None)
         return self._fro2
 
     @property
@@ -509,6 +512,10 @@ class WeightView:
         if self._sfe is None and self.w0 is not None and self.w0.shape == self.w.shape:
             self._sfe = sfe_t(self.w, self.w0)
         return self._sfe
+
+    def release(self) -> None:
+        """Drop the per-tap copies and the Gram (the values computed from them stay)."""
+        self._taps = self._gram = None
 
     def sigma1(self) -> torch.Tensor:
         """``sigma_1`` per tap, shape ``(taps,)`` (batched with every other layer of the same diagnosis)."""
@@ -530,13 +537,17 @@ class SpectraBatch:
 
     def top(self, view: WeightView) -> torch.Tensor:
         if id(view) not in self.done:
-            self._run()
+            if view.compiled:  # tap by tap in compiled code: nothing to batch, no other layer's taps held
+                self.done[id(view)], slow = top_singular(view.taps, fro2=view.fro2)
+                self.fallback[id(view)] = int(slow.sum())
+            else:
+                self._run()
         return self.done[id(view)]
 
     def _run(self) -> None:
         groups: dict[tuple, list[WeightView]] = defaultdict(list)
         for v in self.views:
-            if id(v) not in self.done:
+            if id(v) not in self.done and not v.compiled:
                 groups[(tuple(v.taps.shape[1:]), v.taps.device)].append(v)
         for (_, dev), vs in groups.items():
             m, n = vs[0].taps.shape[1:]
