@@ -199,6 +199,8 @@ def test_edge_taps_give_todays_values():
     v = weight_metrics(dw, None, {"spectral_norm", "stable_rank"})
     assert float(v["spectral_norm"]) == pytest.approx(float(dw.flatten(2).norm(dim=0).mean()), rel=1e-6)
     assert float(v["stable_rank"]) == pytest.approx(1.0, rel=1e-6)
+    for w in (dw, col, row):  # one singular value per tap: scale-invariant deviation from isometry exactly 0
+        assert float(weight_metrics(w, None, {"dfi_si"})["dfi_si"]) == 0.0 == dfi_si(w)
     bad = torch.randn(3, 80, 70)
     bad[1, 5, 5] = float("nan")
     bad[2, 0, 0] = float("inf")

@@ -618,6 +618,8 @@ def _dfi(v: WeightView) -> torch.Tensor:
                  definition="n ||X^T X||_F^2 / ||X||_F^4 - 1, 0 iff all singular values are equal (conv: mean over taps)")
 def _dfi_si(v: WeightView) -> torch.Tensor:
     n = v.taps.shape[-1]
+    if n == 1:  # one singular value per tap: exactly 0 (the ratio below would give rounding noise, ~1e-7)
+        return torch.zeros((), dtype=v.fro2.dtype, device=v.fro2.device)
     sq = v.fro2.square()  # ||X||_F^4 per tap
     ratio = n * v.gram_norms[1] / sq.clamp_min(torch.finfo(sq.dtype).tiny)
     return torch.where(sq > 0, (ratio - 1).clamp_min(0), torch.zeros_like(ratio)).mean()
