@@ -13,6 +13,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing plasticity-lab and its dependencies into .venv (first run: about a minute)" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  echo "compiling the numba kernels once (about 10 s; later processes load them from numba's cache)" >&2
+  .venv/bin/python -c 'from plasticity_core.metrics import onepass, weight_kernels; onepass.ready(); weight_kernels.ready()'
   echo "$want" > "$stamp"
 fi
 .venv/bin/plasticity assets fetch
