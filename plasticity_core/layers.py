@@ -72,7 +72,11 @@ class LayerInfo:
 
     def weight(self, model: nn.Module) -> torch.Tensor:
         """The layer's weight tensor (a view of the row block for q/k/v), sharing storage with the model."""
-        w = model.get_submodule(self.module_name).weight
+        return self.weight_in(model.get_submodule(self.module_name))
+
+    def weight_in(self, module: nn.Module) -> torch.Tensor:
+        """``weight`` given the layer's own module (``model.get_submodule(module_name)``, when the caller has it)."""
+        w = module.weight
         return w[self.rows[0]:self.rows[1]] if self.rows is not None else w
 
     def bias(self, model: nn.Module) -> torch.Tensor | None:

@@ -243,14 +243,16 @@ def weight_values(module: nn.Module, layers: list[LayerInfo], reference: Mapping
     settings = {m: tuple(sorted(opts[m].items())) for m in wanted}
     spectra = SpectraBatch()
     todo = []
+    subs = dict(module.named_modules())  # one walk instead of a get_submodule per layer
     for layer in layers:  # first every view, so the spectra of all layers are computed in one batch per size
-        param = module.get_submodule(layer.module_name).weight
+        sub = subs[layer.module_name]
+        param = sub.weight
         store = _cache_for(param, (param._version, param.data_ptr(), param.device, param.dtype, precision))
         keys = {m: (m, layer.rows, settings[m]) for m in wanted}
         ref = None if reference is None else reference.get(f"{layer.module_name}.weight")
         missing = [m for m in wanted if keys[m] not in store
                    or (m in REFERENCE_METRICS and not _same_reference(store[keys[m]], ref))]
-        view = WeightView(layer.weight(module), _reference_weight(reference, layer), spectra) if missing else None
+        view = WeightView(layer.weight_in(sub), _reference_weight(reference, layer), spectra) if missing else None
         todo.append((layer, store, keys, missing, view))
     out: Pending = []
     for layer, store, keys, missing, view in todo:

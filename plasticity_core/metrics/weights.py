@@ -474,6 +474,7 @@ class WeightView:
         self._gram_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
+        self._all_finite: bool | None = None
         self._sfe: torch.Tensor | None = None
         self.compiled = self.w.device.type == "cpu" and weight_kernels.ready()  # tap by tap, compiled (CPU)
         self.spectra = spectra if spectra is not None else SpectraBatch()
@@ -507,6 +508,13 @@ class WeightView:
         return self._fro2
 
     @property
+    def all_finite(self) -> bool:
+        """Every entry is finite (a finite sum of squares per tap says so; one host read, computed once)."""
+        if self._all_finite is None:
+            self._all_finite = bool(torch.isfinite(self.fro2).all())
+        return self._all_finite
+
+    @property
     def sfe(self) -> torch.Tensor | None:
         """``||W - W0||_F^2`` (fp32), once for ``sfe`` and ``sfe_rel``; None without a reference of this shape."""
         if self._sfe is None and self.w0 is not None and self.w0.shape == self.w.shape:
@@ -538,7 +546,8 @@ class SpectraBatch:
     def top(self, view: WeightView) -> torch.Tensor:
         if id(view) not in self.done:
             if view.compiled:  # tap by tap in compiled code: nothing to batch, no other layer's taps held
-                self.done[id(view)], slow = top_singular(view.taps, fro2=view.fro2)
+                taps = view.taps
+                self.done[id(view)], slow = _top_finite(taps, False) if view.all_finite else top_singular(taps)
                 self.fallback[id(view)] = int(slow.sum())
             else:
                 self._run()
