@@ -546,8 +546,7 @@ class SpectraBatch:
     def top(self, view: WeightView) -> torch.Tensor:
         if id(view) not in self.done:
             if view.compiled:  # tap by tap in compiled code: nothing to batch, no other layer's taps held
-                taps = view.taps
-                self.done[id(view)], slow = _top_finite(taps, False) if view.all_finite else top_singular(taps)
+                self.done[id(view)], slow = top_singular(view.taps, fro2=view.fro2)
                 self.fallback[id(view)] = int(slow.sum())
             else:
                 self._run()
