@@ -71,9 +71,11 @@ def test_compiled_path_reads_each_tap_once_per_step_in_its_contiguous_axis():
     """A transposed weight's taps are read through their transposed view (no copy); conv taps are copied once."""
     w = torch.randn(96, 300)
     x = W.tall_taps(w).numpy()  # (1, 300, 96), F-contiguous
-    assert not x.flags.c_contiguous and np.shares_memory(weight_kernels.rows(x), x) and weight_kernels.rows(x).shape == (1, 96, 300)
+    rows = weight_kernels.rows(x)
+    assert not x.flags.c_contiguous and np.shares_memory(rows, x) and rows.shape == (1, 96, 300)
     conv = W.tall_taps(torch.randn(64, 32, 3, 3)).numpy()
-    assert weight_kernels.rows(conv).flags.c_contiguous and not np.shares_memory(weight_kernels.rows(conv), conv)
+    rows = weight_kernels.rows(conv)
+    assert rows.flags.c_contiguous and not np.shares_memory(rows, conv)
 
 
 def test_kernel_that_cannot_be_built_takes_the_blas_path_and_says_so(monkeypatch):
@@ -106,7 +108,8 @@ def test_spectral_path_in_the_meta_names_what_this_diagnosis_did():
     assert diagnose(model, [], metrics=["fro_norm"]).meta["spectral_path"] is None  # no sigma_1 asked for
     d = diagnose(model, [], metrics=["stable_rank"])
     if weight_kernels.ready():
-        assert d.meta["spectral_path"] == weight_kernels.describe(torch.device("cpu")) and "numba" in d.meta["spectral_path"]
+        path = d.meta["spectral_path"]
+        assert path == weight_kernels.describe(torch.device("cpu")) and "numba" in path
         assert d.slow_path_note() is None
     else:
         assert d.meta["spectral_path"].startswith(weight_kernels.SLOWER) and "sigma_1 took" in d.slow_path_note()

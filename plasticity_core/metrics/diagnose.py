@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from plasticity_core.data import probe_batches
 from plasticity_core.hooks import HookSet, kept_modes
 from plasticity_core.layers import LayerInfo, layer_map, uncovered_layers
-from plasticity_core.metrics import weight_kernels, onepass
+from plasticity_core.metrics import onepass, weight_kernels
 from plasticity_core.metrics.activations import ActivationView, Scratch
 from plasticity_core.metrics.base import METRICS, Accumulator
 from plasticity_core.metrics.checks import NonFiniteWarning

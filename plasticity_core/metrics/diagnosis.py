@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from plasticity_core.errors import UnknownNameError
 from plasticity_core.files import write_atomic
-from plasticity_core.metrics import weight_kernels, onepass
+from plasticity_core.metrics import onepass, weight_kernels
 from plasticity_core.metrics.base import METRICS
 
 META_KEY = b"plasticity.meta"

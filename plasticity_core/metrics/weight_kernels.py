@@ -1,7 +1,7 @@
 """Compiled weight-metric kernels (numba; optional): ``sigma_1`` with one read of a tap per step, and sums of squares.
 
-``top``: ``sigma_1`` of many taps by Lanczos on ``G = X^T X``. Golub-Kahan-Lanczos on ``X`` reads a tap twice per step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same
-start vector spans the same Krylov space (``T = B^T B``: the same Ritz values, step for step) and needs one read:
+``top``: ``sigma_1`` of many taps by Lanczos on ``G = X^T X``. Golub-Kahan-Lanczos on ``X`` reads a tap twice per
+step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same start vector spans the same Krylov space (``T = B^T B``: the same Ritz values, step for step) and needs one read:
 ``G v = sum_r (x_r . v) x_r`` over the rows ``x_r`` of ``X``, four rows at a time, each used twice while it is in
 cache; ``G`` is never formed. The whole iteration runs compiled, tap after tap (no interpreter cost per step, so
 small taps need no batching): the step, full reorthogonalisation of the Lanczos vectors (a second pass where the

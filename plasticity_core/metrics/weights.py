@@ -13,9 +13,8 @@ the value stopped moving; a tap not converged within ``GKL_MAX_STEPS`` falls bac
 (``SpectraBatch.fallback``, the diagnosis meta). On the CPU with numba, the compiled kernel of ``weight_kernels``
 runs instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap per
 step; the diagnosis meta's ``spectral_path`` says which path ran). Without it, on the CPU, taps of up to
-``BATCH_BYTES`` step together, all taps
-of one shape in one batch (there the Python cost of a step outweighs its products); larger taps run one by one,
-each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one shape run
+``BATCH_BYTES`` step together, all taps of one shape in one batch (there the Python cost of a step outweighs its
+products); larger taps run one by one, each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one shape run
 together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one
 batched exact ``svdvals``. The Ritz value never exceeds ``sigma_1`` (up to rounding); the tests check it against
 ``torch.linalg`` to 1e-5.
@@ -124,7 +123,8 @@ def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 def tap_fro2(w: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
     """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation; on the
-    CPU with the compiled kernels, one read of each tap accumulated in float64 (``taps``: ``tall_taps(w)`` if at hand)."""
+    CPU with the compiled kernels, one read of each tap accumulated in float64 (``taps``: ``tall_taps(w)``, if the
+    caller has it)."""
     if w.device.type == "cpu" and weight_kernels.ready():
         return weight_kernels.sums_of_squares(tall_taps(w, contiguous=True) if taps is None else taps)
     w = w.detach().float()
@@ -224,15 +224,15 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
     bidiagonalisation (see ``_gkl_batch``), or, where ``weight_kernels.ready()``, by its compiled Lanczos on ``X^T X``.
 
-    Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number, one included), larger ones
-    run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
+    Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number,
+    one included), larger ones run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
     whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
     """
     tol = GKL_TOL if tol is None else tol
     if weight_kernels.ready():  # the same Krylov space, one read of the tap per step, compiled (``weight_kernels``)
         xr = weight_kernels.rows(x)
         top, ok, _ = weight_kernels.top(xr, start_vector(xr.shape[2]).numpy(), tol,
-                                 GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
+                                        GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
         return top, ok
     with one_blas_thread():
         if steps_together(x.shape[1], x.shape[2], x.itemsize):
