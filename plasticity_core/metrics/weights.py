@@ -43,6 +43,7 @@ GKL_CHECK = 4  # steps between convergence checks (each decomposes the small bid
 GKL_FIRST_CHECK = 16
 SMALL_N = 32  # at most this many columns: one batched exact svdvals (cheaper than any iteration)
 BATCH_BYTES = 1 << 18  # CPU: taps of one shape up to this size step together; larger ones run one by one in cache
+TINY_MAX, HUGE_MAX = 1e-12, 1e12  # max |x| of a tap outside these: the Lanczos runs on X / max|x| (float32 range)
 
 
 def tall_taps(w: torch.Tensor, dtype: torch.dtype = torch.float32, contiguous: bool = False) -> torch.Tensor:
@@ -232,8 +233,15 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     if weight_kernels.ready():  # the same Krylov space, one read of the tap per step, compiled (``weight_kernels``)
         xr = weight_kernels.rows(x)
         top, ok, _ = weight_kernels.top(xr, start_vector(xr.shape[2]).numpy(), tol,
-                                        GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
+                                        GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK,
+                                        TINY_MAX, HUGE_MAX)
         return top, ok
+    amax = np.abs(x).max((1, 2)) if x.size else np.zeros(len(x))
+    extreme = (amax > 0) & ((amax < TINY_MAX) | (amax > HUGE_MAX))
+    if extreme.any():  # squares of the entries would leave float32's range in the norms: iterate on X / max|x|
+        unit = np.where(extreme, amax, 1.0)
+        top, ok = gkl_top((x / unit[:, None, None]).astype(x.dtype), tol, max_steps)
+        return top * unit, ok
     with one_blas_thread():
         if steps_together(x.shape[1], x.shape[2], x.itemsize):
             return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
@@ -452,9 +460,12 @@ def _top_finite(x: torch.Tensor, batched: bool | None) -> tuple[torch.Tensor, to
         return torch.linalg.svdvals(x)[:, 0], torch.zeros(x.shape[0], dtype=torch.bool)
     if batched is None:
         batched = x.device.type != "cpu"
-    if batched:
-        s1, est = gkl_top_batched(x, min(GKL_MAX_STEPS, n))
-        bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
+    if batched:  # on X / max|x| where its squares would leave float32's range (no host read: x / 1 is x)
+        amax = x.abs().amax((1, 2))
+        unit = torch.where((amax > 0) & ((amax < TINY_MAX) | (amax > HUGE_MAX)), amax, torch.ones_like(amax))
+        s1, est = gkl_top_batched(x / unit[:, None, None], min(GKL_MAX_STEPS, n))
+        bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()  # scale-free
+        s1 = s1 * unit
     else:
         top, ok = gkl_top(x.detach().cpu().numpy())
         s1 = torch.from_numpy(top).to(device=x.device, dtype=x.dtype)
