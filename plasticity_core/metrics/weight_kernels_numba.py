@@ -183,25 +183,21 @@ def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs
             if j == 0 and a <= scale * scale:  # |X v_0| below GKL's threshold for a nonzero X: the exact SVD decides
                 conv[b] = False
                 break
-            if not (closed or last or (j + 1 >= first_check and (j + 1) % check == 0)):
-                inv = np.float32(1.0 / beta)
-                for i in range(q):
-                    vs[j + 1, i] = w[i] * inv
-                continue
-            top, second, y2 = ritz(d, e, j + 1)
-            s = math.sqrt(max(top, 0.0))
-            out[b] = s * unit
-            if closed or j + 1 == q:
-                break
-            r = beta * math.sqrt(y2)
-            gap = top - second
-            est = min(r, r * r / gap) if gap > 0.0 else r
-            if est <= tol * s * s and s - prev <= tol * s:
-                break
-            if last:
-                conv[b] = False
-                break
-            prev = s
+            if closed or last or (j + 1 >= first_check and (j + 1) % check == 0):
+                top, second, y2 = ritz(d, e, j + 1)
+                s = math.sqrt(max(top, 0.0))
+                out[b] = s * unit
+                if closed or j + 1 == q:
+                    break
+                r = beta * math.sqrt(y2)
+                gap = top - second
+                est = min(r, r * r / gap) if gap > 0.0 else r
+                if est <= tol * s * s and s - prev <= tol * s:
+                    break
+                if last:
+                    conv[b] = False
+                    break
+                prev = s
             inv = np.float32(1.0 / beta)
             for i in range(q):
                 vs[j + 1, i] = w[i] * inv
