@@ -334,6 +334,51 @@ def test_onepass_diagnosis_equals_torch_passes_and_splits_rows_over_threads(monk
     assert ActivationView(t, 1, "relu6").onepass
 
 
+@NEEDS_NUMBA
+@pytest.mark.parametrize("positions", [(2, 2), (2, 4)])
+def test_short_rows_take_the_column_kernel_with_the_row_kernels_counts_on_any_thread_count(positions):
+    """2 x 2 maps (the last stages of a CNN at 64 px) are summed and counted per block of units, not per row: the
+    counts equal the boolean counts, the sums and |x| totals float64 sums to float32 rounding, NaN counts as
+    nonzero and in neither tail and makes its unit's sums NaN, and 1, 2 and 3 threads give the same bits."""
+    from plasticity_core.metrics import onepass_numba
+
+    assert positions[0] * positions[1] in onepass.SHORT_ROWS
+    g = torch.Generator().manual_seed(5)
+    units = 3 * onepass_numba.BLOCK + 17  # whole blocks and a partial one
+    z = torch.randn(40, units, *positions, generator=g) * 3
+    z[3, 7, 0, 1] = float("nan")
+    assert z.numel() >= onepass.PARALLEL_MIN
+    t = F.relu6(z)
+    threads = torch.get_num_threads()
+    outs = {}
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs[n] = [onepass.stats(z, -1.0, 2.0), onepass.stats(t, 0.0, 6.0, relu=True), onepass.stats(t, 0.0, 6.0)]
+    finally:
+        torch.set_num_threads(threads)
+    def same(a, b):  # bit for bit, NaN where NaN
+        return torch.equal(a[0].nan_to_num(7.5), b[0].nan_to_num(7.5)) and all(
+            torch.equal(x.nan_to_num(7.5), y.nan_to_num(7.5)) for x, y in zip(a[1], b[1]))
+
+    assert all(same(a, b) for n in (2, 3) for a, b in zip(outs[1], outs[n]))
+    (zs, zt), (rs, rt), (ns, nt) = outs[1]
+    assert same((rs, rt), (ns, nt))  # the ReLU loop = the general loop
+    for x, (sums, totals), (lo, hi) in ((z, (zs, zt), (-1.0, 2.0)), (t, (rs, rt), (0.0, 6.0))):
+        totals = dict(zip(onepass.TOTALS, totals))
+        x64 = x.double()
+        assert torch.equal(totals["nonzero"], (x != 0).double().sum((0, 2, 3)))
+        assert torch.equal(totals["at_most"], (x <= lo).double().sum((0, 2, 3)))
+        assert torch.equal(totals["at_least"], (x >= hi).double().sum((0, 2, 3)))
+        assert torch.equal(totals["outside"], ((x <= lo) | (x >= hi)).double().sum((0, 2, 3)))
+        want = x64.sum((2, 3))
+        assert torch.equal(sums.isnan(), want.isnan()) and sums.isnan().sum() == 1
+        ok = ~want.isnan()
+        assert ((sums.double() - want).abs()[ok] <= 1e-6 * x64.abs().sum((2, 3))[ok] + 1e-12).all()
+        np.testing.assert_allclose(totals["abs_sum"], x64.abs().sum((0, 2, 3)), rtol=1e-6)  # NaN where NaN
+        assert totals["abs_sum"].isnan().sum() == 1
+
+
 def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says_so(monkeypatch):
     """numba installed but unusable (an incompatible numpy, a compiler error): the diagnosis still runs, on torch's
     passes with the same values, a warning says why, and the meta names the path."""
