@@ -345,7 +345,7 @@ def test_short_rows_take_the_column_kernel_with_the_row_kernels_counts_on_any_th
     assert positions[0] * positions[1] in onepass.SHORT_ROWS
     g = torch.Generator().manual_seed(5)
     units = 3 * onepass_numba.BLOCK + 17  # whole blocks and a partial one
-    z = torch.randn(40, units, *positions, generator=g) * 3
+    z = torch.randn(48, units, *positions, generator=g) * 3
     z[3, 7, 0, 1] = float("nan")
     assert z.numel() >= onepass.PARALLEL_MIN
     t = F.relu6(z)
@@ -377,6 +377,55 @@ def test_short_rows_take_the_column_kernel_with_the_row_kernels_counts_on_any_th
         assert ((sums.double() - want).abs()[ok] <= 1e-6 * x64.abs().sum((2, 3))[ok] + 1e-12).all()
         np.testing.assert_allclose(totals["abs_sum"], x64.abs().sum((0, 2, 3)), rtol=1e-6)  # NaN where NaN
         assert totals["abs_sum"].isnan().sum() == 1
+
+
+@pytest.mark.parametrize("one_pass", [pytest.param(True, marks=NEEDS_NUMBA), False], ids=["onepass", "torch"])
+def test_layers_finished_together_get_the_values_each_gets_alone_and_the_formulas(one_pass, monkeypatch):
+    """dormant / dead / saturation finish all layers of a diagnosis at once (rows of one padded tensor): a layer's
+    value and unit scores are those it gets finished alone, and the float64 formulas; a unit fed NaN is NaN and left
+    out, a layer that saw no data has no value."""
+    from plasticity_core.layers import layer_map
+    from plasticity_core.metrics.activations import ActivationView, Dead, Dormant, Saturation
+
+    monkeypatch.setattr(onepass, "ENABLED", one_pass)
+    model = timm.create_model("test_resnet", num_classes=5)
+    layers = [l for l in layer_map(model) if l.act is not None and l.unit_dim == 1][:4]
+    assert len({l.units for l in layers}) > 1  # rows of different lengths: padding is exercised
+    g = torch.Generator().manual_seed(9)
+    acts = {}
+    for l in layers[:3]:  # the fourth layer sees no data
+        h = F.relu(torch.randn(6, l.units, 3, 3, generator=g) + torch.linspace(-3, 1, l.units)[:, None, None])
+        acts[l.name] = h
+    acts[layers[1].name][2, 1, 0, 0] = float("nan")  # unit 1 of the second layer is broken
+    bad = [(~torch.isfinite(acts[l.name])).any(-1).any(-1).any(0) if l.name in acts else None for l in layers]
+    for cls, kw in ((Dormant, {"tau": 0.3}), (Dead, {"min_fraction": 0.2}), (Saturation, {"eps": 0.01})):
+        accs = [cls(l, torch.device("cpu"), **kw) for l in layers]
+        for acc, l in zip(accs, layers):
+            if l.name in acts:
+                acc.update(ActivationView(acts[l.name], 1, l.act_type))
+        together = cls.finish_all(accs, bad)
+        assert together[3] is None
+        for acc, b, (value, units) in zip(accs[:3], bad, together[:3]):
+            alone_value, alone_units = cls.finish_all([acc], [b])[0]
+            torch.testing.assert_close(value, alone_value, rtol=1e-12, atol=0, equal_nan=True)
+            torch.testing.assert_close(units, alone_units, rtol=1e-12, atol=0, equal_nan=True)
+        for l, b, (value, units) in zip(layers, bad, together[:3]):
+            h = acts[l.name].double()
+            ok = ~b
+            if cls is Dormant:
+                mean_abs = h.abs().mean((0, 2, 3))
+                want = mean_abs / (mean_abs[ok].mean() + 1e-9)
+                flag = want <= 0.3
+            elif cls is Dead:
+                want = (h != 0).double().mean((0, 2, 3))
+                flag = want < 0.2
+            else:
+                want = (h <= 0).double().mean((0, 2, 3))
+                flag = want
+            assert units.shape == (l.units,) and torch.equal(units.isnan(), b)
+            np.testing.assert_allclose(units[ok], want[ok], rtol=1e-6)
+            np.testing.assert_allclose(float(value), float(flag[ok].double().mean()), rtol=1e-6)
+        assert bad[1].sum() == 1
 
 
 def test_onepass_kernel_that_cannot_be_built_falls_back_to_torch_passes_and_says_so(monkeypatch):

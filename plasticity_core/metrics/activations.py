@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_core.metrics import onepass
-from plasticity_core.metrics.base import Accumulator, masked_fraction, masked_mean, register_metric, with_nan
+from plasticity_core.metrics.base import (Accumulator, masked_fraction, masked_mean, register_metric, unit_results,
+                                         unit_rows, with_nan)
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
@@ -64,10 +65,9 @@ FLAT_REGION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {a: _region_fn(
 
 
 def redo_scores(mean_abs: torch.Tensor, bad: torch.Tensor | None = None) -> torch.Tensor:
-    """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics)."""
-    if bad is None:
-        return mean_abs / (mean_abs.mean() + REDO_EPS)
-    return with_nan(mean_abs / (masked_mean(mean_abs, bad) + REDO_EPS), bad)
+    """ReDo unit scores ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)`` (mean over units with finite statistics), over
+    the last axis (one row per layer)."""
+    return with_nan(mean_abs / (masked_mean(mean_abs, bad)[..., None] + REDO_EPS), bad)
 
 
 def dormant_mask(scores: torch.Tensor, tau: float) -> torch.Tensor:
@@ -250,7 +250,7 @@ class Dormant(Accumulator):
     def __init__(self, layer, device, *, tau: float) -> None:
         super().__init__(layer, device)
         self.tau = tau
-        self.abs_sum = torch.zeros(layer.units, dtype=torch.float32, device=device)
+        self.abs_sum = torch.zeros(layer.units, dtype=torch.float64, device=device)
         self.n = 0
 
     def update(self, view: ActivationView) -> None:
@@ -258,10 +258,16 @@ class Dormant(Accumulator):
         self.n += view.count
 
     def finish(self, bad):
-        if not self.n:
-            return None
-        score = redo_scores(self.abs_sum / self.n, bad)
-        return masked_fraction(dormant_mask(score, self.tau), bad), score
+        return self.finish_all([self], [bad])[0]
+
+    @classmethod
+    def finish_all(cls, accs, bad):
+        out: list = [None] * len(accs)
+        for idx, mean_abs, mask in unit_rows(accs, bad, lambda a: a.abs_sum, key=lambda a: a.tau):
+            score = redo_scores(mean_abs, mask)
+            frac = masked_fraction(dormant_mask(score, accs[idx[0]].tau), mask)
+            out = unit_results(out, idx, accs, frac, score)
+        return out
 
 
 @register_metric(
@@ -282,10 +288,15 @@ class Dead(Accumulator):
         self.n += view.count
 
     def finish(self, bad):
-        if not self.n:
-            return None
-        frac = with_nan(self.nonzero / self.n, bad)
-        return masked_fraction(frac < self.min_fraction, bad), frac
+        return self.finish_all([self], [bad])[0]
+
+    @classmethod
+    def finish_all(cls, accs, bad):
+        out: list = [None] * len(accs)
+        for idx, live, mask in unit_rows(accs, bad, lambda a: a.nonzero, key=lambda a: a.min_fraction):
+            frac = with_nan(live, mask)
+            out = unit_results(out, idx, accs, masked_fraction(frac < accs[idx[0]].min_fraction, mask), frac)
+        return out
 
 
 @register_metric(
@@ -318,7 +329,13 @@ class Saturation(Accumulator):
     update = update_pre = _add
 
     def finish(self, bad):
-        if not self.n:
-            return None
-        frac = with_nan(self.count / self.n, bad)
-        return masked_mean(frac, bad), frac
+        return self.finish_all([self], [bad])[0]
+
+    @classmethod
+    def finish_all(cls, accs, bad):
+        out: list = [None] * len(accs)
+        for idx, flat, mask in unit_rows(accs, bad, lambda a: a.count, key=lambda a: (a.lo, a.hi)):
+            frac = with_nan(flat, mask)
+            out = unit_results(out, idx, accs, masked_mean(frac, mask), frac)
+        return out
+

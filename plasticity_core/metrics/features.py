@@ -14,9 +14,20 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from plasticity_core.metrics.base import Accumulator, register_metric
+
+
+def gram(x: torch.Tensor, rows: bool) -> torch.Tensor:
+    """The float64 Gram of ``x``'s rows (``rows``: ``x x^T``) or of its columns (``x^T x``); on the CPU numpy's
+    product of a matrix with its own transpose (BLAS ``syrk``: half the multiplications of torch's general one)."""
+    x = x.double()
+    if x.device.type != "cpu":
+        return x @ x.T if rows else x.T @ x
+    a = np.from_dlpack(x.detach())  # a view
+    return torch.from_numpy(a @ a.T if rows else a.T @ a)
 
 
 def effective_rank(sigma: torch.Tensor) -> torch.Tensor:
@@ -43,14 +54,12 @@ class FeatureRank(Accumulator):
     def update(self, view) -> None:
         feats = view.pooled()
         if self.gram is not None:
-            f = feats.double()
-            self.gram += f.T @ f
+            self.gram += gram(feats, rows=False)
             return
         self.rows.append(feats)
         self.n_rows += feats.shape[0]
         if self.n_rows > self.units:
-            f = torch.cat(self.rows).double()
-            self.gram = f.T @ f
+            self.gram = gram(torch.cat(self.rows), rows=False)
             self.rows.clear()
 
     def matrix(self) -> torch.Tensor | None:
@@ -59,8 +68,7 @@ class FeatureRank(Accumulator):
             return self.gram
         if not self.rows:
             return None
-        x = torch.cat(self.rows).double()
-        return x @ x.T  # N x N, N <= units: the same nonzero spectrum
+        return gram(torch.cat(self.rows), rows=True)  # N x N, N <= units: the same nonzero spectrum
 
     def finish(self, bad):
         return self.finish_all([self], [bad])[0]

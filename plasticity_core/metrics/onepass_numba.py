@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 FAST = {"reassoc", "nsz", "contract"}  # lets LLVM vectorise the sums; NaN and inf keep their meaning
-BLOCK = 256  # units per block of ``columns``: its threads split the units at multiples of this
+BLOCK = 128  # units per block of ``columns``: its threads split the units at multiples of this
 
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
