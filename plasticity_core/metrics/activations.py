@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_core.metrics import onepass
-from plasticity_core.metrics.base import (Accumulator, masked_fraction, masked_mean, register_metric, unit_results,
-                                         unit_rows, with_nan)
+from plasticity_core.metrics.base import UnitRows, masked_fraction, masked_mean, register_metric, with_nan
 
 DORMANT_TAU = 0.025
 DEAD_FRACTION = 0.01
@@ -246,7 +245,7 @@ class ActivationView:
     definition="fraction of units with ReDo score s_i = E|h_i| / mean_k E|h_k| <= tau (tau = 0: exactly silent), "
                "h = the real activation module's output (conv: E over batch and space, fp32 sums); units() gives s_i",
 )
-class Dormant(Accumulator):
+class Dormant(UnitRows):
     def __init__(self, layer, device, *, tau: float) -> None:
         super().__init__(layer, device)
         self.tau = tau
@@ -257,17 +256,16 @@ class Dormant(Accumulator):
         self.abs_sum += view.abs_sum()
         self.n += view.count
 
-    def finish(self, bad):
-        return self.finish_all([self], [bad])[0]
+    def totals(self):
+        return self.abs_sum
+
+    def key(self):
+        return self.tau
 
     @classmethod
-    def finish_all(cls, accs, bad):
-        out: list = [None] * len(accs)
-        for idx, mean_abs, mask in unit_rows(accs, bad, lambda a: a.abs_sum, key=lambda a: a.tau):
-            score = redo_scores(mean_abs, mask)
-            frac = masked_fraction(dormant_mask(score, accs[idx[0]].tau), mask)
-            out = unit_results(out, idx, accs, frac, score)
-        return out
+    def finish_rows(cls, first, mean_abs, mask):
+        score = redo_scores(mean_abs, mask)
+        return masked_fraction(dormant_mask(score, first.tau), mask), score
 
 
 @register_metric(
@@ -276,7 +274,7 @@ class Dormant(Accumulator):
     definition="fraction of units whose activation output is nonzero on fewer than min_fraction (1 %) of inputs "
                "(conv: inputs = batch x positions; Dohare et al.); units() gives each unit's nonzero fraction",
 )
-class Dead(Accumulator):
+class Dead(UnitRows):
     def __init__(self, layer, device, *, min_fraction: float) -> None:
         super().__init__(layer, device)
         self.min_fraction = min_fraction
@@ -287,16 +285,16 @@ class Dead(Accumulator):
         self.nonzero += view.nonzero()
         self.n += view.count
 
-    def finish(self, bad):
-        return self.finish_all([self], [bad])[0]
+    def totals(self):
+        return self.nonzero
+
+    def key(self):
+        return self.min_fraction
 
     @classmethod
-    def finish_all(cls, accs, bad):
-        out: list = [None] * len(accs)
-        for idx, live, mask in unit_rows(accs, bad, lambda a: a.nonzero, key=lambda a: a.min_fraction):
-            frac = with_nan(live, mask)
-            out = unit_results(out, idx, accs, masked_fraction(frac < accs[idx[0]].min_fraction, mask), frac)
-        return out
+    def finish_rows(cls, first, live, mask):
+        frac = with_nan(live, mask)
+        return masked_fraction(frac < first.min_fraction, mask), frac
 
 
 @register_metric(
@@ -306,7 +304,7 @@ class Dead(Accumulator):
                "tail where phi'(z) < eps * max phi' (eps = 0.01: ReLU z<=0, ReLU6 also z>=6, GELU z<-3.02, SiLU "
                "z<-6.14, tanh |z|>2.99, sigmoid |z|>5.99, hard-swish z<=-3); units() gives the per-unit fraction",
 )
-class Saturation(Accumulator):
+class Saturation(UnitRows):
     def __init__(self, layer, device, *, eps: float) -> None:
         super().__init__(layer, device)
         self.lo, self.hi = flat_region(layer.act_type, float(eps))
@@ -328,14 +326,14 @@ class Saturation(Accumulator):
 
     update = update_pre = _add
 
-    def finish(self, bad):
-        return self.finish_all([self], [bad])[0]
+    def totals(self):
+        return self.count
+
+    def key(self):
+        return self.lo, self.hi
 
     @classmethod
-    def finish_all(cls, accs, bad):
-        out: list = [None] * len(accs)
-        for idx, flat, mask in unit_rows(accs, bad, lambda a: a.count, key=lambda a: (a.lo, a.hi)):
-            frac = with_nan(flat, mask)
-            out = unit_results(out, idx, accs, masked_mean(frac, mask), frac)
-        return out
+    def finish_rows(cls, first, flat, mask):
+        frac = with_nan(flat, mask)
+        return masked_mean(frac, mask), frac
 

@@ -167,31 +167,45 @@ def with_nan(scores: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
     return torch.where(bad, float("nan"), scores)
 
 
-def unit_rows(accs: Sequence[Accumulator], bad: Sequence[torch.Tensor | None], totals: Callable[[Any], torch.Tensor],
-              key: Callable[[Any], Any] = lambda a: None) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """The layers' per-unit vectors as rows of one tensor, so a metric finishes every layer in a few operations
-    instead of a few per layer: for each group of accumulators with the same ``key`` (their parameters) among those
-    that saw data (``acc.n > 0``), (their indices in ``accs``, ``totals(acc) / acc.n`` as a (layers, units)
-    float64 tensor padded with NaN, the mask of ``bad`` units and of the padding)."""
-    groups: dict[Any, list[int]] = {}
-    for i, a in enumerate(accs):
-        if a.n:
-            groups.setdefault(key(a), []).append(i)
-    out = []
-    for idx in groups.values():
-        first = accs[idx[0]]
-        n = torch.tensor([float(accs[i].n) for i in idx], dtype=torch.float64, device=first.device)
-        x = torch.nn.utils.rnn.pad_sequence([totals(accs[i]) for i in idx], batch_first=True, padding_value=float("nan"))
-        masks = [bad[i] if bad[i] is not None else torch.zeros(accs[i].layer.units, dtype=torch.bool,
-                                                               device=first.device) for i in idx]
-        out.append((idx, x.double() / n[:, None], torch.nn.utils.rnn.pad_sequence(masks, batch_first=True,
-                                                                                   padding_value=True)))
-    return out
+class UnitRows(Accumulator):
+    """An ``Accumulator`` whose layers are finished all at once: each keeps per-unit ``totals()`` over its ``n``
+    inputs, and ``finish_all`` hands ``finish_rows`` those of every layer with the same ``key()`` (its parameters)
+    as rows of one NaN-padded (layers, units) float64 tensor of ``totals / n``, with the mask of ``bad`` units and
+    of the padding: a few tensor operations per metric, not a few per layer. A layer that saw no data has no value."""
 
+    n: int = 0
 
-def unit_results(out: list, idx: list[int], accs: Sequence[Accumulator], values: torch.Tensor,
-                 units: torch.Tensor) -> list:
-    """``out`` with layer ``idx[k]``'s (value, per-unit scores) set from row ``k`` of ``unit_rows``' finished rows."""
-    for k, i in enumerate(idx):
-        out[i] = (values[k], units[k, :accs[i].layer.units])
-    return out
+    def totals(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key(self) -> Any:
+        return None
+
+    @classmethod
+    def finish_rows(cls, first: "UnitRows", rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(layer values, per-unit scores as rows) of a group, ``first`` one of its accumulators (its parameters)."""
+        raise NotImplementedError
+
+    def finish(self, bad: torch.Tensor | None) -> Result | None:
+        return self.finish_all([self], [bad])[0]
+
+    @classmethod
+    def finish_all(cls, accs: Sequence["UnitRows"], bad: Sequence[torch.Tensor | None]) -> list[Result | None]:
+        out: list[Result | None] = [None] * len(accs)
+        groups: dict[Any, list[int]] = {}
+        for i, a in enumerate(accs):
+            if a.n:
+                groups.setdefault(a.key(), []).append(i)
+        for idx in groups.values():
+            first = accs[idx[0]]
+            dev = first.device
+            n = torch.tensor([float(accs[i].n) for i in idx], dtype=torch.float64, device=dev)
+            rows = torch.nn.utils.rnn.pad_sequence([accs[i].totals() for i in idx], batch_first=True,
+                                                   padding_value=float("nan")).double() / n[:, None]
+            masks = [bad[i] if bad[i] is not None else torch.zeros(accs[i].layer.units, dtype=torch.bool, device=dev)
+                     for i in idx]
+            values, units = cls.finish_rows(first, rows, torch.nn.utils.rnn.pad_sequence(masks, batch_first=True,
+                                                                                        padding_value=True))
+            for k, i in enumerate(idx):
+                out[i] = (values[k], units[k, :accs[i].layer.units])
+        return out
