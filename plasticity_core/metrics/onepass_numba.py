@@ -13,46 +13,50 @@ BLOCK = 128  # units per block of ``columns``: its threads split the units at mu
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
 def rows(x, lo, hi, sums, totals, u0, u1, relu):
-    """Row by row: each (sample, unit) row summed and counted in one loop over its positions (vectorised along
-    the row; short rows leave most of each vector empty, see ``columns``). ``relu``: ``x >= 0`` (or NaN) and
+    """Row by row in memory order: each (sample, unit) row summed and counted in one loop over its positions
+    (vectorised along the row; short rows leave most of each vector empty, see ``columns``), the per-unit totals
+    added over the samples in order. ``relu``: ``x >= 0`` (or NaN) and
     ``lo == 0``, so ``|x|`` is ``x`` and the entries ``<= lo`` are the zeros (a shorter loop, ~20 % faster)."""
-    for u in range(u0, u1):
-        ta = 0.0
-        tn = 0.0
-        tl = 0.0
-        tg = 0.0
-        for b in range(x.shape[0]):
+    units = u1 - u0
+    ta = np.zeros(units)  # per-unit totals over the samples, float64, added in sample order
+    tn = np.zeros(units)
+    tl = np.zeros(units)
+    tg = np.zeros(units)
+    for b in range(x.shape[0]):  # in memory order: each sample's units are one contiguous run
+        for i in range(units):
+            row = x[b, u0 + i]
             s = np.float32(0.0)
             a = np.float32(0.0)
-            n = np.float32(0.0)
-            le = np.float32(0.0)
-            ge = np.float32(0.0)
+            n = np.int32(0)  # integer counts: a 1-cycle add, not a float conversion and a float add per entry
+            le = np.int32(0)
+            ge = np.int32(0)
             if relu:
-                for p in range(x.shape[2]):
-                    v = x[b, u, p]
+                for p in range(row.shape[0]):
+                    v = row[p]
                     s += v
-                    n += np.float32(v != 0)
-                    ge += np.float32(v >= hi)
+                    n += np.int32(v != 0)
+                    ge += np.int32(v >= hi)
                 a = s
-                le = x.shape[2] - n
+                le = row.shape[0] - n
             else:
-                for p in range(x.shape[2]):
-                    v = x[b, u, p]
+                for p in range(row.shape[0]):
+                    v = row[p]
                     s += v
                     a += abs(v)
-                    n += np.float32(v != 0)
-                    le += np.float32(v <= lo)
-                    ge += np.float32(v >= hi)
-            sums[b, u] = s
-            ta += a
-            tn += n
-            tl += le
-            tg += ge
-        totals[0, u] = ta
-        totals[1, u] = tn
-        totals[2, u] = tl
-        totals[3, u] = tg
-        totals[4, u] = tl + tg
+                    n += np.int32(v != 0)
+                    le += np.int32(v <= lo)
+                    ge += np.int32(v >= hi)
+            sums[b, u0 + i] = s
+            ta[i] += a
+            tn[i] += n
+            tl[i] += le
+            tg[i] += ge
+    for i in range(units):
+        totals[0, u0 + i] = ta[i]
+        totals[1, u0 + i] = tn[i]
+        totals[2, u0 + i] = tl[i]
+        totals[3, u0 + i] = tg[i]
+        totals[4, u0 + i] = tl[i] + tg[i]
 
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
