@@ -13,10 +13,11 @@ BLOCK = 128  # units per block of ``columns``: its threads split the units at mu
 
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
 def rows(x, lo, hi, sums, totals, u0, u1, relu):
-    """Row by row in memory order: each (sample, unit) row summed and counted in one loop over its positions
-    (vectorised along the row; short rows leave most of each vector empty, see ``columns``), the per-unit totals
-    added over the samples in order. ``relu``: ``x >= 0`` (or NaN) and
-    ``lo == 0``, so ``|x|`` is ``x`` and the entries ``<= lo`` are the zeros (a shorter loop, ~20 % faster)."""
+    """Row by row in memory order (sample after sample: the unit-major order jumped across the samples and lost
+    the prefetcher), each (sample, unit) row summed and counted in one loop over its positions (vectorised along
+    the row; short rows leave most of each vector empty, see ``columns``), the per-unit totals added over the
+    samples in order. ``relu``: ``x >= 0`` (or NaN) and ``lo == 0``, so ``|x|`` is ``x`` and the entries ``<= lo``
+    are the zeros (a shorter loop, ~20 % faster)."""
     units = u1 - u0
     ta = np.zeros(units)  # per-unit totals over the samples, float64, added in sample order
     tn = np.zeros(units)
@@ -94,8 +95,8 @@ def columns(x, lo, hi, sums, totals, u0, u1, relu):
     """Short rows (few positions per sample and unit: 2 x 2 maps), in blocks of ``BLOCK`` units:
     per block, each sample's entries of those units are one contiguous run; the counts are kept per entry and
     summed over the samples along that run (vectorised across entries), the per-sample sums taken by
-    ``_segment_sums``, and only then each unit's entries folded together (float32 sums of integers below 2^24:
-    exact). ``u0`` and ``u1`` are multiples of ``BLOCK`` (or the last unit), so the blocks and every sum are the
+    ``_segment_sums``, and only then each unit's entries folded together (float32 sums of integers below 2^24,
+    samples x positions: exact). ``u0`` and ``u1`` are multiples of ``BLOCK`` (or the last unit), so the blocks and every sum are the
     same whichever threads took them."""
     samples = x.shape[0]
     p = x.shape[2]
