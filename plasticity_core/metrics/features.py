@@ -14,20 +14,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from plasticity_core.metrics.base import Accumulator, register_metric
 
 
 def gram(x: torch.Tensor, rows: bool) -> torch.Tensor:
-    """The float64 Gram of ``x``'s rows (``rows``: ``x x^T``) or of its columns (``x^T x``); on the CPU numpy's
-    product of a matrix with its own transpose (BLAS ``syrk``: half the multiplications of torch's general one)."""
+    """The float64 Gram of ``x``'s rows (``rows``: ``x x^T``) or of its columns (``x^T x``)."""
     x = x.double()
-    if x.device.type != "cpu":
-        return x @ x.T if rows else x.T @ x
-    a = np.from_dlpack(x.detach())  # a view
-    return torch.from_numpy(a @ a.T if rows else a.T @ a)
+    return x @ x.T if rows else x.T @ x
 
 
 def effective_rank(sigma: torch.Tensor) -> torch.Tensor:
