@@ -182,7 +182,8 @@ class UnitRows(Accumulator):
         return None
 
     @classmethod
-    def finish_rows(cls, first: "UnitRows", rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish_rows(cls, first: "UnitRows", rows: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(layer values, per-unit scores as rows) of a group, ``first`` one of its accumulators (its parameters)."""
         raise NotImplementedError
 

@@ -96,8 +96,8 @@ def columns(x, lo, hi, sums, totals, u0, u1, relu):
     per block, each sample's entries of those units are one contiguous run; the counts are kept per entry and
     summed over the samples along that run (vectorised across entries), the per-sample sums taken by
     ``_segment_sums``, and only then each unit's entries folded together (float32 sums of integers below 2^24,
-    samples x positions: exact). ``u0`` and ``u1`` are multiples of ``BLOCK`` (or the last unit), so the blocks and every sum are the
-    same whichever threads took them."""
+    samples x positions: exact). ``u0`` and ``u1`` are multiples of ``BLOCK`` (or the last unit), so the blocks and
+    every sum are the same whichever threads took them."""
     samples = x.shape[0]
     p = x.shape[2]
     acc = np.empty((3, BLOCK * p), np.float32)

@@ -1,17 +1,18 @@
 """Compiled weight-metric kernels (numba; optional): ``sigma_1`` with one read of a tap per step, and sums of squares.
 
 ``top``: ``sigma_1`` of many taps by Lanczos on ``G = X^T X``. Golub-Kahan-Lanczos on ``X`` reads a tap twice per
-step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same start vector spans the same Krylov space (``T = B^T B``: the same Ritz values, step for step) and needs one read:
-``G v = sum_r (x_r . v) x_r`` over the rows ``x_r`` of ``X``, four rows at a time, each used twice while it is in
-cache; ``G`` is never formed. The whole iteration runs compiled, tap after tap (no interpreter cost per step, so
-small taps need no batching): the step, full reorthogonalisation of the Lanczos vectors (a second pass where the
-first removed most of the vector), and the stopping rule of ``weights.gkl_top`` (every ``check`` steps from
-``first_check`` on: the error estimate ``r^2 / gap`` of ``sigma_1^2`` below ``tol`` of it and ``sigma_1`` moved by
-at most ``tol`` of itself since the previous check). ``T``'s top two eigenvalues come from bisection (Sturm counts,
-float64) and the top eigenvector's last component ``y_k`` from ``y_k^2 = chi_{k-1}(theta) / chi_k'(theta)``
-(the characteristic polynomials of ``T``'s leading blocks, by their ratio recurrences: all terms positive above
-the top eigenvalue). A breakdown (the Krylov space closed) makes the Ritz value exact; a start vector with
-``X v_0 = 0`` for a nonzero ``X`` leaves the tap unconverged (the caller's exact SVD decides), as in the GKL code.
+step (``X v``, then ``X^T u``). Lanczos on ``G`` from the same start vector spans the same Krylov space
+(``T = B^T B``: the same Ritz values, step for step) and needs one read: ``G v = sum_r (x_r . v) x_r`` over the rows
+``x_r`` of ``X``, four rows at a time, each used twice while it is in cache; ``G`` is never formed. The whole
+iteration runs compiled, tap after tap (no interpreter cost per step, so small taps need no batching): the step,
+full reorthogonalisation of the Lanczos vectors (a second pass where the first removed most of the vector), and the
+stopping rule of ``weights.gkl_top`` (every ``check`` steps from ``first_check`` on: the error estimate
+``r^2 / gap`` of ``sigma_1^2`` below ``tol`` of it and ``sigma_1`` moved by at most ``tol`` of itself since the
+previous check). ``T``'s top two eigenvalues come from bisection (Sturm counts, float64) and the top eigenvector's
+last component ``y_k`` from ``y_k^2 = chi_{k-1}(theta) / chi_k'(theta)`` (the characteristic polynomials of ``T``'s
+leading blocks, by their ratio recurrences: all terms positive above the top eigenvalue). A breakdown (the Krylov
+space closed) makes the Ritz value exact; a start vector with ``X v_0 = 0`` for a nonzero ``X`` leaves the tap
+unconverged (the caller's exact SVD decides), as in the GKL code.
 
 The rows are the tap's contiguous axis, so the Krylov space lies in that axis' dimension ``q``: for a transposed
 weight's tap (F-contiguous in ``tall_taps``), the larger one. The path depends on the layout alone, never on the

@@ -11,13 +11,13 @@ and ``stable_rank`` never form it: ``sigma_1`` comes from Golub-Kahan-Lanczos bi
 stopped per tap as soon as the Ritz value's error estimate ``r^2 / gap`` is below ``GKL_TOL`` of ``sigma_1^2`` and
 the value stopped moving; a tap not converged within ``GKL_MAX_STEPS`` falls back to an exact SVD and is counted
 (``SpectraBatch.fallback``, the diagnosis meta). On the CPU with numba, the compiled kernel of ``weight_kernels``
-runs instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap per
-step; the diagnosis meta's ``spectral_path`` says which path ran). Without it, on the CPU, taps of up to
+runs instead: Lanczos on ``G`` applied through ``X`` (the same Krylov space and stopping rule, one read of the tap
+per step; the diagnosis meta's ``spectral_path`` says which path ran). Without it, on the CPU, taps of up to
 ``BATCH_BYTES`` step together, all taps of one shape in one batch (there the Python cost of a step outweighs its
-products); larger taps run one by one, each staying in cache (batched products over large taps stream from memory). On a GPU the taps of one shape run
-together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise kernels, 1-column taps) take one
-batched exact ``svdvals``. The Ritz value never exceeds ``sigma_1`` (up to rounding); the tests check it against
-``torch.linalg`` to 1e-5.
+products); larger taps run one by one, each staying in cache (batched products over large taps stream from memory).
+On a GPU the taps of one shape run together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise
+kernels, 1-column taps) take one batched exact ``svdvals``. The Ritz value never exceeds ``sigma_1`` (up to
+rounding); the tests check it against ``torch.linalg`` to 1e-5.
 Frobenius norms accumulate in float64 (exact to float32 rounding at any size). No function here returns NaN
 for a finite weight.
 """
@@ -226,8 +226,9 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     bidiagonalisation (see ``_gkl_batch``), or, where ``weight_kernels.ready()``, by its compiled Lanczos on ``X^T X``.
 
     Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number,
-    one included), larger ones run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a tap's value is the same
-    whichever taps it is computed with (a layer recomputed alone, all layers at once, any entry point).
+    one included), larger ones run one by one (``_gkl_tap``): the code path depends on the tap's size alone, so a
+    tap's value is the same whichever taps it is computed with (a layer recomputed alone, all layers at once, any
+    entry point).
     """
     tol = GKL_TOL if tol is None else tol
     if weight_kernels.ready():  # the same Krylov space, one read of the tap per step, compiled (``weight_kernels``)
