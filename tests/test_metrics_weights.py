@@ -388,3 +388,50 @@ def test_weight_kernels_run_blas_on_one_thread_and_give_the_setting_back(monkeyp
     assert len(seen) == calls and all(set(s.values()) == {1} for s in seen)
     assert before and set(before.values()) == {2} and after == before
     assert got["spectral_norm"] == pytest.approx(spectral_norm(w), rel=1e-5) and got["dfi"] == pytest.approx(dfi(w), rel=1e-5)
+
+
+@pytest.mark.parametrize("path", ["compiled", "blas", "device-units"])
+def test_tiny_and_huge_weights_give_the_definitions_values(path, monkeypatch):
+    """Layers of a real timm model scaled to 1e-30, 1e-12, 1e12 and 1e30 (a dead branch, a diverged run): every
+    weight metric equals the float64 definition, with no non-finite warning. Before, X^T X and its squares left
+    float32's range: dfi_si read 0 ("a flat spectrum") at 1e-12, stable_rank 0 and spectral_norm inf on a conv at
+    1e12, fro_norm / sfe inf at 1e20. "device-units": the device path's units (a tensor, 1 for the taps in range)."""
+    import warnings
+
+    import timm
+
+    import plasticity_core.metrics.weights as weights
+    from plasticity_core.metrics import diagnose, weight_kernels
+    from plasticity_core.metrics.diagnose import clear_weight_cache
+
+    if path == "compiled" and not weight_kernels.ready():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(weight_kernels, "ENABLED", path == "compiled")
+    if path == "device-units":
+        monkeypatch.setattr(weights, "tap_units", weights.powers_of_two)
+    torch.manual_seed(0)
+    m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
+    reference = {k: v.clone() for k, v in m.state_dict().items()}
+    layers = pc_layers(m)
+    scaled = dict(zip([l.name for l in layers[1:9:2]], (1e-30, 1e-12, 1e12, 1e30)))
+    with torch.no_grad():
+        for layer in layers:
+            if layer.name in scaled:
+                w = layer.weight(m)
+                w.copy_((w.double() * scaled[layer.name]).float())
+    names = ["dfi", "dfi_si", "fro_norm", "spectral_norm", "stable_rank", "sfe", "sfe_rel"]
+    clear_weight_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = diagnose(m, [], metrics=names, reference=reference).wide()
+    clear_weight_cache()
+    pure = {"dfi": dfi, "dfi_si": dfi_si, "fro_norm": fro_norm, "spectral_norm": spectral_norm,
+            "stable_rank": stable_rank}
+    for layer in layers:
+        w = layer.weight(m).detach()
+        w0 = reference[f"{layer.module_name}.weight"]
+        want = {k: f(w) for k, f in pure.items()} | {"sfe": sfe(w, w0), "sfe_rel": sfe_rel(w, w0)}
+        for k, v in want.items():
+            assert d.at[layer.name, k] == pytest.approx(v, rel=1e-5, abs=1e-6 if k == "dfi_si" else 0), \
+                (layer.name, scaled.get(layer.name, 1.0), k)
+    assert len(scaled) == 4

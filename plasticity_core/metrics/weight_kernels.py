@@ -45,7 +45,7 @@ def _kernel():
 
     # compile now (or load numba's cache), so that a failure shows here
     k.top_sigma(np.ones((1, 2, 2), np.float32), np.ones(2, np.float32) / np.float32(math.sqrt(2)), 1e-6, 4, 2, 2,
-                np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64), np.empty((4, 2), np.float32), 1e-12, 1e12)
+                np.empty(1), np.empty(1, np.bool_), np.empty(1, np.int64), np.empty((4, 2), np.float32))
     k.sums_of_squares(np.ones((1, 2), np.float32), np.empty(1))
     return k
 
@@ -81,15 +81,15 @@ def rows(x: np.ndarray) -> np.ndarray:
     return xt if xt.flags.c_contiguous else np.ascontiguousarray(x)
 
 
-def top(x: np.ndarray, start: np.ndarray, tol: float, max_steps: int, first_check: int, check: int,
-        tiny: float = 1e-12, huge: float = 1e12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top(x: np.ndarray, start: np.ndarray, tol: float, max_steps: int, first_check: int,
+        check: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(sigma_1, converged, steps)`` of every tap of ``x`` (``(b, p, q)`` float32, finite, rows contiguous: see
-    ``rows``), ``start`` the unit start vector of length ``q``; a tap whose ``max |x|`` lies outside ``[tiny, huge]``
-    is iterated on ``X / max |x|`` (``X^T X`` would leave float32's range). Needs ``ready()``."""
+    ``rows``; ``||X||_F^2`` within ``weights.FRO2_RANGE``, where ``X^T X`` stays in float32's range),
+    ``start`` the unit start vector of length ``q``. Needs ``ready()``."""
     nb, q = x.shape[0], x.shape[2]
     out, conv, steps = np.zeros(nb), np.ones(nb, dtype=bool), np.zeros(nb, dtype=np.int64)
     _kernel().top_sigma(x, start.astype(np.float32), float(tol), int(max_steps), int(first_check), int(check), out,
-                        conv, steps, _scratch(min(max_steps, q) + 2, q), float(tiny), float(huge))
+                        conv, steps, _scratch(min(max_steps, q) + 2, q))
     return out, conv, steps
 
 
@@ -107,8 +107,8 @@ def _scratch(rows_: int, q: int) -> np.ndarray:
 
 def sums_of_squares(x: torch.Tensor) -> torch.Tensor:
     """``||X||_F^2`` of every tap of ``x`` (``(b, m, n)`` float32 on the CPU, see ``rows``; a strided one is copied),
-    one read each, accumulated in float64; float32 ``(b,)``. Needs ``ready()``."""
+    one read each, accumulated in float64; float64 ``(b,)``. Needs ``ready()``."""
     xr = rows(x.detach().numpy())
     out = np.empty(len(xr))
     _kernel().sums_of_squares(xr.reshape(len(xr), -1), out)
-    return torch.from_numpy(out.astype(np.float32))
+    return torch.from_numpy(out)

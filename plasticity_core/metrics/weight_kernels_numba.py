@@ -106,22 +106,12 @@ def largest(x):
     return m
 
 
-@numba.njit(nogil=True, cache=True)
-def rescaled(x, by):
-    """``x / by`` (float64 division, float32 result): a tap brought to ``max |x| = 1``."""
-    out = np.empty_like(x)
-    for r in range(x.shape[0]):
-        for i in range(x.shape[1]):
-            out[r, i] = np.float32(np.float64(x[r, i]) / by)
-    return out
-
-
 @numba.njit(fastmath=FAST, nogil=True, cache=True)
-def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs, tiny, huge):
+def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs):
     """For every tap ``x[b]`` (p x q, rows contiguous, finite): ``sigma_1`` into ``out[b]``, whether the rule
     was met into ``conv[b]``, the steps taken into ``steps[b]``. ``vs``: scratch for the Lanczos vectors, at least
-    ``(min(max_steps, q) + 2) x q`` float32 (the caller keeps it: a fresh one per call costs page faults). A tap
-    with ``max |x|`` outside ``[tiny, huge]`` is iterated on ``X / max |x|``."""
+    ``(min(max_steps, q) + 2) x q`` float32 (the caller keeps it: a fresh one per call costs page faults). The
+    caller brings each tap's ``||X||_F^2`` into float32's safe range (``weights.tap_units``)."""
     nb, p, q = x.shape
     k = min(max_steps, q)
     w = vs[k + 1]
@@ -135,10 +125,6 @@ def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs
         out[b], conv[b], steps[b] = 0.0, True, 0
         if amax == 0.0:
             continue
-        unit = 1.0
-        if amax < tiny or amax > huge:  # G's entries (~max|x|^2) would leave float32's range: iterate on X / max|x|
-            xb = rescaled(xb, amax)
-            unit, amax = amax, float(largest(xb))
         scale = amax * max(p, q) * eps  # GKL's breakdown threshold (sigma units)
         vs[0] = start
         prev, dmax = 0.0, 0.0
@@ -186,7 +172,7 @@ def top_sigma(x, start, tol, max_steps, first_check, check, out, conv, steps, vs
             if closed or last or (j + 1 >= first_check and (j + 1) % check == 0):
                 top, second, y2 = ritz(d, e, j + 1)
                 s = math.sqrt(max(top, 0.0))
-                out[b] = s * unit
+                out[b] = s
                 if closed or j + 1 == q:
                     break
                 r = beta * math.sqrt(y2)

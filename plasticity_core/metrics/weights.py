@@ -18,8 +18,11 @@ products); larger taps run one by one, each staying in cache (batched products o
 On a GPU the taps of one shape run together in one batch. Taps with ``n <= SMALL_N`` columns (stems, depthwise
 kernels, 1-column taps) take one batched exact ``svdvals``. The Ritz value never exceeds ``sigma_1`` (up to
 rounding); the tests check it against ``torch.linalg`` to 1e-5.
-Frobenius norms accumulate in float64 (exact to float32 rounding at any size). No function here returns NaN
-for a finite weight.
+Frobenius norms accumulate in float64 (exact to float32 rounding at any size). A tap whose ``||X||_F^2`` lies
+outside ``FRO2_RANGE`` (its Gram, the Gram's squares or Lanczos' ``G v`` would leave float32's range; on a tap of
+a million entries: an RMS entry below 1e-7 or above 10) is read as ``X / 2^k``, ``2^k`` the power of two nearest its RMS entry (exact;
+see ``tap_units``), and the metrics scale back in float64: the values are those of the definitions at any scale a
+float32 weight can take. No function here returns NaN for a finite weight.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ GKL_CHECK = 4  # steps between convergence checks (each decomposes the small bid
 GKL_FIRST_CHECK = 16
 SMALL_N = 32  # at most this many columns: one batched exact svdvals (cheaper than any iteration)
 BATCH_BYTES = 1 << 18  # CPU: taps of one shape up to this size step together; larger ones run one by one in cache
-TINY_MAX, HUGE_MAX = 1e-12, 1e12  # max |x| of a tap outside these: the Lanczos runs on X / max|x| (float32 range)
+FRO2_RANGE = (1e-8, 1e8)  # ||X||_F^2 of a tap outside this: its metrics read X / 2^k (see ``tap_units``)
 
 
 def tall_taps(w: torch.Tensor, dtype: torch.dtype = torch.float32, contiguous: bool = False) -> torch.Tensor:
@@ -123,13 +126,50 @@ def _gram_norms_syrk(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tap_fro2(w: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
-    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), fp32 with pairwise summation; on the
-    CPU with the compiled kernels, one read of each tap accumulated in float64 (``taps``: ``tall_taps(w)``, if the
-    caller has it)."""
+    """``||X||_F^2`` of each tap of the weight ``w`` (in ``tall_taps`` order), accumulated in float64 (float64: no
+    float32 weight overflows or underflows it): on the CPU with the compiled kernels one read of each tap (``taps``:
+    ``tall_taps(w)``, if the caller has it), else torch's float64 norm."""
     if w.device.type == "cpu" and weight_kernels.ready():
         return weight_kernels.sums_of_squares(tall_taps(w, contiguous=True) if taps is None else taps)
-    w = w.detach().float()
-    return w.square().sum().reshape(1) if w.dim() == 2 else w.square().sum((0, 1)).flatten()
+    w = w.detach()
+    if w.dim() == 2:
+        return torch.linalg.vector_norm(w, dtype=torch.float64).square().reshape(1)
+    return torch.linalg.vector_norm(w, dim=(0, 1), dtype=torch.float64).square().flatten()
+
+
+def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
+    """``sum t^2`` over the whole tensor, accumulated in float64 (0-d float64; compiled on the CPU where it can)."""
+    if t.device.type == "cpu" and t.dtype == torch.float32 and weight_kernels.ready():
+        return weight_kernels.sums_of_squares(t.reshape(1, 1, -1))[0]
+    return torch.linalg.vector_norm(t, dtype=torch.float64).square()
+
+
+def tap_units(fro2: torch.Tensor, entries: int) -> torch.Tensor | None:
+    """Per tap (``fro2``: float64 ``||X||_F^2`` of taps of ``entries`` entries): ``2^k``, the power of two nearest
+    the RMS entry, where ``fro2`` lies outside ``FRO2_RANGE``, else 1 (float64). ``X / 2^k`` is exact and in range:
+    Grams and Lanczos run on it and the metrics scale back in float64. None on the CPU when no tap needs it (no
+    copy); on a device always a tensor (no host read)."""
+    if fro2.device.type == "cpu" and not _extreme(fro2.numpy()).any():  # numpy: a few microseconds per layer
+        return None
+    return powers_of_two(fro2, entries)
+
+
+def _extreme(fro2):
+    """Where ``fro2`` (tensor or array) is finite, nonzero and outside ``FRO2_RANGE``."""
+    lo, hi = FRO2_RANGE
+    return (fro2 > 0) & ((fro2 < lo) | (fro2 > hi)) & (fro2 < math.inf)
+
+
+def powers_of_two(fro2: torch.Tensor, entries: int) -> torch.Tensor:
+    """``tap_units`` as a tensor on any device, 1 for the taps in range (the device path: no host read)."""
+    extreme = _extreme(fro2)
+    k = torch.round(torch.log2(torch.where(extreme, fro2, torch.ones_like(fro2)) / entries) / 2)
+    return torch.where(extreme, torch.pow(2.0, k), torch.ones_like(fro2))
+
+
+def unit_taps(x: torch.Tensor, unit: torch.Tensor | None) -> torch.Tensor:
+    """The taps ``x`` divided by their ``tap_units`` (``x`` itself for None)."""
+    return x if unit is None else x / unit.to(x.dtype)[:, None, None]
 
 
 @functools.lru_cache(maxsize=64)
@@ -222,7 +262,8 @@ def _converged(est, s, prev, tol: float):
 
 
 def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32) by Golub-Kahan-Lanczos
+    """``(sigma_1, converged)`` of every tap of ``x`` (``(b, m, n)``, finite, tall, float32, ``||X||_F^2`` within
+    ``FRO2_RANGE``: see ``top_singular``) by Golub-Kahan-Lanczos
     bidiagonalisation (see ``_gkl_batch``), or, where ``weight_kernels.ready()``, by its compiled Lanczos on ``X^T X``.
 
     Without the compiled kernel, taps of up to ``BATCH_BYTES`` step together (``_gkl_batch``, whatever their number,
@@ -234,15 +275,8 @@ def gkl_top(x: np.ndarray, tol: float | None = None, max_steps: int | None = Non
     if weight_kernels.ready():  # the same Krylov space, one read of the tap per step, compiled (``weight_kernels``)
         xr = weight_kernels.rows(x)
         top, ok, _ = weight_kernels.top(xr, start_vector(xr.shape[2]).numpy(), tol,
-                                        GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK,
-                                        TINY_MAX, HUGE_MAX)
+                                        GKL_MAX_STEPS if max_steps is None else max_steps, GKL_FIRST_CHECK, GKL_CHECK)
         return top, ok
-    amax = np.abs(x).max((1, 2)) if x.size else np.zeros(len(x))
-    extreme = (amax > 0) & ((amax < TINY_MAX) | (amax > HUGE_MAX))
-    if extreme.any():  # squares of the entries would leave float32's range in the norms: iterate on X / max|x|
-        unit = np.where(extreme, amax, 1.0)
-        top, ok = gkl_top((x / unit[:, None, None]).astype(x.dtype), tol, max_steps)
-        return top * unit, ok
     with one_blas_thread():
         if steps_together(x.shape[1], x.shape[2], x.itemsize):
             return _gkl_batch(np.ascontiguousarray(x), tol, max_steps)
@@ -435,22 +469,29 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
                  fro2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``sigma_1`` of every tap of ``x`` (``(b, m, n)`` tall, fp32) and a per-tap mask of the exact fallbacks.
 
-    Non-finite taps give NaN (``fro2``, the per-tap ``||X||_F^2``, when given, spares the finiteness scan: a
-    finite sum means finite entries). ``batched`` (default: on a GPU) runs the taps together (``gkl_top_batched``),
-    else one by one on the CPU (``gkl_top``); both fall back to an exact ``svdvals`` for a tap whose error
-    estimate is above ``GKL_TOL`` after ``GKL_MAX_STEPS`` steps.
+    ``fro2``: the per-tap float64 ``||X||_F^2`` (``tap_fro2``), computed here when not given. Non-finite taps
+    (a non-finite sum) give NaN; a tap outside ``FRO2_RANGE`` is iterated on ``X / 2^k`` (``tap_units``).
+    ``batched`` (default: on a GPU) runs the taps together (``gkl_top_batched``), else one by one on the CPU
+    (``gkl_top``); both fall back to an exact ``svdvals`` for a tap whose error estimate is above ``GKL_TOL`` after
+    ``GKL_MAX_STEPS`` steps.
     """
     b, m, n = x.shape
-    finite = None if fro2 is None else torch.isfinite(fro2).cpu()
-    if finite is None or not finite.all():
-        finite = torch.isfinite(x).flatten(1).all(1).cpu()
+    if fro2 is None:
+        fro2 = (weight_kernels.sums_of_squares(x) if x.device.type == "cpu" and weight_kernels.ready()
+                else torch.linalg.vector_norm(x, dim=(1, 2), dtype=torch.float64).square())
+    finite = torch.isfinite(fro2).cpu()
+    unit = tap_units(fro2, m * n)
     if bool(finite.all()):  # the usual case: no index bookkeeping
-        return _top_finite(x, batched)
+        s1, slow = _top_finite(unit_taps(x, unit), batched)
+        return s1 if unit is None else (s1.double() * unit).to(x.dtype), slow
     out = torch.full((b,), float("nan"), dtype=x.dtype, device=x.device)
     slow = torch.zeros(b, dtype=torch.bool)
     idx = finite.nonzero().flatten()
     if idx.numel():
-        out[idx.to(x.device)], slow[idx] = _top_finite(x[idx.to(x.device)], batched)
+        i = idx.to(x.device)
+        u = None if unit is None else unit[i]
+        s1, slow[idx] = _top_finite(unit_taps(x[i], u), batched)
+        out[i] = s1 if u is None else (s1.double() * u).to(x.dtype)
     return out, slow
 
 
@@ -461,12 +502,9 @@ def _top_finite(x: torch.Tensor, batched: bool | None) -> tuple[torch.Tensor, to
         return torch.linalg.svdvals(x)[:, 0], torch.zeros(x.shape[0], dtype=torch.bool)
     if batched is None:
         batched = x.device.type != "cpu"
-    if batched:  # on X / max|x| where its squares would leave float32's range (no host read: x / 1 is x)
-        amax = x.abs().amax((1, 2))
-        unit = torch.where((amax > 0) & ((amax < TINY_MAX) | (amax > HUGE_MAX)), amax, torch.ones_like(amax))
-        s1, est = gkl_top_batched(x / unit[:, None, None], min(GKL_MAX_STEPS, n))
-        bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()  # scale-free
-        s1 = s1 * unit
+    if batched:
+        s1, est = gkl_top_batched(x, min(GKL_MAX_STEPS, n))
+        bad = (~(est <= GKL_TOL * s1.square()) & ((n > GKL_MAX_STEPS) | torch.isinf(est))).cpu()
     else:
         top, ok = gkl_top(x.detach().cpu().numpy())
         s1 = torch.from_numpy(top).to(device=x.device, dtype=x.dtype)
@@ -486,6 +524,8 @@ class WeightView:
         self._gram_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self._taps: torch.Tensor | None = None
         self._fro2: torch.Tensor | None = None
+        self._unit: tuple[torch.Tensor | None] | None = None
+        self._scaled: torch.Tensor | None = None
         self._all_finite: bool | None = None
         self._sfe: torch.Tensor | None = None
         self.compiled = self.w.device.type == "cpu" and weight_kernels.ready()  # tap by tap, compiled (CPU)
@@ -501,9 +541,10 @@ class WeightView:
 
     @property
     def gram_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(||X^T X - I||_F^2, ||X^T X||_F^2)`` per tap (computed on first use: only ``dfi`` / ``dfi_si`` read them)."""
+        """``(||X^T X - I||_F^2, ||X^T X||_F^2)`` per tap of the ``scaled`` taps (computed on first use: only
+        ``dfi`` / ``dfi_si`` read them)."""
         if self._gram_norms is None:
-            self._gram_norms = gram_norms(self.taps)
+            self._gram_norms = gram_norms(self.scaled)
         return self._gram_norms
 
     @property
@@ -514,10 +555,29 @@ class WeightView:
 
     @property
     def fro2(self) -> torch.Tensor:
-        """``||X||_F^2`` per tap (fp32)."""
+        """``||X||_F^2`` per tap (float64)."""
         if self._fro2 is None:
             self._fro2 = tap_fro2(self.w, self.taps if self.compiled else None)
         return self._fro2
+
+    @property
+    def unit(self) -> torch.Tensor | None:
+        """Per tap, the power of two the taps are divided by in ``scaled`` (``tap_units``; None: none is)."""
+        if self._unit is None:
+            self._unit = (tap_units(self.fro2, self.taps.shape[1] * self.taps.shape[2]),)
+        return self._unit[0]
+
+    @property
+    def scaled(self) -> torch.Tensor:
+        """The taps divided by ``unit``: what the Grams and the Lanczos read (the taps themselves where in range)."""
+        if self._scaled is None:
+            self._scaled = unit_taps(self.taps, self.unit)
+        return self._scaled
+
+    @property
+    def fro2_scaled(self) -> torch.Tensor:
+        """``||X / unit||_F^2`` per tap (float64, exact: the units are powers of two)."""
+        return self.fro2 if self.unit is None else self.fro2 / self.unit.square()
 
     @property
     def all_finite(self) -> bool:
@@ -535,11 +595,17 @@ class WeightView:
 
     def release(self) -> None:
         """Drop the per-tap copies and the Gram (the values computed from them stay)."""
-        self._taps = self._gram = None
+        self._taps = self._scaled = self._gram = None
+
+    def sigma1_scaled(self) -> torch.Tensor:
+        """``sigma_1`` per tap of the ``scaled`` taps, shape ``(taps,)`` (batched with every other layer of the same
+        diagnosis)."""
+        return self.spectra.top(self)
 
     def sigma1(self) -> torch.Tensor:
-        """``sigma_1`` per tap, shape ``(taps,)`` (batched with every other layer of the same diagnosis)."""
-        return self.spectra.top(self)
+        """``sigma_1`` per tap (float64 where a tap was scaled)."""
+        s1 = self.sigma1_scaled()
+        return s1 if self.unit is None else s1.double() * self.unit
 
 
 class SpectraBatch:
@@ -558,7 +624,7 @@ class SpectraBatch:
     def top(self, view: WeightView) -> torch.Tensor:
         if id(view) not in self.done:
             if view.compiled:  # tap by tap in compiled code: nothing to batch, no other layer's taps held
-                self.done[id(view)], slow = top_singular(view.taps, fro2=view.fro2)
+                self.done[id(view)], slow = top_singular(view.scaled, fro2=view.fro2_scaled)
                 self.fallback[id(view)] = int(slow.sum())
             else:
                 self._run()
@@ -572,10 +638,11 @@ class SpectraBatch:
         for (_, dev), vs in groups.items():
             m, n = vs[0].taps.shape[1:]
             if dev.type == "cpu" and (len(vs) == 1 or not steps_together(m, n, vs[0].taps.element_size())):
-                parts = [top_singular(v.taps, fro2=v.fro2) for v in vs]
+                parts = [top_singular(v.scaled, fro2=v.fro2_scaled) for v in vs]
             else:
                 sizes = [v.taps.shape[0] for v in vs]
-                top, slow = top_singular(torch.cat([v.taps for v in vs]), fro2=torch.cat([v.fro2 for v in vs]))
+                top, slow = top_singular(torch.cat([v.scaled for v in vs]),
+                                         fro2=torch.cat([v.fro2_scaled for v in vs]))
                 parts = list(zip(top.split(sizes), slow.split(sizes)))
             for v, (t, slow) in zip(vs, parts):
                 self.done[id(v)] = t
@@ -595,7 +662,7 @@ def _dfi_si_g(g: torch.Tensor) -> torch.Tensor:
 
 
 def _stable_rank(fro2: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-    lam = s1.square()
+    lam = s1.to(fro2.dtype).square()
     return torch.where(lam > 0, fro2 / lam.clamp_min(torch.finfo(lam.dtype).tiny), torch.zeros_like(lam)).mean()
 
 
@@ -605,16 +672,18 @@ def _check_pair(w: torch.Tensor, w0: torch.Tensor) -> None:
 
 
 def sfe_t(w: torch.Tensor, w0: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``||w - w0||_F^2``: the difference in ``dtype``, its squares summed in float64 (0-d float64)."""
     _check_pair(w, w0)
-    return torch.sub(w.detach().to(dtype), w0.detach().to(device=w.device, dtype=dtype)).square_().sum()
+    return sum_of_squares(torch.sub(w.detach().to(dtype), w0.detach().to(device=w.device, dtype=dtype)))
 
 
 def sfe_rel_t(w: torch.Tensor, w0: torch.Tensor, dtype: torch.dtype = torch.float32, eps: float = SFE_EPS) -> torch.Tensor:
-    ref = w0.detach().to(device=w.device, dtype=dtype).square().sum()
+    ref = sum_of_squares(w0.detach().to(device=w.device, dtype=dtype))
     return sfe_t(w, w0, dtype) / ref.clamp_min(eps)
 
 
-# ---- the registered metrics (fp32 on the weight's device, 0-d tensors, no host sync) ----
+# ---- the registered metrics (0-d tensors on the weight's device, float64 where a value can leave float32's
+# range, no host sync) ----
 
 @register_metric("sfe", family="weights", definition="||W - W0||_F^2 against the pretrained reference W0 (whole tensor)")
 def _sfe(v: WeightView) -> torch.Tensor | None:
@@ -625,13 +694,19 @@ def _sfe(v: WeightView) -> torch.Tensor | None:
                  definition="sfe / max(||W0||_F^2, eps), eps = 1e-12 by default (whole tensor)")
 def _sfe_rel(v: WeightView, eps: float) -> torch.Tensor | None:
     sfe = v.sfe
-    return None if sfe is None else sfe / v.w0.float().square().sum().clamp_min(eps)
+    return None if sfe is None else sfe / sum_of_squares(v.w0.float()).clamp_min(eps)
 
 
 @register_metric("dfi", family="weights",
                  definition="||X^T X - I_n||_F^2 of the tall matrix X (conv: mean over spatial taps)")
 def _dfi(v: WeightView) -> torch.Tensor:
-    return v.gram_norms[0].mean()
+    dev = v.gram_norms[0]
+    if v.unit is None:
+        return dev.mean()
+    # a scaled tap: ||u^2 G_s - I||^2 = u^4 ||G_s||^2 - 2 ||X||_F^2 + n (no cancellation: u^2 G_s is far from I)
+    n, u2 = v.taps.shape[-1], v.unit.square()
+    far = u2.square() * v.gram_norms[1].double() - 2.0 * v.fro2 + n
+    return torch.where(v.unit == 1, dev.double(), far).mean()
 
 
 @register_metric("dfi_si", family="weights",
@@ -640,7 +715,7 @@ def _dfi_si(v: WeightView) -> torch.Tensor:
     n = v.taps.shape[-1]
     if n == 1:  # one singular value per tap: exactly 0 (the ratio below would give rounding noise, ~1e-7)
         return torch.zeros((), dtype=v.fro2.dtype, device=v.fro2.device)
-    sq = v.fro2.square()  # ||X||_F^4 per tap
+    sq = v.fro2_scaled.square()  # ||X||_F^4 per tap (of the scaled taps, as the Gram's norm)
     ratio = n * v.gram_norms[1] / sq.clamp_min(torch.finfo(sq.dtype).tiny)
     return torch.where(sq > 0, (ratio - 1).clamp_min(0), torch.zeros_like(ratio)).mean()
 
@@ -649,8 +724,8 @@ def _dfi_si(v: WeightView) -> torch.Tensor:
 def _fro(v: WeightView) -> torch.Tensor:
     # per-tap pairwise (cascade) fp32 sums, added in float64: Tensor.norm() loses ~3e-4 at 1e7 entries on the CPU
     if v.w.dim() in (2, 3, 4):
-        return v.fro2.double().sum().sqrt().float()
-    return v.w.float().square().sum().sqrt()
+        return v.fro2.sum().sqrt()
+    return sum_of_squares(v.w.float()).sqrt()
 
 
 @register_metric("spectral_norm", family="weights", version=2,
@@ -664,7 +739,7 @@ def _spectral(v: WeightView) -> torch.Tensor:
 @register_metric("stable_rank", family="weights", version=2,
                  definition="||X||_F^2 / sigma_1^2, the classical stable rank (conv: mean over taps; 0 for a zero matrix)")
 def _srank(v: WeightView) -> torch.Tensor:
-    return _stable_rank(v.fro2, v.sigma1())
+    return _stable_rank(v.fro2_scaled, v.sigma1_scaled())
 
 
 # ---- the pure functions of the public API (float64, host floats) ----
