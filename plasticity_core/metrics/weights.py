@@ -149,8 +149,10 @@ def tap_units(fro2: torch.Tensor, entries: int) -> torch.Tensor | None:
     the RMS entry, where ``fro2`` lies outside ``FRO2_RANGE``, else 1 (float64). ``X / 2^k`` is exact and in range:
     Grams and Lanczos run on it and the metrics scale back in float64. None on the CPU when no tap needs it (no
     copy); on a device always a tensor (no host read)."""
-    if fro2.device.type == "cpu" and not _extreme(fro2.numpy()).any():  # numpy: a few microseconds per layer
-        return None
+    if fro2.device.type == "cpu":  # numpy: a few microseconds per layer
+        f = fro2.numpy()
+        if f.size == 0 or FRO2_RANGE[0] <= f.min() <= f.max() <= FRO2_RANGE[1] or not _extreme(f).any():
+            return None
     return powers_of_two(fro2, entries)
 
 
