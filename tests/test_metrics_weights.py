@@ -390,12 +390,13 @@ def test_weight_kernels_run_blas_on_one_thread_and_give_the_setting_back(monkeyp
     assert got["spectral_norm"] == pytest.approx(spectral_norm(w), rel=1e-5) and got["dfi"] == pytest.approx(dfi(w), rel=1e-5)
 
 
-@pytest.mark.parametrize("path", ["compiled", "blas", "device-units"])
+@pytest.mark.parametrize("path", ["compiled", "blas", "device-like"])
 def test_tiny_and_huge_weights_give_the_definitions_values(path, monkeypatch):
     """Layers of a real timm model scaled to 1e-30, 1e-12, 1e12 and 1e30 (a dead branch, a diverged run): every
     weight metric equals the float64 definition, with no non-finite warning. Before, X^T X and its squares left
     float32's range: dfi_si read 0 ("a flat spectrum") at 1e-12, stable_rank 0 and spectral_norm inf on a conv at
-    1e12, fro_norm / sfe inf at 1e20. "device-units": the device path's units (a tensor, 1 for the taps in range)."""
+    1e12, fro_norm / sfe inf at 1e20. "device-like": what a GPU runs, here on the CPU: the units as a tensor (1 for
+    the taps in range, no host read), the batched Golub-Kahan-Lanczos, the Gram norms by column-half blocks."""
     import warnings
 
     import timm
@@ -407,8 +408,11 @@ def test_tiny_and_huge_weights_give_the_definitions_values(path, monkeypatch):
     if path == "compiled" and not weight_kernels.ready():
         pytest.skip("numba not installed")
     monkeypatch.setattr(weight_kernels, "ENABLED", path == "compiled")
-    if path == "device-units":
+    if path == "device-like":
         monkeypatch.setattr(weights, "tap_units", weights.powers_of_two)
+        top_finite = weights._top_finite
+        monkeypatch.setattr(weights, "_top_finite", lambda x, batched: top_finite(x, True))
+        monkeypatch.setattr(weights, "_gram_norms_syrk", lambda a: weights._gram_norms_blocks(torch.from_numpy(a)))
     torch.manual_seed(0)
     m = timm.create_model("test_resnet", pretrained=False, num_classes=4)
     reference = {k: v.clone() for k, v in m.state_dict().items()}
@@ -435,3 +439,10 @@ def test_tiny_and_huge_weights_give_the_definitions_values(path, monkeypatch):
             assert d.at[layer.name, k] == pytest.approx(v, rel=1e-5, abs=1e-6 if k == "dfi_si" else 0), \
                 (layer.name, scaled.get(layer.name, 1.0), k)
     assert len(scaled) == 4
+    base = torch.randn(400, 256, generator=torch.Generator().manual_seed(3)) / 20  # n >= GRAM_SPLIT_N: split Grams
+    for scale in (1e-30, 1e-12, 1.0, 1e12, 1e30):
+        w = (base.double() * scale).float()
+        got = weight_metrics(w, base, set(names))
+        want = {k: f(w) for k, f in pure.items()} | {"sfe": sfe(w, base), "sfe_rel": sfe_rel(w, base)}
+        for k, v in want.items():
+            assert float(got[k]) == pytest.approx(v, rel=1e-5), (scale, k)
