@@ -94,6 +94,12 @@ def _writable(path: str, flag: str = "--out") -> Path:
     return p
 
 
+def _table(df) -> str:
+    """A table for the terminal: floats to 6 significant digits (a fixed number of decimals printed a 1e-11 weight
+    norm as 0)."""
+    return df.to_string(float_format=lambda v: f"{v:.6g}")
+
+
 def _device(name: str | None) -> str | None:
     """``--device`` checked before any work (``finetune.resolve_device``: a device this machine has)."""
     if name is not None:
@@ -151,7 +157,7 @@ def cmd_diagnose(args) -> int:
     d = diagnose(bb, data.val, metrics=args.metrics, max_batches=args.batches, device=device,
                  progress=_progress("diagnose"))
     d.save(out)
-    print(d.wide().round(4).to_string())
+    print(_table(d.wide()))
     if d.meta.get("no_gradient"):
         print(f"note: gradient metrics are n/a for {len(d.meta['no_gradient'])} layer(s) whose output never joined the "
               f"autograd graph (run under no_grad or detached): {', '.join(d.meta['no_gradient'][:8])}", file=sys.stderr)
@@ -192,7 +198,7 @@ def cmd_reinit(args) -> int:
         print(f"note: head linear-probed for {cfg.head_probe_steps} steps (seed {head_seed}), as the config records",
               file=sys.stderr)
     report = apply_reinit(bb.model, cfg, data=data)
-    print(report.table.round(4).to_string())
+    print(_table(report.table))
     for note in getattr(report, "notes", []):
         print(f"note: {note}", file=sys.stderr)
     save_weights(bb.model, out)

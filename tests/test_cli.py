@@ -64,3 +64,13 @@ def test_diagnose_names_the_layers_whose_sigma_1_took_the_exact_svd(tmp_path, ca
     assert rc == 0 and slow
     line = next(l for l in err.splitlines() if "came from an exact SVD" in l)
     assert f"of {len(slow)} layer(s)" in line and all(name in line for name in slow[:8])
+
+
+def test_the_printed_table_keeps_tiny_and_huge_values():
+    """The terminal table shows 6 significant digits: a 1e-11 weight norm of a dead layer is not printed as 0
+    (``round(4)`` printed it as 0.000000e+00), nor a 3e51 dfi rounded away."""
+    from plasticity_core.cli import _table
+
+    text = _table(pd.DataFrame({"fro_norm": [1.661123e-11, 12.8111], "dfi": [3.030945e51, 271.9969]},
+                               index=["blocks.5.0.conv_pw", "blocks.4.0.conv_pw"]))
+    assert "1.66112e-11" in text and "3.03095e+51" in text and "12.8111" in text and "271.997" in text

@@ -40,7 +40,7 @@ def test_zero_steps_is_the_untrained_head_and_bad_steps_are_refused():
 def test_cli_reinit_repeats_the_probe_the_config_records(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from plasticity_core.cli import main
+    from plasticity_core.cli import _table, main
 
     bb, data, _, _ = _probed(3)
     cfg = pc.ReinitConfig(strategy="targeted", layers=["layer3*"], params={"criterion": "grad", "fraction": 0.25},
@@ -51,7 +51,7 @@ def test_cli_reinit_repeats_the_probe_the_config_records(tmp_path, capsys):
             "--num-classes", "4", "--data", DATA, "--image-size", "32", "--out", str(tmp_path / "w.safetensors")]
     assert main(argv) == 0
     out = capsys.readouterr()
-    assert "linear-probed for 3 steps" in out.err and report.table.round(4).to_string() in out.out
+    assert "linear-probed for 3 steps" in out.err and _table(report.table) in out.out
     w = load_file(tmp_path / "w.safetensors")
     assert all(torch.equal(v, w[k]) for k, v in bb.model.state_dict().items() if k in w)
     assert main(argv[:-6] + ["--out", str(tmp_path / "x.safetensors")]) == 2  # no --data: the probe cannot be repeated
