@@ -77,3 +77,19 @@ def test_top_k_ranks_by_the_metric_and_history_compares_before_and_after_a_reini
     moved = change.set_index("layer")["after"]
     assert (moved[[n for n in moved.index if n.startswith("layer4.")]] > 0).all()  # reset moved layer4 from pretrained
     assert (moved[[n for n in moved.index if n.startswith("layer1.")]] == 0).all()  # and nothing else
+
+
+def test_number_tables_show_four_significant_digits():
+    """The one-layer values and the layer table format every metric to 4 significant digits: Streamlit's default
+    showed a dead layer's 1.66e-11 fro_norm as 0.00000000001 (cut off in the layer table) and a diverged layer's
+    3.03e51 dfi as unformatted text (seen in Chromium on a checkpoint with such layers)."""
+    import json
+
+    at = _diagnosed(["dfi", "fro_norm", "dormant"], batches=1)
+    d = at.session_state["diagnosis"]
+    values = next(df for df in at.dataframe if list(df.value.columns) == ["value"])
+    layer_table = at.dataframe[-1]
+    assert json.loads(values.proto.columns)["value"]["type_config"]["format"] == "%.4g"
+    config = json.loads(layer_table.proto.columns)
+    assert all(config[m]["type_config"]["format"] == "%.4g" for m in d.metrics), config
+    assert "units" not in config  # integer columns keep their own format

@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 import plasticity_core as pc
-from dashboard import checks, forms, state, views
+from dashboard import checks, forms, state, tables, views
 from plasticity_core import directions
 from plasticity_core.metrics import ranking
 
@@ -188,7 +188,7 @@ with right:
         st.plotly_chart(views.unit_histogram(diagnosis.units(focus, metric), focus, metric, tau), key="diag_hist")
     else:
         st.caption("No per-unit scores for this layer (no activation metrics requested, or no activation after it).")
-    st.dataframe(wide_all.loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
+    tables.show(wide_all.loc[[focus]].T.rename(columns={focus: "value"}), key="diag_focus_values")
 
 # --- Rank layers by a metric (top k), and compare with an earlier diagnosis of this workspace -----------------------
 st.subheader("Top layers by a metric")
@@ -259,5 +259,5 @@ if kinds:
     table = table[table["kind"].isin(kinds)]
 if stage_filter:
     table = table[table["stage"].isin(stage_filter)]
-st.dataframe(table, hide_index=True, key="diag_table")
+tables.show(table, key="diag_table", hide_index=True)
 

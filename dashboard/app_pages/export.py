@@ -3,7 +3,7 @@
 import streamlit as st
 
 import plasticity_core as pc
-from dashboard import state, views
+from dashboard import state, tables, views
 
 st.title("Export")
 cfg: pc.ReinitConfig | None = st.session_state.get("reinit_cfg")
@@ -48,4 +48,4 @@ else:
     e3.download_button("heatmap.html", lambda: views.heatmap_html(diagnosis), "heatmap.html", "text/html", key="dl_heatmap",
                        help="Interactive, self-contained (works offline). Rendered when you press the button.")
     st.caption("PNG: use the camera icon in any chart's toolbar (Plotly renders it in the browser).")
-    st.dataframe(diagnosis.wide(), key="export_wide")
+    tables.show(diagnosis.wide(), key="export_wide")

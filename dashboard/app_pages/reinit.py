@@ -3,7 +3,7 @@ preview on a copy of the model."""
 import streamlit as st
 
 import plasticity_core as pc
-from dashboard import checks, forms, state, views
+from dashboard import checks, forms, state, tables, views
 
 st.title("Re-init")
 current = state.require_loaded()
@@ -85,7 +85,7 @@ if idle and not pc.STRATEGIES.get(s["strategy"]).during_training:
                f"unchanged: {', '.join(idle[:8])}{' …' if len(idle) > 8 else ''}")
 if len(report.table):
     st.plotly_chart(views.preview_chart(report.table), key="preview_chart")
-    st.dataframe(report.table, hide_index=True, key="preview_table")
+    tables.show(report.table, key="preview_table", hide_index=True)
 if len(report.skipped):
     st.warning(f"{len(report.skipped)} selected layer(s) left alone by {s['strategy']}:")
     st.dataframe(report.skipped, hide_index=True, key="preview_skipped", width="stretch")
