@@ -59,7 +59,7 @@ class ReinitReport:
 
 def layer_row(layer: str, strategy: str, before: torch.Tensor, after: torch.Tensor, units: int, weights: int) -> dict[str, Any]:
     """One report row from a layer's weight before and after (metric functions of plasticity_core.metrics)."""
-    from plasticity_core.metrics import dfi, dfi_si, sfe, sfe_rel
+    from plasticity_core.metrics import dfi, dfi_si, fro_norm, sfe, sfe_rel
 
     before, after = before.detach().float(), after.detach().float()
     return {
@@ -67,5 +67,5 @@ def layer_row(layer: str, strategy: str, before: torch.Tensor, after: torch.Tens
         "sfe": float(sfe(after, before)), "sfe_rel": float(sfe_rel(after, before)),
         "dfi_before": float(dfi(before)), "dfi_after": float(dfi(after)),
         "dfi_si_before": float(dfi_si(before)), "dfi_si_after": float(dfi_si(after)),
-        "norm_before": float(before.norm()), "norm_after": float(after.norm()),
+        "norm_before": fro_norm(before), "norm_after": fro_norm(after),  # float64: the diagnosis' fro_norm
     }
