@@ -153,11 +153,12 @@ def uncovered_layers(model: nn.Module, layers: list[LayerInfo] | None = None) ->
         except LayerMapError:
             layers = []
     covered = {n for layer in layers for n in (layer.module_name, *layer.aliases)}
-    tied = {id(model.get_submodule(layer.module_name).weight) for layer in layers}
+    modules = dict(model.named_modules())  # one walk (this runs in every diagnosis)
+    tied = {id(modules[layer.module_name].weight) for layer in layers}
     out: list[tuple[str, str]] = []
     inside_mha: list[str] = []
-    for name, m in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside_mha):
+    for name, m in modules.items():
+        if inside_mha and any(name.startswith(p + ".") for p in inside_mha):
             continue
         if isinstance(m, nn.MultiheadAttention):
             inside_mha.append(name)
@@ -170,7 +171,7 @@ def uncovered_layers(model: nn.Module, layers: list[LayerInfo] | None = None) ->
                 out.append((name, f"{type(m).__name__} not called in the traced forward pass (unused, or the trace input "
                                   f"did not reach it)"))
             continue
-        big = [(p, t) for p, t in m.named_parameters(recurse=False) if t.dim() >= 2 and id(t) not in tied]
+        big = _own_matrices(m, tied)
         if not big:
             continue
         why = next((w for t, w in _UNCOVERED_WHY.items() if isinstance(m, t)), None)
@@ -181,6 +182,17 @@ def uncovered_layers(model: nn.Module, layers: list[LayerInfo] | None = None) ->
             out.append((f"{name}.{pname}" if name else pname,
                         why or f"a {'x'.join(map(str, t.shape))} parameter of a {type(m).__name__} module, not a "
                                f"Conv1d/Conv2d/Linear layer"))
+    return out
+
+
+def _own_matrices(m: nn.Module, skip: set[int]) -> list[tuple[str, torch.Tensor]]:
+    """The module's own parameters of 2+ dims not in ``skip`` (ids), each once: what ``named_parameters(recurse=False)``
+    yields, without its generator's cost (this runs for every module in every diagnosis)."""
+    out, seen = [], set()
+    for p, t in m._parameters.items():
+        if t is not None and t.dim() >= 2 and id(t) not in skip and id(t) not in seen:
+            seen.add(id(t))
+            out.append((p, t))
     return out
 
 
