@@ -168,3 +168,26 @@ def test_export_files_render_on_request_and_read_back(tmp_path):
     assert pc.Diagnosis.load(tmp_path / "d.parquet").wide().equals(d.wide())
     html = views.heatmap_html(d)
     assert "<html>" in html[:100] and "plotly" in html and "stable_rank" in html
+
+
+def _table_app():
+    import pandas as pd
+
+    from dashboard import tables
+
+    tables.show(pd.DataFrame({"fro_norm": [1.66e-11, 12.8], "dfi": [3.03e51, 272.0], "units": [576, 384]},
+                             index=["blocks.5.0.conv_pw", "blocks.4.0.conv_pw"]), key="t", hide_index=True)
+
+
+def test_number_tables_format_small_values_to_significant_digits_and_large_columns_scientific():
+    """What Streamlit receives for a dead layer's 1.66e-11 norm (``%.4g``: 1.66e-11, not 0.00000000001) and a diverged
+    layer's dfi (its column scientific); integer columns keep theirs."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_table_app).run()
+    config = json.loads(at.dataframe[0].proto.columns)
+    assert config["fro_norm"]["type_config"]["format"] == "%.4g"
+    assert config["dfi"]["type_config"]["format"] == "%.4e"
+    assert "units" not in config
