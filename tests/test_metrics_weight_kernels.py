@@ -163,8 +163,9 @@ def test_a_diagnosis_holds_one_layers_tap_copies_at_a_time():
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-15, 1e15, 1e25])
 def test_sigma1_of_tiny_and_huge_weights_is_exact(magnitude, monkeypatch):
     """Lanczos on X^T X squares the entries: a weight of 1e-30 would underflow float32 there, one of 1e25 overflow.
-    Both paths then iterate on X / max|x| and give sigma_1 to 1e-6 within their step limit (before: the compiled
-    path read 1e-15 weights 38 % low, and the BLAS path's norms overflowed at 1e25 and failed the diagnosis)."""
+    Every path then iterates on X / 2^k (``weights.tap_units``) and gives sigma_1 to 1e-6 within its step limit
+    (before: the compiled path read 1e-15 weights 38 % low, and the BLAS path's norms overflowed at 1e25 and failed
+    the diagnosis)."""
     w = torch.randn(300, 120, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * magnitude
     exact = float(torch.linalg.matrix_norm(w, ord=2))
     x = W.tall_taps(w.float())

@@ -249,15 +249,9 @@ class Dormant(UnitRows):
     def __init__(self, layer, device, *, tau: float) -> None:
         super().__init__(layer, device)
         self.tau = tau
-        self.abs_sum = torch.zeros(layer.units, dtype=torch.float64, device=device)
-        self.n = 0
 
     def update(self, view: ActivationView) -> None:
-        self.abs_sum += view.abs_sum()
-        self.n += view.count
-
-    def totals(self):
-        return self.abs_sum
+        self.add(view.abs_sum(), view.count)
 
     def key(self):
         return self.tau
@@ -278,15 +272,9 @@ class Dead(UnitRows):
     def __init__(self, layer, device, *, min_fraction: float) -> None:
         super().__init__(layer, device)
         self.min_fraction = min_fraction
-        self.nonzero = torch.zeros(layer.units, dtype=torch.float64, device=device)
-        self.n = 0
 
     def update(self, view: ActivationView) -> None:
-        self.nonzero += view.nonzero()
-        self.n += view.count
-
-    def totals(self):
-        return self.nonzero
+        self.add(view.nonzero(), view.count)
 
     def key(self):
         return self.min_fraction
@@ -310,8 +298,6 @@ class Saturation(UnitRows):
         self.lo, self.hi = flat_region(layer.act_type, float(eps))
         # ReLU / ReLU6 are monotone clamps: z <= 0 iff h == 0, z >= 6 iff h == 6, so the output suffices
         self.on_output = layer.act_type in ("relu", "relu6")
-        self.count = torch.zeros(layer.units, dtype=torch.float64, device=device)
-        self.n = 0
 
     @classmethod
     def applies(cls, layer) -> bool:
@@ -321,13 +307,9 @@ class Saturation(UnitRows):
         return ("post",) if self.on_output else ("pre",)
 
     def _add(self, view: ActivationView) -> None:
-        self.count += view.outside(self.lo, self.hi)
-        self.n += view.count
+        self.add(view.outside(self.lo, self.hi), view.count)
 
     update = update_pre = _add
-
-    def totals(self):
-        return self.count
 
     def key(self):
         return self.lo, self.hi

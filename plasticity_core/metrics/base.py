@@ -168,15 +168,21 @@ def with_nan(scores: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
 
 
 class UnitRows(Accumulator):
-    """An ``Accumulator`` whose layers are finished all at once: each keeps per-unit ``totals()`` over its ``n``
-    inputs, and ``finish_all`` hands ``finish_rows`` those of every layer with the same ``key()`` (its parameters)
-    as rows of one NaN-padded (layers, units) float64 tensor of ``totals / n``, with the mask of ``bad`` units and
-    of the padding: a few tensor operations per metric, not a few per layer. A layer that saw no data has no value."""
+    """An ``Accumulator`` whose layers are finished all at once: each adds per-unit counts or sums into ``total``
+    (float64) over its ``n`` inputs (``add``), and ``finish_all`` hands ``finish_rows`` those of every layer with the
+    same ``key()`` (its parameters) as rows of one NaN-padded (layers, units) float64 tensor of ``total / n``, with
+    the mask of ``bad`` units and of the padding: a few tensor operations per metric, not a few per layer. A layer
+    that saw no data has no value."""
 
-    n: int = 0
+    def __init__(self, layer: "LayerInfo", device: torch.device, **params: Any) -> None:
+        super().__init__(layer, device, **params)
+        self.total = torch.zeros(layer.units, dtype=torch.float64, device=device)
+        self.n = 0
 
-    def totals(self) -> torch.Tensor:
-        raise NotImplementedError
+    def add(self, per_unit: torch.Tensor, inputs: int) -> None:
+        """Add one batch: ``per_unit`` totals over its ``inputs`` (batch x positions) per unit."""
+        self.total += per_unit
+        self.n += inputs
 
     def key(self) -> Any:
         return None
@@ -201,7 +207,7 @@ class UnitRows(Accumulator):
             first = accs[idx[0]]
             dev = first.device
             n = torch.tensor([float(accs[i].n) for i in idx], dtype=torch.float64, device=dev)
-            rows = torch.nn.utils.rnn.pad_sequence([accs[i].totals() for i in idx], batch_first=True,
+            rows = torch.nn.utils.rnn.pad_sequence([accs[i].total for i in idx], batch_first=True,
                                                    padding_value=float("nan")).double() / n[:, None]
             masks = [bad[i] if bad[i] is not None else torch.zeros(accs[i].layer.units, dtype=torch.bool, device=dev)
                      for i in idx]

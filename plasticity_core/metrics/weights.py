@@ -130,18 +130,24 @@ def tap_fro2(w: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
     float32 weight overflows or underflows it): on the CPU with the compiled kernels one read of each tap (``taps``:
     ``tall_taps(w)``, if the caller has it), else torch's float64 norm."""
     if w.device.type == "cpu" and weight_kernels.ready():
-        return weight_kernels.sums_of_squares(tall_taps(w, contiguous=True) if taps is None else taps)
-    w = w.detach()
+        return taps_fro2(tall_taps(w, contiguous=True) if taps is None else taps)
+    w = w.detach()  # torch's norm reads a conv's taps in place (no copy)
     if w.dim() == 2:
         return torch.linalg.vector_norm(w, dtype=torch.float64).square().reshape(1)
     return torch.linalg.vector_norm(w, dim=(0, 1), dtype=torch.float64).square().flatten()
 
 
+def taps_fro2(x: torch.Tensor) -> torch.Tensor:
+    """``||X||_F^2`` of each tap of ``x`` (``(b, m, n)``), accumulated in float64: one compiled read per tap on the
+    CPU (float32, where the kernels are ready), else torch's float64 norm."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and weight_kernels.ready():
+        return weight_kernels.sums_of_squares(x)
+    return torch.linalg.vector_norm(x, dim=(1, 2), dtype=torch.float64).square()
+
+
 def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
-    """``sum t^2`` over the whole tensor, accumulated in float64 (0-d float64; compiled on the CPU where it can)."""
-    if t.device.type == "cpu" and t.dtype == torch.float32 and weight_kernels.ready():
-        return weight_kernels.sums_of_squares(t.reshape(1, 1, -1))[0]
-    return torch.linalg.vector_norm(t, dtype=torch.float64).square()
+    """``sum t^2`` over the whole tensor, accumulated in float64 (0-d float64)."""
+    return taps_fro2(t.reshape(1, 1, -1))[0]
 
 
 def tap_units(fro2: torch.Tensor, entries: int) -> torch.Tensor | None:
@@ -471,7 +477,7 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
                  fro2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``sigma_1`` of every tap of ``x`` (``(b, m, n)`` tall, fp32) and a per-tap mask of the exact fallbacks.
 
-    ``fro2``: the per-tap float64 ``||X||_F^2`` (``tap_fro2``), computed here when not given. Non-finite taps
+    ``fro2``: the per-tap float64 ``||X||_F^2`` (``taps_fro2``), computed here when not given. Non-finite taps
     (a non-finite sum) give NaN; a tap outside ``FRO2_RANGE`` is iterated on ``X / 2^k`` (``tap_units``).
     ``batched`` (default: on a GPU) runs the taps together (``gkl_top_batched``), else one by one on the CPU
     (``gkl_top``); both fall back to an exact ``svdvals`` for a tap whose error estimate is above ``GKL_TOL`` after
@@ -479,8 +485,7 @@ def top_singular(x: torch.Tensor, batched: bool | None = None,
     """
     b, m, n = x.shape
     if fro2 is None:
-        fro2 = (weight_kernels.sums_of_squares(x) if x.device.type == "cpu" and weight_kernels.ready()
-                else torch.linalg.vector_norm(x, dim=(1, 2), dtype=torch.float64).square())
+        fro2 = taps_fro2(x)
     finite = torch.isfinite(fro2).cpu()
     unit = tap_units(fro2, m * n)
     if bool(finite.all()):  # the usual case: no index bookkeeping
